@@ -1,0 +1,318 @@
+//! The one core behind every facade, and the phase-4 [`EventBus`].
+//!
+//! [`Core`] owns the router, the statistics, the optional persistence store (for replay) and the
+//! lifecycle state. The legacy facades and [`EventBus`] are thin layers over it.
+//!
+//! ```
+//! # tokio::runtime::Runtime::new().unwrap().block_on(async {
+//! use busbridge::{EventBus, EventSubscription};
+//! use busbridge::event::*;
+//! use std::time::SystemTime;
+//!
+//! let bus = EventBus::new(Default::default());
+//! let rx = bus
+//!     .subscribe(EventSubscription {
+//!         subscriber_id: "analyzer".into(),
+//!         capabilities: SourceCaps::PERFORMANCE,
+//!         event_filter: None,
+//!         correlation_filter: None,
+//!     })
+//!     .await
+//!     .unwrap();
+//! let event = CollectionEvent::Performance(PerformanceEvent {
+//!     metric_name: "cpu".into(), value: 1.0, unit: "%".into(), pid: None,
+//!     component: "agent".into(), timestamp: SystemTime::now(),
+//! });
+//! bus.publish(event.clone(), "corr-1".into()).await.unwrap();
+//! assert_eq!(rx.try_recv().unwrap().event, event);
+//! # });
+//! ```
+
+use crate::codec::Envelope;
+use crate::event::CollectionEvent;
+use crate::queue::{self, Receiver};
+use crate::router::{Filter, Policy, QueueSink, Router, RouterError};
+use crate::stats::Stats;
+use crate::subscription::{BackpressureStrategy, BusEvent, EventBusStatistics, EventSubscription};
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::Arc;
+use std::time::SystemTime;
+
+/// Why a bus operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum BusError {
+    #[error("the bus is not started: call start() first")]
+    NotStarted,
+    #[error("the bus is shut down")]
+    ShutDown,
+    #[error(transparent)]
+    Router(#[from] RouterError),
+    #[error("invalid correlation pattern `{pattern}`: {source}")]
+    BadPattern {
+        pattern: String,
+        source: regex::Error,
+    },
+}
+
+const CREATED: u8 = 0;
+const RUNNING: u8 = 1;
+const SHUT_DOWN: u8 = 2;
+
+/// Settings of the core.
+#[derive(Debug, Clone)]
+pub struct CoreOptions {
+    pub max_subscribers: usize,
+    /// Keep the last N events for replay; `None` keeps none.
+    pub persistence: Option<usize>,
+    /// Publishing before `start()` is an error (the tokio facade's rule).
+    pub require_start: bool,
+    /// Publisher id used when a facade has none of its own.
+    pub publisher_id: String,
+}
+
+impl Default for CoreOptions {
+    fn default() -> Self {
+        Self {
+            max_subscribers: 1000,
+            persistence: None,
+            require_start: false,
+            publisher_id: "busbridge".into(),
+        }
+    }
+}
+
+/// The routing core shared by every facade.
+pub struct Core {
+    router: Router,
+    stats: Arc<Stats>,
+    store: Option<(usize, Mutex<VecDeque<Envelope>>)>,
+    state: AtomicU8,
+    publisher_id: String,
+}
+
+impl Core {
+    /// A core in the created state (running at once unless `require_start`).
+    pub fn new(opts: CoreOptions) -> Self {
+        let stats = Arc::new(Stats::default());
+        Self {
+            router: Router::new(opts.max_subscribers, stats.clone()),
+            stats,
+            store: opts
+                .persistence
+                .map(|n| (n, Mutex::new(VecDeque::with_capacity(n.min(1024))))),
+            state: AtomicU8::new(if opts.require_start { CREATED } else { RUNNING }),
+            publisher_id: opts.publisher_id,
+        }
+    }
+
+    /// The router.
+    pub fn router(&self) -> &Router {
+        &self.router
+    }
+
+    /// The counters.
+    pub fn stats(&self) -> &Arc<Stats> {
+        &self.stats
+    }
+
+    /// The default publisher id.
+    pub fn publisher_id(&self) -> &str {
+        &self.publisher_id
+    }
+
+    /// Moves to running (idempotent).
+    pub fn start(&self) {
+        let _ = self
+            .state
+            .compare_exchange(CREATED, RUNNING, Ordering::AcqRel, Ordering::Acquire);
+    }
+
+    fn check_running(&self) -> Result<(), BusError> {
+        match self.state.load(Ordering::Acquire) {
+            RUNNING => Ok(()),
+            CREATED => Err(BusError::NotStarted),
+            _ => Err(BusError::ShutDown),
+        }
+    }
+
+    /// Wraps an event in a fresh envelope from this core's publisher.
+    pub fn envelope(&self, event: CollectionEvent, correlation_id: String) -> Envelope {
+        Envelope::new(event, correlation_id, self.publisher_id.clone())
+    }
+
+    /// Accepts an envelope: counts it, persists it, routes it.
+    pub async fn publish(&self, env: Envelope) -> Result<usize, BusError> {
+        self.check_running()?;
+        Stats::add(&self.stats.published, 1);
+        self.persist(&env);
+        Ok(self.router.route(&env).await)
+    }
+
+    fn persist(&self, env: &Envelope) {
+        if let Some((cap, store)) = &self.store {
+            let mut store = store.lock();
+            if store.len() >= *cap {
+                store.pop_front();
+                Stats::add(&self.stats.persist_evicted, 1);
+            }
+            store.push_back(env.clone());
+            Stats::add(&self.stats.persisted, 1);
+        }
+    }
+
+    /// Persisted events of one correlation id, oldest first.
+    pub fn persisted(&self, correlation_id: &str) -> Vec<Envelope> {
+        self.store
+            .as_ref()
+            .map(|(_, s)| {
+                s.lock()
+                    .iter()
+                    .filter(|e| e.correlation_id == correlation_id)
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Drops persisted events older than `max_age`.
+    pub fn expire(&self, max_age: std::time::Duration) {
+        if let Some((_, store)) = &self.store {
+            let now = SystemTime::now();
+            store.lock().retain(|e| {
+                now.duration_since(e.timestamp)
+                    .map(|age| age <= max_age)
+                    .unwrap_or(true)
+            });
+        }
+    }
+
+    /// Stops accepting publishes and disconnects every subscriber.
+    pub fn shutdown(&self) {
+        self.state.store(SHUT_DOWN, Ordering::Release);
+        self.router.clear();
+    }
+
+    /// The crossbeam-era statistics view.
+    pub fn legacy_statistics(&self) -> EventBusStatistics {
+        let s = self.stats.snapshot();
+        EventBusStatistics {
+            events_published: s.events_published,
+            events_delivered: s.events_delivered,
+            events_dropped: s.events_dropped(),
+            active_subscribers: self.router.len(),
+            avg_delivery_latency_ms: s.avg_delivery_latency_ms,
+            memory_usage_bytes: (self.router.queued() * std::mem::size_of::<BusEvent>()) as u64,
+            last_updated: SystemTime::now(),
+        }
+    }
+}
+
+/// Turns the crossbeam-era subscription into the router's filter.
+pub(crate) fn filter_of(sub: &EventSubscription) -> Filter {
+    let f = sub.event_filter.clone().unwrap_or_default();
+    Filter {
+        capabilities: sub.capabilities,
+        event_types: f.event_types,
+        min_priority: f.min_priority,
+        source: f.source_filter,
+        correlation_ids: sub.correlation_filter.iter().cloned().collect(),
+        ..Filter::default()
+    }
+}
+
+impl From<BackpressureStrategy> for Policy {
+    fn from(s: BackpressureStrategy) -> Self {
+        match s {
+            BackpressureStrategy::Blocking => Policy::Block,
+            BackpressureStrategy::DropOldest => Policy::DropOldest,
+            BackpressureStrategy::DropNewest => Policy::DropNewest,
+        }
+    }
+}
+
+/// Settings of the phase-4 [`EventBus`].
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct EventBusConfig {
+    /// Queue size of each subscriber.
+    pub channel_capacity: usize,
+    pub max_subscribers: usize,
+    pub backpressure_strategy: BackpressureStrategy,
+    /// Publisher id stamped on events published through this bus.
+    pub publisher_id: String,
+}
+
+impl Default for EventBusConfig {
+    fn default() -> Self {
+        Self {
+            channel_capacity: 65_536,
+            max_subscribers: 1000,
+            backpressure_strategy: BackpressureStrategy::Blocking,
+            publisher_id: "busbridge".into(),
+        }
+    }
+}
+
+/// The phase-4 bus: the crossbeam-era methods, busbridge's own [`Receiver`], no crossbeam.
+pub struct EventBus {
+    core: Arc<Core>,
+    config: EventBusConfig,
+}
+
+impl EventBus {
+    /// A local bus.
+    pub fn new(config: EventBusConfig) -> Self {
+        let core = Arc::new(Core::new(CoreOptions {
+            max_subscribers: config.max_subscribers,
+            publisher_id: config.publisher_id.clone(),
+            ..CoreOptions::default()
+        }));
+        Self { core, config }
+    }
+
+    /// Publishes an event to every matching subscriber.
+    pub async fn publish(
+        &self,
+        event: CollectionEvent,
+        correlation_id: String,
+    ) -> Result<(), BusError> {
+        self.core
+            .publish(self.core.envelope(event, correlation_id))
+            .await
+            .map(drop)
+    }
+
+    /// Subscribes; events arrive on the returned receiver.
+    pub async fn subscribe(
+        &self,
+        subscription: EventSubscription,
+    ) -> Result<Receiver<BusEvent>, BusError> {
+        let (tx, rx) = queue::channel(self.config.channel_capacity);
+        self.core.router().subscribe(
+            subscription.subscriber_id.clone(),
+            filter_of(&subscription),
+            self.config.backpressure_strategy.into(),
+            Box::new(QueueSink(tx, |e| BusEvent::from(e))),
+        )?;
+        Ok(rx)
+    }
+
+    /// The statistics.
+    pub async fn get_statistics(&self) -> EventBusStatistics {
+        self.core.legacy_statistics()
+    }
+
+    /// Every counter.
+    pub fn stats(&self) -> crate::stats::StatsSnapshot {
+        self.core.stats().snapshot()
+    }
+
+    /// Stops the bus; receivers drain what is queued, then disconnect.
+    pub async fn shutdown(&mut self) -> Result<(), BusError> {
+        self.core.shutdown();
+        Ok(())
+    }
+}

@@ -1,0 +1,84 @@
+//! The JSON encoding: one object with the envelope fields and the event, as serde writes it.
+
+use super::{CodecError, Envelope, ENVELOPE_VERSION};
+use crate::event::CollectionEvent;
+use serde::{Deserialize, Serialize};
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::time::SystemTime;
+
+#[derive(Serialize, Deserialize)]
+struct JsonEnvelope<'a> {
+    v: u32,
+    origin: Cow<'a, str>,
+    seq: u64,
+    hops: u32,
+    event_id: Cow<'a, str>,
+    correlation_id: Cow<'a, str>,
+    publisher_id: Cow<'a, str>,
+    timestamp: SystemTime,
+    priority: u8,
+    #[serde(default)]
+    routing_metadata: Cow<'a, HashMap<String, String>>,
+    event: Cow<'a, CollectionEvent>,
+}
+
+/// JSON has no NaN or infinity (serde_json would silently write `null`): refuse them.
+fn check_finite(event: &CollectionEvent) -> Result<(), CodecError> {
+    let ok = |v: f64, field| {
+        if v.is_finite() {
+            Ok(())
+        } else {
+            Err(CodecError::NonFinite(field))
+        }
+    };
+    match event {
+        CollectionEvent::Process(p) => p.cpu_usage.map_or(Ok(()), |v| ok(v, "cpu_usage")),
+        CollectionEvent::Performance(p) => ok(p.value, "value"),
+        _ => Ok(()),
+    }
+}
+
+pub(super) fn encode(env: &Envelope) -> Result<Vec<u8>, CodecError> {
+    check_finite(&env.event)?;
+    Ok(serde_json::to_vec(&JsonEnvelope {
+        v: ENVELOPE_VERSION,
+        origin: Cow::Borrowed(&env.origin),
+        seq: env.seq,
+        hops: env.hops,
+        event_id: Cow::Borrowed(&env.event_id),
+        correlation_id: Cow::Borrowed(&env.correlation_id),
+        publisher_id: Cow::Borrowed(&env.publisher_id),
+        timestamp: env.timestamp,
+        priority: env.priority,
+        routing_metadata: Cow::Borrowed(&env.routing_metadata),
+        event: Cow::Borrowed(&env.event),
+    })?)
+}
+
+pub(super) fn decode(bytes: &[u8]) -> Result<Envelope, CodecError> {
+    // Read the version first so a newer envelope gets a version error, not a field error.
+    #[derive(Deserialize)]
+    struct Version {
+        v: Option<u32>,
+    }
+    let version: Version = serde_json::from_slice(bytes)?;
+    match version.v {
+        None => return Err(CodecError::NotAnEnvelope("JSON object without `v`")),
+        Some(ENVELOPE_VERSION) => {}
+        Some(v) => return Err(CodecError::UnsupportedVersion(v)),
+    }
+    let j: JsonEnvelope<'static> = serde_json::from_slice(bytes)?;
+    Ok(Envelope {
+        origin: j.origin.into_owned(),
+        seq: j.seq,
+        hops: j.hops,
+        event_id: j.event_id.into_owned(),
+        correlation_id: j.correlation_id.into_owned(),
+        publisher_id: j.publisher_id.into_owned(),
+        timestamp: j.timestamp,
+        priority: j.priority,
+        routing_metadata: j.routing_metadata.into_owned(),
+        event: j.event.into_owned(),
+    })
+}

@@ -1,0 +1,187 @@
+//! The envelope and its two encodings, protobuf (legacy-compatible) and JSON.
+//!
+//! Every event busbridge puts on a busrt topic is an [`Envelope`]: the event plus what the bus
+//! needs to route it (origin id, per-origin sequence, hop count, ids, bus timestamp, priority,
+//! routing metadata). [`Codec::decode`] detects the encoding from the first byte: JSON starts
+//! with `{`, which no busbridge protobuf message ever does (the protobuf tag `0x7B` would be
+//! field 15 as a group, a wire type busbridge never writes).
+//!
+//! The protobuf messages keep the legacy field numbers (`ProcessRecord`, `NetworkRecord`,
+//! `FilesystemRecord`, `PerformanceRecord`), so a consumer that knows only the legacy schema
+//! still decodes them; what the legacy records lose (sub-millisecond time, platform metadata,
+//! trigger requests, the envelope header) travels in added fields that proto3 decoders skip.
+//!
+//! ```
+//! use busbridge::codec::{Codec, CodecKind, Envelope};
+//! use busbridge::event::{CollectionEvent, NetworkEvent};
+//! use std::time::SystemTime;
+//!
+//! let event = CollectionEvent::Network(NetworkEvent {
+//!     connection_id: "c1".into(), source_addr: "10.0.0.1:5000".into(),
+//!     dest_addr: "10.0.0.2:443".into(), protocol: "tcp".into(), state: "ESTABLISHED".into(),
+//!     pid: Some(7), bytes_sent: 10, bytes_received: 20, timestamp: SystemTime::now(),
+//! });
+//! let envelope = Envelope::new(event, "corr-1", "netmond");
+//! for kind in [CodecKind::Protobuf, CodecKind::Json] {
+//!     let codec = Codec::new(kind, 1 << 20);
+//!     let bytes = codec.encode(&envelope).unwrap();
+//!     assert_eq!(Codec::new(CodecKind::Protobuf, 1 << 20).decode(&bytes).unwrap(), envelope);
+//! }
+//! ```
+
+mod json;
+pub mod proto;
+mod time;
+
+use crate::event::CollectionEvent;
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::time::SystemTime;
+
+/// The envelope format version this build writes and reads.
+pub const ENVELOPE_VERSION: u32 = 1;
+
+/// Default largest encoded message, in bytes (1 MiB).
+pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 1 << 20;
+
+/// An event with its routing data, as it travels on busrt.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Envelope {
+    /// The bus instance that first published the event (random per instance).
+    pub origin: String,
+    /// Sequence number of the event within its origin, starting at 1.
+    pub seq: u64,
+    /// How many bridges forwarded the event so far.
+    pub hops: u32,
+    /// Unique id of the event.
+    pub event_id: String,
+    /// Correlation id given by the publisher.
+    pub correlation_id: String,
+    /// Who published the event.
+    pub publisher_id: String,
+    /// When the bus accepted the event.
+    pub timestamp: SystemTime,
+    /// Routing priority (see [`CollectionEvent::priority`]).
+    pub priority: u8,
+    /// Free-form routing metadata.
+    pub routing_metadata: HashMap<String, String>,
+    /// The event itself.
+    pub event: CollectionEvent,
+}
+
+impl Envelope {
+    /// An envelope for a fresh publish: new event id, now as bus time, no origin yet.
+    pub fn new(
+        event: CollectionEvent,
+        correlation_id: impl Into<String>,
+        publisher_id: impl Into<String>,
+    ) -> Self {
+        Self {
+            origin: String::new(),
+            seq: 0,
+            hops: 0,
+            event_id: uuid::Uuid::new_v4().to_string(),
+            correlation_id: correlation_id.into(),
+            publisher_id: publisher_id.into(),
+            timestamp: SystemTime::now(),
+            priority: event.priority(),
+            routing_metadata: HashMap::new(),
+            event,
+        }
+    }
+}
+
+/// Which encoding a bus writes. Both are always accepted on receive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum CodecKind {
+    /// prost, legacy field numbers (default).
+    #[default]
+    Protobuf,
+    /// serde_json, human-readable.
+    Json,
+}
+
+/// Why a message could not be encoded or decoded.
+#[derive(Debug, thiserror::Error)]
+pub enum CodecError {
+    #[error("message of {size} bytes exceeds the limit of {limit} bytes")]
+    TooLarge { size: usize, limit: usize },
+    #[error("empty message")]
+    Empty,
+    #[error("not a busbridge envelope: {0}")]
+    NotAnEnvelope(&'static str),
+    #[error("unsupported envelope version {0} (this build reads version {ENVELOPE_VERSION})")]
+    UnsupportedVersion(u32),
+    #[error("invalid protobuf: {0}")]
+    Protobuf(#[from] prost::DecodeError),
+    #[error("invalid JSON: {0}")]
+    Json(#[from] serde_json::Error),
+    #[error("field `{field}`: {reason}")]
+    InvalidField { field: &'static str, reason: String },
+    #[error("timestamp in `{0}` is outside the representable range")]
+    TimestampOutOfRange(&'static str),
+    #[error("field `{0}` is not a finite number, which JSON cannot carry")]
+    NonFinite(&'static str),
+}
+
+/// Encodes and decodes envelopes with a size limit.
+#[derive(Debug, Clone, Copy)]
+pub struct Codec {
+    kind: CodecKind,
+    max_size: usize,
+}
+
+impl Codec {
+    /// A codec writing `kind`, refusing messages over `max_size` bytes both ways.
+    pub fn new(kind: CodecKind, max_size: usize) -> Self {
+        Self { kind, max_size }
+    }
+
+    /// The encoding this codec writes.
+    pub fn kind(&self) -> CodecKind {
+        self.kind
+    }
+
+    /// The size limit in bytes.
+    pub fn max_size(&self) -> usize {
+        self.max_size
+    }
+
+    /// Encodes an envelope.
+    pub fn encode(&self, envelope: &Envelope) -> Result<Vec<u8>, CodecError> {
+        let bytes = match self.kind {
+            CodecKind::Protobuf => proto::encode(envelope)?,
+            CodecKind::Json => json::encode(envelope)?,
+        };
+        self.check_size(bytes.len())?;
+        Ok(bytes)
+    }
+
+    /// Decodes an envelope in either encoding; the size is checked before any parsing.
+    pub fn decode(&self, bytes: &[u8]) -> Result<Envelope, CodecError> {
+        self.check_size(bytes.len())?;
+        match bytes.first() {
+            None => Err(CodecError::Empty),
+            Some(b'{') => json::decode(bytes),
+            Some(_) => proto::decode(bytes),
+        }
+    }
+
+    fn check_size(&self, size: usize) -> Result<(), CodecError> {
+        if size > self.max_size {
+            Err(CodecError::TooLarge {
+                size,
+                limit: self.max_size,
+            })
+        } else {
+            Ok(())
+        }
+    }
+}
+
+impl Default for Codec {
+    fn default() -> Self {
+        Self::new(CodecKind::default(), DEFAULT_MAX_MESSAGE_SIZE)
+    }
+}

@@ -1,0 +1,495 @@
+//! The protobuf messages. Fields 1–14 (or fewer) are the legacy records', with their legacy
+//! numbers and types; busbridge's additions use numbers the legacy schema never had, and the
+//! envelope header sits at field 100 of every message.
+
+use super::time::{join, split, MS, SEC};
+use super::{CodecError, Envelope, ENVELOPE_VERSION};
+use crate::event::*;
+use prost::Message;
+use std::collections::HashMap;
+
+/// The envelope header carried at field 100 of every busbridge protobuf message.
+#[derive(Clone, PartialEq, Message)]
+pub struct Header {
+    #[prost(uint32, tag = "1")]
+    pub version: u32,
+    /// 1 process, 2 network, 3 filesystem, 4 performance, 5 trigger request.
+    #[prost(uint32, tag = "2")]
+    pub kind: u32,
+    #[prost(string, tag = "3")]
+    pub origin: String,
+    #[prost(uint64, tag = "4")]
+    pub seq: u64,
+    #[prost(uint32, tag = "5")]
+    pub hops: u32,
+    #[prost(string, tag = "6")]
+    pub event_id: String,
+    #[prost(string, tag = "7")]
+    pub correlation_id: String,
+    #[prost(string, tag = "8")]
+    pub publisher_id: String,
+    #[prost(int64, tag = "9")]
+    pub timestamp_ms: i64,
+    #[prost(uint32, tag = "10")]
+    pub timestamp_nanos: u32,
+    #[prost(uint32, tag = "11")]
+    pub priority: u32,
+    #[prost(map = "string, string", tag = "12")]
+    pub routing_metadata: HashMap<String, String>,
+}
+
+/// Reads only the header, skipping the record's fields.
+#[derive(Clone, PartialEq, Message)]
+struct HeaderProbe {
+    #[prost(message, optional, tag = "100")]
+    header: Option<Header>,
+}
+
+/// Legacy `ProcessRecord` (fields 1–14) plus busbridge's additions.
+#[derive(Clone, PartialEq, Message)]
+pub struct ProcessRecord {
+    #[prost(uint32, tag = "1")]
+    pub pid: u32,
+    #[prost(uint32, optional, tag = "2")]
+    pub ppid: Option<u32>,
+    #[prost(string, tag = "3")]
+    pub name: String,
+    #[prost(string, optional, tag = "4")]
+    pub executable_path: Option<String>,
+    #[prost(string, repeated, tag = "5")]
+    pub command_line: Vec<String>,
+    /// Unix seconds.
+    #[prost(int64, optional, tag = "6")]
+    pub start_time: Option<i64>,
+    #[prost(double, optional, tag = "7")]
+    pub cpu_usage: Option<f64>,
+    #[prost(uint64, optional, tag = "8")]
+    pub memory_usage: Option<u64>,
+    #[prost(string, optional, tag = "9")]
+    pub executable_hash: Option<String>,
+    #[prost(string, optional, tag = "10")]
+    pub hash_algorithm: Option<String>,
+    #[prost(string, optional, tag = "11")]
+    pub user_id: Option<String>,
+    #[prost(bool, tag = "12")]
+    pub accessible: bool,
+    #[prost(bool, tag = "13")]
+    pub file_exists: bool,
+    /// Unix milliseconds.
+    #[prost(int64, tag = "14")]
+    pub collection_time: i64,
+    /// Added: nanoseconds within the `start_time` second.
+    #[prost(uint32, optional, tag = "15")]
+    pub start_time_nanos: Option<u32>,
+    /// Added: nanoseconds within the `collection_time` millisecond.
+    #[prost(uint32, tag = "16")]
+    pub collection_time_nanos: u32,
+    /// Added: `platform_metadata` as JSON.
+    #[prost(bytes = "vec", optional, tag = "17")]
+    pub platform_metadata: Option<Vec<u8>>,
+    #[prost(message, optional, tag = "100")]
+    pub header: Option<Header>,
+}
+
+/// Legacy `NetworkRecord` (fields 1–9) plus busbridge's additions.
+#[derive(Clone, PartialEq, Message)]
+pub struct NetworkRecord {
+    #[prost(string, tag = "1")]
+    pub connection_id: String,
+    #[prost(string, tag = "2")]
+    pub source_address: String,
+    #[prost(string, tag = "3")]
+    pub destination_address: String,
+    #[prost(string, tag = "4")]
+    pub protocol: String,
+    #[prost(string, tag = "5")]
+    pub state: String,
+    #[prost(uint32, optional, tag = "6")]
+    pub pid: Option<u32>,
+    #[prost(uint64, tag = "7")]
+    pub bytes_sent: u64,
+    #[prost(uint64, tag = "8")]
+    pub bytes_received: u64,
+    #[prost(int64, tag = "9")]
+    pub collection_time: i64,
+    #[prost(uint32, tag = "10")]
+    pub collection_time_nanos: u32,
+    #[prost(message, optional, tag = "100")]
+    pub header: Option<Header>,
+}
+
+/// Legacy `FilesystemRecord` (fields 1–8) plus busbridge's additions.
+#[derive(Clone, PartialEq, Message)]
+pub struct FilesystemRecord {
+    /// The event id.
+    #[prost(string, tag = "1")]
+    pub operation_id: String,
+    #[prost(string, tag = "2")]
+    pub path: String,
+    #[prost(string, tag = "3")]
+    pub operation_type: String,
+    #[prost(uint32, optional, tag = "4")]
+    pub pid: Option<u32>,
+    #[prost(uint64, optional, tag = "5")]
+    pub file_size: Option<u64>,
+    #[prost(string, optional, tag = "6")]
+    pub permissions: Option<String>,
+    #[prost(string, optional, tag = "7")]
+    pub file_hash: Option<String>,
+    #[prost(int64, tag = "8")]
+    pub collection_time: i64,
+    #[prost(uint32, tag = "9")]
+    pub collection_time_nanos: u32,
+    #[prost(message, optional, tag = "100")]
+    pub header: Option<Header>,
+}
+
+/// Legacy `PerformanceRecord` (fields 1–7) plus busbridge's additions.
+#[derive(Clone, PartialEq, Message)]
+pub struct PerformanceRecord {
+    /// The event id.
+    #[prost(string, tag = "1")]
+    pub metric_id: String,
+    #[prost(string, tag = "2")]
+    pub metric_name: String,
+    #[prost(double, tag = "3")]
+    pub value: f64,
+    #[prost(string, tag = "4")]
+    pub unit: String,
+    #[prost(uint32, optional, tag = "5")]
+    pub pid: Option<u32>,
+    #[prost(string, tag = "6")]
+    pub component: String,
+    #[prost(int64, tag = "7")]
+    pub collection_time: i64,
+    #[prost(uint32, tag = "8")]
+    pub collection_time_nanos: u32,
+    #[prost(message, optional, tag = "100")]
+    pub header: Option<Header>,
+}
+
+/// busbridge's own record for trigger requests (no legacy equivalent).
+#[derive(Clone, PartialEq, Message)]
+pub struct TriggerRecord {
+    #[prost(string, tag = "1")]
+    pub trigger_id: String,
+    #[prost(string, tag = "2")]
+    pub target_collector: String,
+    /// 0 binary hash, 1 memory, 2 yara, 3 network, 4 behavioral, 5 custom.
+    #[prost(uint32, tag = "3")]
+    pub analysis_type: u32,
+    #[prost(string, tag = "4")]
+    pub custom_analysis: String,
+    #[prost(uint32, tag = "5")]
+    pub priority: u32,
+    #[prost(uint32, optional, tag = "6")]
+    pub target_pid: Option<u32>,
+    #[prost(string, optional, tag = "7")]
+    pub target_path: Option<String>,
+    #[prost(string, tag = "8")]
+    pub correlation_id: String,
+    #[prost(map = "string, string", tag = "9")]
+    pub metadata: HashMap<String, String>,
+    #[prost(int64, tag = "10")]
+    pub collection_time: i64,
+    #[prost(uint32, tag = "11")]
+    pub collection_time_nanos: u32,
+    #[prost(message, optional, tag = "100")]
+    pub header: Option<Header>,
+}
+
+const KIND_PROCESS: u32 = 1;
+const KIND_NETWORK: u32 = 2;
+const KIND_FILESYSTEM: u32 = 3;
+const KIND_PERFORMANCE: u32 = 4;
+const KIND_TRIGGER: u32 = 5;
+
+fn header(env: &Envelope, kind: u32) -> Result<Header, CodecError> {
+    let (timestamp_ms, timestamp_nanos) = split(env.timestamp, MS, "timestamp")?;
+    Ok(Header {
+        version: ENVELOPE_VERSION,
+        kind,
+        origin: env.origin.clone(),
+        seq: env.seq,
+        hops: env.hops,
+        event_id: env.event_id.clone(),
+        correlation_id: env.correlation_id.clone(),
+        publisher_id: env.publisher_id.clone(),
+        timestamp_ms,
+        timestamp_nanos,
+        priority: u32::from(env.priority),
+        routing_metadata: env.routing_metadata.clone(),
+    })
+}
+
+/// Encodes an envelope as its event's protobuf record.
+pub(super) fn encode(env: &Envelope) -> Result<Vec<u8>, CodecError> {
+    Ok(match &env.event {
+        CollectionEvent::Process(e) => {
+            let (collection_time, collection_time_nanos) =
+                split(e.timestamp, MS, "process.timestamp")?;
+            let start = e
+                .start_time
+                .map(|t| split(t, SEC, "process.start_time"))
+                .transpose()?;
+            let platform_metadata = e
+                .platform_metadata
+                .as_ref()
+                .map(serde_json::to_vec)
+                .transpose()?;
+            ProcessRecord {
+                pid: e.pid,
+                ppid: e.ppid,
+                name: e.name.clone(),
+                executable_path: e.executable_path.clone(),
+                command_line: e.command_line.clone(),
+                start_time: start.map(|s| s.0),
+                cpu_usage: e.cpu_usage,
+                memory_usage: e.memory_usage,
+                executable_hash: e.executable_hash.clone(),
+                hash_algorithm: None,
+                user_id: e.user_id.clone(),
+                accessible: e.accessible,
+                file_exists: e.file_exists,
+                collection_time,
+                start_time_nanos: start.map(|s| s.1),
+                collection_time_nanos,
+                platform_metadata,
+                header: Some(header(env, KIND_PROCESS)?),
+            }
+            .encode_to_vec()
+        }
+        CollectionEvent::Network(e) => {
+            let (collection_time, collection_time_nanos) =
+                split(e.timestamp, MS, "network.timestamp")?;
+            NetworkRecord {
+                connection_id: e.connection_id.clone(),
+                source_address: e.source_addr.clone(),
+                destination_address: e.dest_addr.clone(),
+                protocol: e.protocol.clone(),
+                state: e.state.clone(),
+                pid: e.pid,
+                bytes_sent: e.bytes_sent,
+                bytes_received: e.bytes_received,
+                collection_time,
+                collection_time_nanos,
+                header: Some(header(env, KIND_NETWORK)?),
+            }
+            .encode_to_vec()
+        }
+        CollectionEvent::Filesystem(e) => {
+            let (collection_time, collection_time_nanos) =
+                split(e.timestamp, MS, "filesystem.timestamp")?;
+            FilesystemRecord {
+                operation_id: env.event_id.clone(),
+                path: e.path.clone(),
+                operation_type: e.operation.clone(),
+                pid: e.pid,
+                file_size: e.size,
+                permissions: e.permissions.clone(),
+                file_hash: e.file_hash.clone(),
+                collection_time,
+                collection_time_nanos,
+                header: Some(header(env, KIND_FILESYSTEM)?),
+            }
+            .encode_to_vec()
+        }
+        CollectionEvent::Performance(e) => {
+            let (collection_time, collection_time_nanos) =
+                split(e.timestamp, MS, "performance.timestamp")?;
+            PerformanceRecord {
+                metric_id: env.event_id.clone(),
+                metric_name: e.metric_name.clone(),
+                value: e.value,
+                unit: e.unit.clone(),
+                pid: e.pid,
+                component: e.component.clone(),
+                collection_time,
+                collection_time_nanos,
+                header: Some(header(env, KIND_PERFORMANCE)?),
+            }
+            .encode_to_vec()
+        }
+        CollectionEvent::TriggerRequest(e) => {
+            let (collection_time, collection_time_nanos) =
+                split(e.timestamp, MS, "trigger.timestamp")?;
+            let (analysis_type, custom_analysis) = match &e.analysis_type {
+                AnalysisType::BinaryHash => (0, String::new()),
+                AnalysisType::MemoryAnalysis => (1, String::new()),
+                AnalysisType::YaraScan => (2, String::new()),
+                AnalysisType::NetworkAnalysis => (3, String::new()),
+                AnalysisType::BehavioralAnalysis => (4, String::new()),
+                AnalysisType::Custom(s) => (5, s.clone()),
+            };
+            TriggerRecord {
+                trigger_id: e.trigger_id.clone(),
+                target_collector: e.target_collector.clone(),
+                analysis_type,
+                custom_analysis,
+                priority: e.priority as u32,
+                target_pid: e.target_pid,
+                target_path: e.target_path.clone(),
+                correlation_id: e.correlation_id.clone(),
+                metadata: e.metadata.clone(),
+                collection_time,
+                collection_time_nanos,
+                header: Some(header(env, KIND_TRIGGER)?),
+            }
+            .encode_to_vec()
+        }
+    })
+}
+
+fn invalid(field: &'static str, reason: impl Into<String>) -> CodecError {
+    CodecError::InvalidField {
+        field,
+        reason: reason.into(),
+    }
+}
+
+/// Decodes a busbridge protobuf message: the header first, then the record it names.
+pub(super) fn decode(bytes: &[u8]) -> Result<Envelope, CodecError> {
+    let h = HeaderProbe::decode(bytes)?
+        .header
+        .ok_or(CodecError::NotAnEnvelope("protobuf message without a header"))?;
+    if h.version != ENVELOPE_VERSION {
+        return Err(CodecError::UnsupportedVersion(h.version));
+    }
+    let event = match h.kind {
+        KIND_PROCESS => {
+            let r = ProcessRecord::decode(bytes)?;
+            let start_time = match (r.start_time, r.start_time_nanos) {
+                (Some(s), n) => Some(join(s, n.unwrap_or(0), SEC, "process.start_time")?),
+                (None, None) => None,
+                (None, Some(_)) => {
+                    return Err(invalid("process.start_time_nanos", "set without start_time"))
+                }
+            };
+            let platform_metadata = r
+                .platform_metadata
+                .as_deref()
+                .map(serde_json::from_slice)
+                .transpose()?;
+            CollectionEvent::Process(ProcessEvent {
+                pid: r.pid,
+                ppid: r.ppid,
+                name: r.name,
+                executable_path: r.executable_path,
+                command_line: r.command_line,
+                start_time,
+                cpu_usage: r.cpu_usage,
+                memory_usage: r.memory_usage,
+                executable_hash: r.executable_hash,
+                user_id: r.user_id,
+                accessible: r.accessible,
+                file_exists: r.file_exists,
+                timestamp: join(
+                    r.collection_time,
+                    r.collection_time_nanos,
+                    MS,
+                    "process.collection_time",
+                )?,
+                platform_metadata,
+            })
+        }
+        KIND_NETWORK => {
+            let r = NetworkRecord::decode(bytes)?;
+            CollectionEvent::Network(NetworkEvent {
+                connection_id: r.connection_id,
+                source_addr: r.source_address,
+                dest_addr: r.destination_address,
+                protocol: r.protocol,
+                state: r.state,
+                pid: r.pid,
+                bytes_sent: r.bytes_sent,
+                bytes_received: r.bytes_received,
+                timestamp: join(
+                    r.collection_time,
+                    r.collection_time_nanos,
+                    MS,
+                    "network.collection_time",
+                )?,
+            })
+        }
+        KIND_FILESYSTEM => {
+            let r = FilesystemRecord::decode(bytes)?;
+            CollectionEvent::Filesystem(FilesystemEvent {
+                path: r.path,
+                operation: r.operation_type,
+                pid: r.pid,
+                size: r.file_size,
+                permissions: r.permissions,
+                file_hash: r.file_hash,
+                timestamp: join(
+                    r.collection_time,
+                    r.collection_time_nanos,
+                    MS,
+                    "filesystem.collection_time",
+                )?,
+            })
+        }
+        KIND_PERFORMANCE => {
+            let r = PerformanceRecord::decode(bytes)?;
+            CollectionEvent::Performance(PerformanceEvent {
+                metric_name: r.metric_name,
+                value: r.value,
+                unit: r.unit,
+                pid: r.pid,
+                component: r.component,
+                timestamp: join(
+                    r.collection_time,
+                    r.collection_time_nanos,
+                    MS,
+                    "performance.collection_time",
+                )?,
+            })
+        }
+        KIND_TRIGGER => {
+            let r = TriggerRecord::decode(bytes)?;
+            let analysis_type = match r.analysis_type {
+                0 => AnalysisType::BinaryHash,
+                1 => AnalysisType::MemoryAnalysis,
+                2 => AnalysisType::YaraScan,
+                3 => AnalysisType::NetworkAnalysis,
+                4 => AnalysisType::BehavioralAnalysis,
+                5 => AnalysisType::Custom(r.custom_analysis),
+                n => return Err(invalid("trigger.analysis_type", format!("unknown value {n}"))),
+            };
+            let priority = match r.priority {
+                0..=3 => TriggerPriority::from_u8(r.priority as u8),
+                n => return Err(invalid("trigger.priority", format!("unknown value {n}"))),
+            };
+            CollectionEvent::TriggerRequest(TriggerRequest {
+                trigger_id: r.trigger_id,
+                target_collector: r.target_collector,
+                analysis_type,
+                priority,
+                target_pid: r.target_pid,
+                target_path: r.target_path,
+                correlation_id: r.correlation_id,
+                metadata: r.metadata,
+                timestamp: join(
+                    r.collection_time,
+                    r.collection_time_nanos,
+                    MS,
+                    "trigger.collection_time",
+                )?,
+            })
+        }
+        n => return Err(invalid("header.kind", format!("unknown event kind {n}"))),
+    };
+    let priority =
+        u8::try_from(h.priority).map_err(|_| invalid("header.priority", "above 255"))?;
+    Ok(Envelope {
+        origin: h.origin,
+        seq: h.seq,
+        hops: h.hops,
+        event_id: h.event_id,
+        correlation_id: h.correlation_id,
+        publisher_id: h.publisher_id,
+        timestamp: join(h.timestamp_ms, h.timestamp_nanos, MS, "header.timestamp")?,
+        priority,
+        routing_metadata: h.routing_metadata,
+        event,
+    })
+}

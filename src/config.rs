@@ -1,0 +1,339 @@
+//! One configuration, loaded from TOML, validated with errors that name the key.
+//!
+//! ```
+//! use busbridge::config::Config;
+//! let config = Config::from_toml_str(r#"
+//!     phase = 2
+//!     codec = "json"
+//!     [transport]
+//!     socket_path = "daemoneye.sock"
+//!     connection_timeout = "10s"
+//!     max_connections = 100
+//!     [broker]
+//!     timeout = "30s"
+//!     max_message_size = 1048576
+//! "#).unwrap();
+//! assert_eq!(config.broker.timeout, std::time::Duration::from_secs(30));
+//! assert!(Config::from_toml_str("[broker]\ntimeout = \"soon\"").is_err());
+//! ```
+
+use crate::codec::CodecKind;
+use crate::phase::{Phase, PhaseError};
+use crate::subscription::BackpressureStrategy;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Why a configuration was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Parse(#[from] toml::de::Error),
+    #[error("`{key}`: {reason}")]
+    Invalid { key: String, reason: String },
+    #[error("`phase`: {0}")]
+    Phase(#[from] PhaseError),
+}
+
+fn invalid(key: &str, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.to_owned(),
+        reason: reason.into(),
+    }
+}
+
+/// The whole configuration.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Migration phase, 0–4 (see [`Phase`]).
+    pub phase: Phase,
+    /// Encoding of events on busrt; both are accepted on receive.
+    pub codec: CodecKind,
+    pub transport: TransportConfig,
+    pub broker: BrokerConfig,
+    pub client: ClientConfig,
+    pub bus: BusConfig,
+    /// Per-client access rules, by client name (see [`AccessRule`]).
+    pub access: BTreeMap<String, AccessRule>,
+}
+
+/// Where and how the broker listens.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct TransportConfig {
+    /// Unix socket; a relative path goes into a private runtime directory.
+    pub socket_path: PathBuf,
+    /// Connect (and handshake) timeout.
+    #[serde(with = "humantime_serde")]
+    pub connection_timeout: Duration,
+    /// Most concurrent external connections the broker accepts.
+    pub max_connections: u32,
+    /// Optional TCP listener, `host:port`.
+    pub tcp_listen: Option<String>,
+    /// Allow plaintext TCP on a non-loopback address (off: refused).
+    pub allow_plaintext_remote: bool,
+    /// Uids allowed on the Unix socket besides the broker's own and root.
+    pub allowed_uids: Vec<u32>,
+}
+
+/// The broker.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct BrokerConfig {
+    /// Run the broker inside this process (else connect to a standalone one).
+    pub embedded: bool,
+    /// busrt's server timeout (handshake, reads, writes; idle limit is 1.25 x this).
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Largest message, in bytes, enforced by busbridge and by busrt.
+    pub max_message_size: usize,
+    /// Frames queued per client inside the broker.
+    pub queue_size: usize,
+}
+
+/// A busbridge client.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClientConfig {
+    /// Connection string: `inproc://`, `ipc:///abs.sock`, `ipc://rel.sock`, `tcp://host:port`.
+    pub connect: Option<String>,
+    /// busrt client name; also the bridge's origin name. Default: `busbridge-<pid>`.
+    pub name: Option<String>,
+    /// Timeout of each operation.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Ping period, so an idle client is never dropped.
+    #[serde(with = "humantime_serde")]
+    pub keepalive: Duration,
+    /// First reconnect delay; doubles up to `reconnect_max`.
+    #[serde(with = "humantime_serde")]
+    pub reconnect_initial: Duration,
+    #[serde(with = "humantime_serde")]
+    pub reconnect_max: Duration,
+    /// Acknowledged publishes kept while disconnected.
+    pub outbox_capacity: usize,
+    /// Events buffered between busrt and local delivery.
+    pub queue_size: usize,
+    /// Default RPC call timeout.
+    #[serde(with = "humantime_serde")]
+    pub rpc_timeout: Duration,
+}
+
+/// Local delivery.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct BusConfig {
+    /// Queue size of each local subscriber.
+    pub channel_capacity: usize,
+    pub max_subscribers: usize,
+    pub backpressure_strategy: BackpressureStrategy,
+}
+
+/// What one client may do; topics are dotted patterns.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct AccessRule {
+    pub publish: Vec<String>,
+    pub subscribe: Vec<String>,
+}
+
+impl Default for TransportConfig {
+    fn default() -> Self {
+        Self {
+            socket_path: PathBuf::from("daemoneye.sock"),
+            connection_timeout: Duration::from_secs(10),
+            max_connections: 100,
+            tcp_listen: None,
+            allow_plaintext_remote: false,
+            allowed_uids: Vec::new(),
+        }
+    }
+}
+
+impl Default for BrokerConfig {
+    fn default() -> Self {
+        Self {
+            embedded: true,
+            timeout: Duration::from_secs(30),
+            max_message_size: crate::codec::DEFAULT_MAX_MESSAGE_SIZE,
+            queue_size: 65_536,
+        }
+    }
+}
+
+impl Default for ClientConfig {
+    fn default() -> Self {
+        Self {
+            connect: None,
+            name: None,
+            timeout: Duration::from_secs(5),
+            keepalive: Duration::from_secs(5),
+            reconnect_initial: Duration::from_millis(100),
+            reconnect_max: Duration::from_secs(30),
+            outbox_capacity: 100_000,
+            queue_size: 65_536,
+            rpc_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+impl Default for BusConfig {
+    fn default() -> Self {
+        Self {
+            channel_capacity: 65_536,
+            max_subscribers: 1000,
+            backpressure_strategy: BackpressureStrategy::Blocking,
+        }
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            phase: Phase::default(),
+            codec: CodecKind::default(),
+            transport: TransportConfig::default(),
+            broker: BrokerConfig::default(),
+            client: ClientConfig::default(),
+            bus: BusConfig::default(),
+            access: BTreeMap::new(),
+        }
+    }
+}
+
+impl Config {
+    /// Parses and validates TOML.
+    pub fn from_toml_str(s: &str) -> Result<Self, ConfigError> {
+        let config: Config = toml::from_str(s)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Reads, parses and validates a TOML file.
+    pub fn load(path: impl AsRef<Path>) -> Result<Self, ConfigError> {
+        let path = path.as_ref();
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::from_toml_str(&text)
+    }
+
+    /// The resolved configuration as TOML (every default filled in).
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).expect("config serializes")
+    }
+
+    /// Checks every value; the first problem is reported with its key.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.phase.check_build()?;
+        let positive = |key: &str, d: Duration| {
+            if d.is_zero() {
+                Err(invalid(key, "must be greater than zero"))
+            } else {
+                Ok(())
+            }
+        };
+        positive("transport.connection_timeout", self.transport.connection_timeout)?;
+        positive("broker.timeout", self.broker.timeout)?;
+        positive("client.timeout", self.client.timeout)?;
+        positive("client.keepalive", self.client.keepalive)?;
+        positive("client.reconnect_initial", self.client.reconnect_initial)?;
+        positive("client.rpc_timeout", self.client.rpc_timeout)?;
+        if self.client.keepalive >= self.broker.timeout {
+            return Err(invalid(
+                "client.keepalive",
+                "must be shorter than broker.timeout, or idle clients are dropped",
+            ));
+        }
+        if self.client.reconnect_max < self.client.reconnect_initial {
+            return Err(invalid(
+                "client.reconnect_max",
+                "must be at least client.reconnect_initial",
+            ));
+        }
+        if self.transport.socket_path.as_os_str().is_empty() {
+            return Err(invalid("transport.socket_path", "must not be empty"));
+        }
+        let nonzero = |key: &str, n: usize| {
+            if n == 0 {
+                Err(invalid(key, "must be greater than zero"))
+            } else {
+                Ok(())
+            }
+        };
+        nonzero("transport.max_connections", self.transport.max_connections as usize)?;
+        nonzero("broker.queue_size", self.broker.queue_size)?;
+        nonzero("client.queue_size", self.client.queue_size)?;
+        nonzero("bus.channel_capacity", self.bus.channel_capacity)?;
+        nonzero("bus.max_subscribers", self.bus.max_subscribers)?;
+        if self.broker.max_message_size < 1024 || self.broker.max_message_size > u32::MAX as usize
+        {
+            return Err(invalid(
+                "broker.max_message_size",
+                "must be between 1024 and 4294967295 bytes",
+            ));
+        }
+        if let Some(addr) = &self.transport.tcp_listen {
+            if addr.parse::<std::net::SocketAddr>().is_err() {
+                return Err(invalid(
+                    "transport.tcp_listen",
+                    format!("`{addr}` is not host:port with an IP address"),
+                ));
+            }
+        }
+        for (name, rule) in &self.access {
+            if name.is_empty() || name.starts_with('.') {
+                return Err(invalid(&format!("access.{name}"), "not a valid client name"));
+            }
+            for (list, patterns) in [("publish", &rule.publish), ("subscribe", &rule.subscribe)] {
+                for p in patterns {
+                    crate::topic::Pattern::parse(p)
+                        .map_err(|e| invalid(&format!("access.{name}.{list}"), e.to_string()))?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_round_trip() {
+        let c = Config::default();
+        c.validate().unwrap();
+        assert_eq!(Config::from_toml_str(&c.to_toml()).unwrap(), c);
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let e = Config::from_toml_str("[broker]\ntimeot = \"1s\"").unwrap_err();
+        assert!(e.to_string().contains("timeot"), "{e}");
+    }
+
+    #[test]
+    fn bad_duration_is_named() {
+        let e = Config::from_toml_str("[broker]\ntimeout = \"soon\"").unwrap_err();
+        assert!(e.to_string().contains("timeout"), "{e}");
+    }
+
+    #[test]
+    fn bad_value_is_named() {
+        let e = Config::from_toml_str("[transport]\nmax_connections = 0").unwrap_err();
+        assert!(e.to_string().contains("transport.max_connections"), "{e}");
+        let e = Config::from_toml_str("phase = 9").unwrap_err();
+        assert!(e.to_string().contains("phase"), "{e}");
+        let e = Config::from_toml_str("[access.procmond]\npublish = [\"events..x\"]").unwrap_err();
+        assert!(e.to_string().contains("access.procmond.publish"), "{e}");
+    }
+}

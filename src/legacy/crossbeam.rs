@@ -1,0 +1,207 @@
+//! The crossbeam facade: `HighPerformanceEventBus`, as legacy code calls it.
+//!
+//! ```
+//! # tokio::runtime::Runtime::new().unwrap().block_on(async {
+//! use busbridge::legacy::crossbeam::{
+//!     CollectionEvent, EventSubscription, HighPerformanceEventBus, HighPerformanceEventBusConfig,
+//!     HighPerformanceEventBusImpl, PerformanceEvent, SourceCaps,
+//! };
+//! let bus = HighPerformanceEventBusImpl::new(HighPerformanceEventBusConfig::default()).await?;
+//! let rx = bus.subscribe(EventSubscription {
+//!     subscriber_id: "metrics".into(),
+//!     capabilities: SourceCaps::PERFORMANCE,
+//!     event_filter: None,
+//!     correlation_filter: None,
+//! }).await?;
+//! let event = CollectionEvent::Performance(PerformanceEvent {
+//!     metric_name: "rss".into(), value: 3.0, unit: "MiB".into(), pid: Some(1),
+//!     component: "agent".into(), timestamp: std::time::SystemTime::now(),
+//! });
+//! bus.publish(event.clone(), "c-1".into()).await?;
+//! assert_eq!(rx.recv()?.event, event);
+//! # anyhow::Ok(()) }).unwrap();
+//! ```
+//!
+//! Queues are unbounded crossbeam channels whose length the router bounds at
+//! `channel_capacity` (a bounded crossbeam channel would allocate every slot up front: about
+//! 300 MiB per subscriber at the legacy default of 1,048,576). The bound can be exceeded by at
+//! most one event per concurrently publishing task. Under `DropOldest` the router keeps a clone
+//! of the receiver to discard from, so a dropped receiver is noticed only at `shutdown`.
+
+use crate::bus::{filter_of, Core, CoreOptions};
+use crate::codec::Envelope;
+use crate::router::{Offer, Sink};
+use async_trait::async_trait;
+use crossbeam_channel::{Receiver, Sender};
+use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use crate::event::{
+    AnalysisType, CollectionEvent, FilesystemEvent, NetworkEvent, PerformanceEvent, ProcessEvent,
+    SourceCaps, TriggerPriority, TriggerRequest,
+};
+pub use crate::subscription::{
+    BackpressureStrategy, BusEvent, EventBusStatistics, EventFilter, EventSubscription,
+};
+
+/// The crossbeam bus, as legacy code knows it.
+#[async_trait]
+pub trait HighPerformanceEventBus: Send + Sync {
+    /// Publishes an event to every matching subscriber.
+    async fn publish(&self, event: CollectionEvent, correlation_id: String) -> anyhow::Result<()>;
+    /// Subscribes; events arrive on the returned crossbeam receiver.
+    async fn subscribe(
+        &self,
+        subscription: EventSubscription,
+    ) -> anyhow::Result<crossbeam_channel::Receiver<BusEvent>>;
+    /// Counters.
+    async fn get_statistics(&self) -> EventBusStatistics;
+    /// Stops publishing and disconnects every subscriber.
+    async fn shutdown(&mut self) -> anyhow::Result<()>;
+}
+
+/// Settings, with the legacy defaults.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct HighPerformanceEventBusConfig {
+    pub channel_capacity: usize,
+    pub max_subscribers: usize,
+    pub backpressure_strategy: BackpressureStrategy,
+    pub enable_persistence: bool,
+    pub max_persisted_events: usize,
+    pub enable_correlation_tracking: bool,
+}
+
+impl Default for HighPerformanceEventBusConfig {
+    fn default() -> Self {
+        Self {
+            channel_capacity: 1_048_576,
+            max_subscribers: 1000,
+            backpressure_strategy: BackpressureStrategy::Blocking,
+            enable_persistence: false,
+            max_persisted_events: 10_000,
+            enable_correlation_tracking: true,
+        }
+    }
+}
+
+/// The crossbeam bus over busbridge's core.
+pub struct HighPerformanceEventBusImpl {
+    core: Arc<Core>,
+    config: HighPerformanceEventBusConfig,
+}
+
+impl HighPerformanceEventBusImpl {
+    /// A legacy-router-only bus (phase 0).
+    pub async fn new(config: HighPerformanceEventBusConfig) -> anyhow::Result<Self> {
+        let core = Arc::new(Core::new(CoreOptions {
+            max_subscribers: config.max_subscribers,
+            persistence: config
+                .enable_persistence
+                .then_some(config.max_persisted_events),
+            ..CoreOptions::default()
+        }));
+        Ok(Self::with_core(core, config))
+    }
+
+    /// This facade over an existing core (for example a bridged one).
+    pub fn with_core(core: Arc<Core>, config: HighPerformanceEventBusConfig) -> Self {
+        Self { core, config }
+    }
+
+    /// Kept for compatibility: the legacy bus had a no-op `start`.
+    pub async fn start(&self) -> anyhow::Result<()> {
+        Ok(())
+    }
+
+    /// Every counter of the core.
+    pub fn stats(&self) -> crate::stats::StatsSnapshot {
+        self.core.stats().snapshot()
+    }
+
+    /// The core.
+    pub fn core(&self) -> &Arc<Core> {
+        &self.core
+    }
+}
+
+#[async_trait]
+impl HighPerformanceEventBus for HighPerformanceEventBusImpl {
+    async fn publish(&self, event: CollectionEvent, correlation_id: String) -> anyhow::Result<()> {
+        self.core
+            .publish(self.core.envelope(event, correlation_id))
+            .await?;
+        Ok(())
+    }
+
+    async fn subscribe(&self, subscription: EventSubscription) -> anyhow::Result<Receiver<BusEvent>> {
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let strategy = self.config.backpressure_strategy;
+        let sink = CrossbeamSink {
+            tx,
+            capacity: self.config.channel_capacity.max(1),
+            discard_from: (strategy == BackpressureStrategy::DropOldest).then(|| rx.clone()),
+        };
+        self.core.router().subscribe(
+            subscription.subscriber_id.clone(),
+            filter_of(&subscription),
+            strategy.into(),
+            Box::new(sink),
+        )?;
+        Ok(rx)
+    }
+
+    async fn get_statistics(&self) -> EventBusStatistics {
+        self.core.legacy_statistics()
+    }
+
+    async fn shutdown(&mut self) -> anyhow::Result<()> {
+        self.core.shutdown();
+        Ok(())
+    }
+}
+
+struct CrossbeamSink {
+    tx: Sender<BusEvent>,
+    capacity: usize,
+    discard_from: Option<Receiver<BusEvent>>,
+}
+
+#[async_trait]
+impl Sink for CrossbeamSink {
+    fn offer(&self, env: &Envelope) -> Offer {
+        if self.tx.len() >= self.capacity {
+            return Offer::Full;
+        }
+        match self.tx.send(BusEvent::from(env)) {
+            Ok(()) => Offer::Sent,
+            Err(_) => Offer::Closed,
+        }
+    }
+
+    async fn ready(&self, limit: Option<Duration>) -> bool {
+        // crossbeam has no async "room available" signal: poll with a capped back-off. Only a
+        // full queue under `Blocking` gets here; a dropped receiver empties the channel.
+        let deadline = limit.map(|d| tokio::time::Instant::now() + d);
+        let mut pause = Duration::from_micros(50);
+        while self.tx.len() >= self.capacity {
+            if deadline.is_some_and(|d| tokio::time::Instant::now() >= d) {
+                return false;
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(5));
+        }
+        true
+    }
+
+    fn discard_oldest(&self) -> bool {
+        self.discard_from
+            .as_ref()
+            .is_some_and(|rx| rx.try_recv().is_ok())
+    }
+
+    fn queued(&self) -> usize {
+        self.tx.len()
+    }
+}

@@ -1,0 +1,371 @@
+//! The tokio facade: `EventBus` / `LocalEventBus`, as production legacy code calls it.
+//!
+//! ```
+//! # tokio::runtime::Runtime::new().unwrap().block_on(async {
+//! use busbridge::legacy::tokio::{
+//!     CollectionEvent, EventBus, EventBusConfig, EventSubscription, LocalEventBus,
+//!     NetworkEvent, SourceCaps,
+//! };
+//! let mut bus = LocalEventBus::new(EventBusConfig::default()).await?;
+//! bus.start().await?;
+//! let mut rx = bus.subscribe(EventSubscription {
+//!     subscriber_id: "netwatch".into(),
+//!     capabilities: SourceCaps::NETWORK,
+//!     event_filter: None,
+//!     correlation_filter: None,
+//! }).await?;
+//! let event = CollectionEvent::Network(NetworkEvent {
+//!     connection_id: "c".into(), source_addr: "a".into(), dest_addr: "b".into(),
+//!     protocol: "tcp".into(), state: "SYN_SENT".into(), pid: None, bytes_sent: 0,
+//!     bytes_received: 0, timestamp: std::time::SystemTime::now(),
+//! });
+//! bus.publish(event.clone(), "c-1".into()).await?;
+//! assert_eq!(rx.recv().await.unwrap().event, event);
+//! # anyhow::Ok(()) }).unwrap();
+//! ```
+
+use crate::bus::{Core, CoreOptions};
+use crate::codec::Envelope;
+use crate::router::{Filter, Offer, Policy, Sink};
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+use tokio::sync::mpsc;
+
+pub use crate::event::{
+    AnalysisType, CollectionEvent, FilesystemEvent, NetworkEvent, PerformanceEvent, ProcessEvent,
+    SourceCaps, TriggerPriority, TriggerRequest,
+};
+
+/// The tokio bus, as legacy code knows it.
+#[async_trait]
+pub trait EventBus: Send + Sync {
+    /// Publishes an event (an error before `start`).
+    async fn publish(&mut self, event: CollectionEvent, correlation_id: String)
+        -> anyhow::Result<()>;
+    /// Subscribes; events arrive on the returned tokio receiver.
+    async fn subscribe(
+        &mut self,
+        subscription: EventSubscription,
+    ) -> anyhow::Result<mpsc::Receiver<BusEvent>>;
+    /// Removes a subscriber; an unknown id is an error.
+    async fn unsubscribe(&mut self, subscriber_id: &str) -> anyhow::Result<()>;
+    /// Counters.
+    async fn statistics(&self) -> EventBusStatistics;
+    /// Stops publishing and disconnects every subscriber.
+    async fn shutdown(&mut self) -> anyhow::Result<()>;
+    /// Re-sends the persisted events of one correlation id to one subscriber, marked
+    /// `routing_metadata["replay"] = "true"`.
+    async fn replay_events(&mut self, correlation_id: &str, subscriber_id: &str)
+        -> anyhow::Result<()>;
+}
+
+/// Settings, with the legacy defaults.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct EventBusConfig {
+    pub max_buffer_size: usize,
+    pub max_subscribers: usize,
+    #[serde(with = "humantime_serde")]
+    pub delivery_timeout: Duration,
+    pub enable_persistence: bool,
+    pub max_persisted_events: usize,
+    #[serde(with = "humantime_serde")]
+    pub cleanup_interval: Duration,
+    #[serde(with = "humantime_serde")]
+    pub max_event_age: Duration,
+    pub enable_debug_logging: bool,
+    /// Kept for compatibility; delivery waits up to `delivery_timeout` on a full queue.
+    pub backpressure_threshold: usize,
+    /// Kept for compatibility; see `backpressure_threshold`.
+    #[serde(with = "humantime_serde")]
+    pub max_backpressure_wait: Duration,
+}
+
+impl Default for EventBusConfig {
+    fn default() -> Self {
+        Self {
+            max_buffer_size: 1000,
+            max_subscribers: 32,
+            delivery_timeout: Duration::from_secs(5),
+            enable_persistence: true,
+            max_persisted_events: 10_000,
+            cleanup_interval: Duration::from_secs(300),
+            max_event_age: Duration::from_secs(3600),
+            enable_debug_logging: false,
+            backpressure_threshold: 800,
+            max_backpressure_wait: Duration::from_secs(1),
+        }
+    }
+}
+
+/// What a subscriber wants.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct EventSubscription {
+    pub subscriber_id: String,
+    pub capabilities: SourceCaps,
+    pub event_filter: Option<EventFilter>,
+    pub correlation_filter: Option<CorrelationFilter>,
+}
+
+/// Further narrowing; every non-empty part must match.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct EventFilter {
+    /// `event_type()` names; empty means all.
+    pub event_types: Vec<String>,
+    /// Event pids; empty means all.
+    pub pids: Vec<u32>,
+    /// Minimum trigger priority; applies to trigger requests only.
+    pub min_priority: Option<TriggerPriority>,
+    /// Every pair must be present in the trigger metadata or the routing metadata.
+    pub metadata_filters: HashMap<String, String>,
+}
+
+/// Correlation matching: any exact id or any regular expression passes.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct CorrelationFilter {
+    pub correlation_ids: Vec<String>,
+    pub correlation_patterns: Vec<String>,
+}
+
+/// One delivered event.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct BusEvent {
+    pub event_id: String,
+    pub event: CollectionEvent,
+    pub correlation_id: String,
+    pub bus_timestamp: SystemTime,
+    pub publisher_id: String,
+    pub routing_metadata: HashMap<String, String>,
+}
+
+impl From<&Envelope> for BusEvent {
+    fn from(env: &Envelope) -> Self {
+        Self {
+            event_id: env.event_id.clone(),
+            event: env.event.clone(),
+            correlation_id: env.correlation_id.clone(),
+            bus_timestamp: env.timestamp,
+            publisher_id: env.publisher_id.clone(),
+            routing_metadata: env.routing_metadata.clone(),
+        }
+    }
+}
+
+/// Counters, with `events_persisted`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct EventBusStatistics {
+    pub events_published: u64,
+    pub events_delivered: u64,
+    pub events_dropped: u64,
+    pub events_persisted: u64,
+    pub active_subscribers: usize,
+    pub avg_delivery_latency_ms: f64,
+    pub memory_usage_bytes: u64,
+    pub last_updated: SystemTime,
+}
+
+/// The tokio bus over busbridge's core.
+pub struct LocalEventBus {
+    core: Arc<Core>,
+    config: EventBusConfig,
+    cleanup: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl LocalEventBus {
+    /// A legacy-router-only bus (phase 0); publishing needs `start()` first.
+    pub async fn new(config: EventBusConfig) -> anyhow::Result<Self> {
+        let core = Arc::new(Core::new(CoreOptions {
+            max_subscribers: config.max_subscribers,
+            persistence: config
+                .enable_persistence
+                .then_some(config.max_persisted_events),
+            require_start: true,
+            ..CoreOptions::default()
+        }));
+        Ok(Self::with_core(core, config))
+    }
+
+    /// This facade over an existing core (for example a bridged one).
+    pub fn with_core(core: Arc<Core>, config: EventBusConfig) -> Self {
+        Self {
+            core,
+            config,
+            cleanup: None,
+        }
+    }
+
+    /// Starts the bus and its periodic clean-up of expired persisted events.
+    pub async fn start(&mut self) -> anyhow::Result<()> {
+        self.core.start();
+        if self.config.enable_persistence && self.cleanup.is_none() {
+            let core = Arc::downgrade(&self.core);
+            let (every, max_age) = (self.config.cleanup_interval, self.config.max_event_age);
+            self.cleanup = Some(tokio::spawn(async move {
+                let mut tick = tokio::time::interval(every.max(Duration::from_millis(10)));
+                tick.tick().await;
+                loop {
+                    tick.tick().await;
+                    match core.upgrade() {
+                        Some(core) => core.expire(max_age),
+                        None => return,
+                    }
+                }
+            }));
+        }
+        Ok(())
+    }
+
+    /// Every counter of the core.
+    pub fn stats(&self) -> crate::stats::StatsSnapshot {
+        self.core.stats().snapshot()
+    }
+
+    /// The core.
+    pub fn core(&self) -> &Arc<Core> {
+        &self.core
+    }
+}
+
+impl Drop for LocalEventBus {
+    fn drop(&mut self) {
+        if let Some(task) = self.cleanup.take() {
+            task.abort();
+        }
+    }
+}
+
+fn filter_of(sub: &EventSubscription) -> anyhow::Result<Filter> {
+    let f = sub.event_filter.clone().unwrap_or_default();
+    let c = sub.correlation_filter.clone().unwrap_or_default();
+    let correlation_patterns = c
+        .correlation_patterns
+        .iter()
+        .map(|p| {
+            regex::Regex::new(p).map_err(|source| crate::bus::BusError::BadPattern {
+                pattern: p.clone(),
+                source,
+            })
+        })
+        .collect::<Result<_, _>>()?;
+    Ok(Filter {
+        capabilities: sub.capabilities,
+        event_types: f.event_types,
+        pids: f.pids,
+        min_priority: f.min_priority.map(|p| p as u8),
+        source: None,
+        metadata: f.metadata_filters,
+        correlation_ids: c.correlation_ids,
+        correlation_patterns,
+    })
+}
+
+#[async_trait]
+impl EventBus for LocalEventBus {
+    async fn publish(
+        &mut self,
+        event: CollectionEvent,
+        correlation_id: String,
+    ) -> anyhow::Result<()> {
+        let env = self.core.envelope(event, correlation_id);
+        if self.config.enable_debug_logging {
+            tracing::debug!(event_id = %env.event_id, kind = env.event.event_type(), "publish");
+        }
+        self.core.publish(env).await?;
+        Ok(())
+    }
+
+    async fn subscribe(
+        &mut self,
+        subscription: EventSubscription,
+    ) -> anyhow::Result<mpsc::Receiver<BusEvent>> {
+        let filter = filter_of(&subscription)?;
+        let (tx, rx) = mpsc::channel(self.config.max_buffer_size.max(1));
+        self.core.router().subscribe(
+            subscription.subscriber_id,
+            filter,
+            Policy::BlockFor(self.config.delivery_timeout),
+            Box::new(TokioSink(tx)),
+        )?;
+        Ok(rx)
+    }
+
+    async fn unsubscribe(&mut self, subscriber_id: &str) -> anyhow::Result<()> {
+        self.core.router().unsubscribe(subscriber_id)?;
+        Ok(())
+    }
+
+    async fn statistics(&self) -> EventBusStatistics {
+        let s = self.core.legacy_statistics();
+        EventBusStatistics {
+            events_published: s.events_published,
+            events_delivered: s.events_delivered,
+            events_dropped: s.events_dropped,
+            events_persisted: self.core.stats().snapshot().events_persisted,
+            active_subscribers: s.active_subscribers,
+            avg_delivery_latency_ms: s.avg_delivery_latency_ms,
+            memory_usage_bytes: s.memory_usage_bytes,
+            last_updated: s.last_updated,
+        }
+    }
+
+    async fn shutdown(&mut self) -> anyhow::Result<()> {
+        self.core.shutdown();
+        if let Some(task) = self.cleanup.take() {
+            task.abort();
+        }
+        Ok(())
+    }
+
+    async fn replay_events(
+        &mut self,
+        correlation_id: &str,
+        subscriber_id: &str,
+    ) -> anyhow::Result<()> {
+        if !self.core.router().contains(subscriber_id) {
+            return Err(crate::router::RouterError::UnknownSubscriber(subscriber_id.into()).into());
+        }
+        for mut env in self.core.persisted(correlation_id) {
+            env.routing_metadata.insert("replay".into(), "true".into());
+            self.core.router().route_to(&env, subscriber_id).await;
+        }
+        Ok(())
+    }
+}
+
+struct TokioSink(mpsc::Sender<BusEvent>);
+
+#[async_trait]
+impl Sink for TokioSink {
+    fn offer(&self, env: &Envelope) -> Offer {
+        match self.0.try_reserve() {
+            Ok(permit) => {
+                permit.send(BusEvent::from(env));
+                Offer::Sent
+            }
+            Err(mpsc::error::TrySendError::Full(())) => Offer::Full,
+            Err(mpsc::error::TrySendError::Closed(())) => Offer::Closed,
+        }
+    }
+
+    async fn ready(&self, limit: Option<Duration>) -> bool {
+        let reserve = self.0.reserve();
+        match limit {
+            None => {
+                let _ = reserve.await;
+                true
+            }
+            Some(d) => tokio::time::timeout(d, reserve).await.is_ok(),
+        }
+    }
+
+    fn discard_oldest(&self) -> bool {
+        false
+    }
+
+    fn queued(&self) -> usize {
+        self.0.max_capacity() - self.0.capacity()
+    }
+}

@@ -1,0 +1,362 @@
+//! busbridge's own bounded channel: the phase-4 [`Receiver`], with no crossbeam underneath.
+//!
+//! It offers crossbeam's receiving methods (`recv`, `try_recv`, `recv_timeout`, `iter`,
+//! `try_iter`, `len`, `is_empty`) plus [`Receiver::recv_async`], so call sites written against
+//! a crossbeam receiver change only the type's path. The sending side stays inside busbridge,
+//! where the router applies the subscriber's back-pressure strategy (it can discard the oldest
+//! item, which a crossbeam or tokio sender cannot).
+//!
+//! ```
+//! use busbridge::queue::{channel, TryRecvError};
+//! let (tx, rx) = channel::<u32>(2);
+//! assert!(tx.try_send(1).is_ok());
+//! assert_eq!(rx.len(), 1);
+//! assert_eq!(rx.try_recv(), Ok(1));
+//! drop(tx);
+//! assert_eq!(rx.try_recv(), Err(TryRecvError::Disconnected));
+//! ```
+
+use parking_lot::{Condvar, Mutex};
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::Notify;
+
+/// The channel is empty and every sender is gone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("receiving on an empty and disconnected channel")]
+pub struct RecvError;
+
+/// Why [`Receiver::try_recv`] returned nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum TryRecvError {
+    #[error("receiving on an empty channel")]
+    Empty,
+    #[error("receiving on an empty and disconnected channel")]
+    Disconnected,
+}
+
+/// Why [`Receiver::recv_timeout`] returned nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum RecvTimeoutError {
+    #[error("timed out waiting on receive operation")]
+    Timeout,
+    #[error("channel is empty and disconnected")]
+    Disconnected,
+}
+
+/// Why [`Sender::try_send`] could not queue an item; the item is handed back.
+#[derive(Debug, PartialEq, Eq)]
+pub enum TrySendError<T> {
+    Full(T),
+    Disconnected(T),
+}
+
+struct Shared<T> {
+    queue: Mutex<VecDeque<T>>,
+    capacity: usize,
+    /// Wakes blocking receivers.
+    item: Condvar,
+    /// Wakes async receivers.
+    item_async: Notify,
+    /// Wakes senders waiting for room.
+    room: Notify,
+    senders: AtomicUsize,
+    receivers: AtomicUsize,
+}
+
+impl<T> Shared<T> {
+    fn disconnected_senders(&self) -> bool {
+        self.senders.load(Ordering::Acquire) == 0
+    }
+    fn pop(&self) -> Option<T> {
+        let item = self.queue.lock().pop_front();
+        if item.is_some() {
+            self.room.notify_waiters();
+        }
+        item
+    }
+}
+
+/// Creates a channel holding at most `capacity` items (at least 1).
+pub fn channel<T>(capacity: usize) -> (Sender<T>, Receiver<T>) {
+    let capacity = capacity.max(1);
+    let shared = Arc::new(Shared {
+        queue: Mutex::new(VecDeque::with_capacity(capacity.min(1024))),
+        capacity,
+        item: Condvar::new(),
+        item_async: Notify::new(),
+        room: Notify::new(),
+        senders: AtomicUsize::new(1),
+        receivers: AtomicUsize::new(1),
+    });
+    (
+        Sender {
+            shared: shared.clone(),
+        },
+        Receiver { shared },
+    )
+}
+
+/// The sending half (used by busbridge's router).
+pub struct Sender<T> {
+    shared: Arc<Shared<T>>,
+}
+
+impl<T> Sender<T> {
+    /// Queues `item` if there is room.
+    pub fn try_send(&self, item: T) -> Result<(), TrySendError<T>> {
+        if self.is_disconnected() {
+            return Err(TrySendError::Disconnected(item));
+        }
+        {
+            let mut q = self.shared.queue.lock();
+            if q.len() >= self.shared.capacity {
+                return Err(TrySendError::Full(item));
+            }
+            q.push_back(item);
+        }
+        self.shared.item.notify_one();
+        self.shared.item_async.notify_waiters();
+        Ok(())
+    }
+
+    /// Discards the oldest queued item; false if the queue was empty.
+    pub fn discard_oldest(&self) -> bool {
+        self.shared.queue.lock().pop_front().is_some()
+    }
+
+    /// Waits until there may be room, every receiver is gone, or `limit` passes.
+    /// Returns false only on timeout.
+    pub async fn ready(&self, limit: Option<Duration>) -> bool {
+        let wait = async {
+            loop {
+                let notified = self.shared.room.notified();
+                tokio::pin!(notified);
+                notified.as_mut().enable();
+                if self.is_disconnected() || self.len() < self.shared.capacity {
+                    return;
+                }
+                notified.await;
+            }
+        };
+        match limit {
+            None => {
+                wait.await;
+                true
+            }
+            Some(d) => tokio::time::timeout(d, wait).await.is_ok(),
+        }
+    }
+
+    /// True once every receiver is dropped.
+    pub fn is_disconnected(&self) -> bool {
+        self.shared.receivers.load(Ordering::Acquire) == 0
+    }
+
+    /// Items queued.
+    pub fn len(&self) -> usize {
+        self.shared.queue.lock().len()
+    }
+
+    /// True if nothing is queued.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl<T> Clone for Sender<T> {
+    fn clone(&self) -> Self {
+        self.shared.senders.fetch_add(1, Ordering::AcqRel);
+        Self {
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+impl<T> Drop for Sender<T> {
+    fn drop(&mut self) {
+        if self.shared.senders.fetch_sub(1, Ordering::AcqRel) == 1 {
+            // Take the lock so a receiver between its check and its wait cannot miss this.
+            drop(self.shared.queue.lock());
+            self.shared.item.notify_all();
+            self.shared.item_async.notify_waiters();
+        }
+    }
+}
+
+/// The receiving half of a busbridge subscription (the phase-4 replacement for
+/// `crossbeam_channel::Receiver`).
+pub struct Receiver<T> {
+    shared: Arc<Shared<T>>,
+}
+
+impl<T> Receiver<T> {
+    /// Blocks until an item arrives; errors once the channel is empty and disconnected.
+    pub fn recv(&self) -> Result<T, RecvError> {
+        self.recv_deadline(None).map_err(|_| RecvError)
+    }
+
+    /// Takes an item if one is queued.
+    pub fn try_recv(&self) -> Result<T, TryRecvError> {
+        match self.shared.pop() {
+            Some(item) => Ok(item),
+            None if self.shared.disconnected_senders() => {
+                // A last item may have been pushed just before the disconnect.
+                self.shared.pop().ok_or(TryRecvError::Disconnected)
+            }
+            None => Err(TryRecvError::Empty),
+        }
+    }
+
+    /// Blocks for at most `timeout`.
+    pub fn recv_timeout(&self, timeout: Duration) -> Result<T, RecvTimeoutError> {
+        self.recv_deadline(Some(Instant::now() + timeout))
+    }
+
+    fn recv_deadline(&self, deadline: Option<Instant>) -> Result<T, RecvTimeoutError> {
+        let mut q = self.shared.queue.lock();
+        loop {
+            if let Some(item) = q.pop_front() {
+                drop(q);
+                self.shared.room.notify_waiters();
+                return Ok(item);
+            }
+            if self.shared.disconnected_senders() {
+                return Err(RecvTimeoutError::Disconnected);
+            }
+            match deadline {
+                None => self.shared.item.wait(&mut q),
+                Some(d) => {
+                    if self.shared.item.wait_until(&mut q, d).timed_out() && q.is_empty() {
+                        return Err(if self.shared.disconnected_senders() {
+                            RecvTimeoutError::Disconnected
+                        } else {
+                            RecvTimeoutError::Timeout
+                        });
+                    }
+                }
+            }
+        }
+    }
+
+    /// Waits asynchronously for an item; `None` once the channel is empty and disconnected.
+    pub async fn recv_async(&self) -> Option<T> {
+        loop {
+            let notified = self.shared.item_async.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            match self.try_recv() {
+                Ok(item) => return Some(item),
+                Err(TryRecvError::Disconnected) => return None,
+                Err(TryRecvError::Empty) => notified.await,
+            }
+        }
+    }
+
+    /// A blocking iterator that ends when the channel is empty and disconnected.
+    pub fn iter(&self) -> impl Iterator<Item = T> + '_ {
+        std::iter::from_fn(move || self.recv().ok())
+    }
+
+    /// An iterator over what is queued now.
+    pub fn try_iter(&self) -> impl Iterator<Item = T> + '_ {
+        std::iter::from_fn(move || self.try_recv().ok())
+    }
+
+    /// Items queued.
+    pub fn len(&self) -> usize {
+        self.shared.queue.lock().len()
+    }
+
+    /// True if nothing is queued.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The channel's capacity.
+    pub fn capacity(&self) -> Option<usize> {
+        Some(self.shared.capacity)
+    }
+}
+
+impl<T> Clone for Receiver<T> {
+    fn clone(&self) -> Self {
+        self.shared.receivers.fetch_add(1, Ordering::AcqRel);
+        Self {
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+impl<T> Drop for Receiver<T> {
+    fn drop(&mut self) {
+        if self.shared.receivers.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.shared.room.notify_waiters();
+        }
+    }
+}
+
+impl<T> std::fmt::Debug for Receiver<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Receiver")
+            .field("len", &self.len())
+            .field("capacity", &self.shared.capacity)
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn full_then_discard_oldest() {
+        let (tx, rx) = channel(2);
+        tx.try_send(1).unwrap();
+        tx.try_send(2).unwrap();
+        assert_eq!(tx.try_send(3), Err(TrySendError::Full(3)));
+        assert!(tx.discard_oldest());
+        tx.try_send(3).unwrap();
+        assert_eq!(rx.try_iter().collect::<Vec<_>>(), vec![2, 3]);
+    }
+
+    #[test]
+    fn recv_timeout_times_out_then_disconnects() {
+        let (tx, rx) = channel::<u8>(1);
+        assert_eq!(
+            rx.recv_timeout(Duration::from_millis(1)),
+            Err(RecvTimeoutError::Timeout)
+        );
+        drop(tx);
+        assert_eq!(
+            rx.recv_timeout(Duration::from_millis(1)),
+            Err(RecvTimeoutError::Disconnected)
+        );
+    }
+
+    #[test]
+    fn blocking_recv_across_threads() {
+        let (tx, rx) = channel(4);
+        let t = std::thread::spawn(move || rx.iter().collect::<Vec<u32>>());
+        for i in 0..3 {
+            tx.try_send(i).unwrap();
+        }
+        drop(tx);
+        assert_eq!(t.join().unwrap(), vec![0, 1, 2]);
+    }
+
+    #[tokio::test]
+    async fn ready_wakes_when_receiver_pops() {
+        let (tx, rx) = channel(1);
+        tx.try_send(1).unwrap();
+        let waiter = tokio::spawn(async move {
+            tx.ready(None).await;
+            tx.try_send(2)
+        });
+        assert_eq!(rx.recv_async().await, Some(1));
+        assert!(waiter.await.unwrap().is_ok());
+        assert_eq!(rx.recv_async().await, Some(2));
+    }
+}

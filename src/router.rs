@@ -1,0 +1,329 @@
+//! The routing core: one subscriber table, one filter, one delivery loop, for every facade.
+//!
+//! A facade turns its subscription into a [`Filter`] and its channel into a [`Sink`]; the
+//! router decides who gets an event and applies the subscriber's [`Policy`] when a queue is
+//! full. Delivery happens on the publisher's task (no routing thread, so no idle spinning), in
+//! publish order per subscriber.
+
+use crate::codec::Envelope;
+use crate::event::SourceCaps;
+use crate::stats::Stats;
+use async_trait::async_trait;
+use parking_lot::RwLock;
+use regex::Regex;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Everything a subscription can ask for, in one place.
+#[derive(Debug, Clone, Default)]
+pub struct Filter {
+    /// The event's capability must be contained here.
+    pub capabilities: SourceCaps,
+    /// `event_type()` names; empty means all.
+    pub event_types: Vec<String>,
+    /// Event pids; empty means all.
+    pub pids: Vec<u32>,
+    /// Minimum trigger priority, for trigger requests only.
+    pub min_priority: Option<u8>,
+    /// Exact publisher id.
+    pub source: Option<String>,
+    /// Every pair must be present in the trigger metadata or the routing metadata.
+    pub metadata: HashMap<String, String>,
+    /// Exact correlation ids; with `correlation_patterns`, any match passes.
+    pub correlation_ids: Vec<String>,
+    /// Regular expressions over the correlation id.
+    pub correlation_patterns: Vec<Regex>,
+}
+
+impl Filter {
+    /// True if the envelope passes every part of the filter.
+    pub fn matches(&self, env: &Envelope) -> bool {
+        let event = &env.event;
+        if !self.capabilities.contains(event.capability()) {
+            return false;
+        }
+        if !self.event_types.is_empty()
+            && !self.event_types.iter().any(|t| t == event.event_type())
+        {
+            return false;
+        }
+        if !self.pids.is_empty() && !event.pid().is_some_and(|p| self.pids.contains(&p)) {
+            return false;
+        }
+        if let (Some(min), Some(p)) = (self.min_priority, event.trigger_priority()) {
+            if (p as u8) < min {
+                return false;
+            }
+        }
+        if self
+            .source
+            .as_ref()
+            .is_some_and(|s| *s != env.publisher_id)
+        {
+            return false;
+        }
+        if !self.metadata.is_empty() {
+            let trigger_meta = match event {
+                crate::event::CollectionEvent::TriggerRequest(t) => Some(&t.metadata),
+                _ => None,
+            };
+            let has = |k: &String, v: &String| {
+                env.routing_metadata.get(k) == Some(v)
+                    || trigger_meta.is_some_and(|m| m.get(k) == Some(v))
+            };
+            if !self.metadata.iter().all(|(k, v)| has(k, v)) {
+                return false;
+            }
+        }
+        if self.correlation_ids.is_empty() && self.correlation_patterns.is_empty() {
+            return true;
+        }
+        self.correlation_ids.contains(&env.correlation_id)
+            || self
+                .correlation_patterns
+                .iter()
+                .any(|r| r.is_match(&env.correlation_id))
+    }
+}
+
+/// What happens when a subscriber's queue is full.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Policy {
+    /// Wait for room as long as it takes.
+    Block,
+    /// Wait at most this long, then drop the event (counted as a timeout drop).
+    BlockFor(Duration),
+    /// Discard the oldest queued event.
+    DropOldest,
+    /// Discard the new event.
+    DropNewest,
+}
+
+/// The result of offering an event to a sink.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Offer {
+    Sent,
+    Full,
+    Closed,
+}
+
+/// A subscriber's channel, as the router sees it.
+#[async_trait]
+pub trait Sink: Send + Sync + 'static {
+    /// Queues the event without waiting.
+    fn offer(&self, env: &Envelope) -> Offer;
+    /// Waits until there may be room; false if `limit` passed first.
+    async fn ready(&self, limit: Option<Duration>) -> bool;
+    /// Discards the oldest queued event; false if it cannot.
+    fn discard_oldest(&self) -> bool;
+    /// Events queued now.
+    fn queued(&self) -> usize;
+}
+
+struct Subscriber {
+    id: String,
+    filter: Filter,
+    policy: Policy,
+    sink: Box<dyn Sink>,
+}
+
+/// Why a subscription change was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RouterError {
+    #[error("subscriber limit of {0} reached")]
+    TooManySubscribers(usize),
+    #[error("unknown subscriber `{0}`")]
+    UnknownSubscriber(String),
+}
+
+/// The subscriber table and delivery loop.
+pub struct Router {
+    // Copy-on-write: publishers clone the Arc and deliver without holding the lock.
+    subscribers: RwLock<Arc<Vec<Arc<Subscriber>>>>,
+    max_subscribers: usize,
+    stats: Arc<Stats>,
+}
+
+impl Router {
+    /// A router that accepts at most `max_subscribers`.
+    pub fn new(max_subscribers: usize, stats: Arc<Stats>) -> Self {
+        Self {
+            subscribers: RwLock::new(Arc::new(Vec::new())),
+            max_subscribers,
+            stats,
+        }
+    }
+
+    /// Adds a subscriber; one with the same id is replaced (its receiver then disconnects).
+    pub fn subscribe(
+        &self,
+        id: impl Into<String>,
+        filter: Filter,
+        policy: Policy,
+        sink: Box<dyn Sink>,
+    ) -> Result<(), RouterError> {
+        let id = id.into();
+        let mut guard = self.subscribers.write();
+        let mut next: Vec<_> = guard.iter().filter(|s| s.id != id).cloned().collect();
+        if next.len() >= self.max_subscribers {
+            return Err(RouterError::TooManySubscribers(self.max_subscribers));
+        }
+        next.push(Arc::new(Subscriber {
+            id,
+            filter,
+            policy,
+            sink,
+        }));
+        *guard = Arc::new(next);
+        Ok(())
+    }
+
+    /// Removes a subscriber.
+    pub fn unsubscribe(&self, id: &str) -> Result<(), RouterError> {
+        let mut guard = self.subscribers.write();
+        if !guard.iter().any(|s| s.id == id) {
+            return Err(RouterError::UnknownSubscriber(id.to_owned()));
+        }
+        *guard = Arc::new(guard.iter().filter(|s| s.id != id).cloned().collect());
+        Ok(())
+    }
+
+    /// Removes every subscriber (their receivers then disconnect).
+    pub fn clear(&self) {
+        *self.subscribers.write() = Arc::new(Vec::new());
+    }
+
+    /// Subscribers now.
+    pub fn len(&self) -> usize {
+        self.subscribers.read().len()
+    }
+
+    /// True if nobody is subscribed.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Events queued across all subscribers.
+    pub fn queued(&self) -> usize {
+        self.subscribers.read().iter().map(|s| s.sink.queued()).sum()
+    }
+
+    /// True if the subscriber exists.
+    pub fn contains(&self, id: &str) -> bool {
+        self.subscribers.read().iter().any(|s| s.id == id)
+    }
+
+    /// Delivers to every matching subscriber; returns how many received it.
+    pub async fn route(&self, env: &Envelope) -> usize {
+        self.route_where(env, |_| true).await
+    }
+
+    /// Delivers to one subscriber if its filter matches (used by replay).
+    pub async fn route_to(&self, env: &Envelope, id: &str) -> usize {
+        self.route_where(env, |s| s == id).await
+    }
+
+    async fn route_where(&self, env: &Envelope, pick: impl Fn(&str) -> bool) -> usize {
+        let start = Instant::now();
+        let subscribers = self.subscribers.read().clone();
+        let mut delivered = 0;
+        for sub in subscribers.iter() {
+            if !pick(&sub.id) || !sub.filter.matches(env) {
+                continue;
+            }
+            if self.deliver(sub, env).await {
+                delivered += 1;
+                self.stats.record_latency(start.elapsed());
+            }
+        }
+        Stats::add(&self.stats.delivered, delivered as u64);
+        delivered
+    }
+
+    async fn deliver(&self, sub: &Arc<Subscriber>, env: &Envelope) -> bool {
+        let deadline = match sub.policy {
+            Policy::BlockFor(d) => Some(Instant::now() + d),
+            _ => None,
+        };
+        loop {
+            match sub.sink.offer(env) {
+                Offer::Sent => return true,
+                Offer::Closed => {
+                    self.remove_closed(sub);
+                    return false;
+                }
+                Offer::Full => match sub.policy {
+                    Policy::DropNewest => {
+                        Stats::add(&self.stats.dropped_full, 1);
+                        return false;
+                    }
+                    Policy::DropOldest => {
+                        if sub.sink.discard_oldest() {
+                            Stats::add(&self.stats.dropped_full, 1);
+                        } else if !sub.sink.ready(Some(Duration::from_millis(1))).await {
+                            // A sink that cannot discard behaves as DropNewest.
+                            Stats::add(&self.stats.dropped_full, 1);
+                            return false;
+                        }
+                    }
+                    Policy::Block => {
+                        sub.sink.ready(None).await;
+                    }
+                    Policy::BlockFor(_) => {
+                        let left = deadline
+                            .map(|d| d.saturating_duration_since(Instant::now()))
+                            .unwrap_or_default();
+                        if left.is_zero() || !sub.sink.ready(Some(left)).await {
+                            Stats::add(&self.stats.dropped_timeout, 1);
+                            return false;
+                        }
+                    }
+                },
+            }
+        }
+    }
+
+    fn remove_closed(&self, sub: &Arc<Subscriber>) {
+        Stats::add(&self.stats.dropped_disconnected, 1);
+        let mut guard = self.subscribers.write();
+        if guard.iter().any(|s| Arc::ptr_eq(s, sub)) {
+            *guard = Arc::new(
+                guard
+                    .iter()
+                    .filter(|s| !Arc::ptr_eq(s, sub))
+                    .cloned()
+                    .collect(),
+            );
+            Stats::add(&self.stats.subscribers_removed, 1);
+            tracing::debug!(subscriber = %sub.id, "receiver dropped; subscriber removed");
+        }
+    }
+}
+
+/// The phase-4 sink: busbridge's own queue, which can discard its oldest item.
+pub(crate) struct QueueSink<T>(pub crate::queue::Sender<T>, pub fn(&Envelope) -> T);
+
+#[async_trait]
+impl<T: Send + 'static> Sink for QueueSink<T> {
+    fn offer(&self, env: &Envelope) -> Offer {
+        use crate::queue::TrySendError;
+        if self.0.is_disconnected() {
+            return Offer::Closed;
+        }
+        match self.0.try_send((self.1)(env)) {
+            Ok(()) => Offer::Sent,
+            Err(TrySendError::Full(_)) => Offer::Full,
+            Err(TrySendError::Disconnected(_)) => Offer::Closed,
+        }
+    }
+    async fn ready(&self, limit: Option<Duration>) -> bool {
+        self.0.ready(limit).await
+    }
+    fn discard_oldest(&self) -> bool {
+        self.0.discard_oldest()
+    }
+    fn queued(&self) -> usize {
+        self.0.len()
+    }
+}

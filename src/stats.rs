@@ -1,0 +1,110 @@
+//! Counters behind every statistics view. Every drop has a named counter, so none is silent.
+
+use serde::Serialize;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
+
+/// Shared, lock-free counters of one bus.
+#[derive(Debug, Default)]
+pub struct Stats {
+    pub(crate) published: AtomicU64,
+    pub(crate) delivered: AtomicU64,
+    /// Dropped because a subscriber's queue was full (DropNewest, DropOldest).
+    pub(crate) dropped_full: AtomicU64,
+    /// Dropped after waiting the delivery timeout on a full queue.
+    pub(crate) dropped_timeout: AtomicU64,
+    /// Dropped because the subscriber's receiver was gone.
+    pub(crate) dropped_disconnected: AtomicU64,
+    /// Subscribers removed because their receiver was gone.
+    pub(crate) subscribers_removed: AtomicU64,
+    pub(crate) persisted: AtomicU64,
+    /// Persisted events evicted because the store was full.
+    pub(crate) persist_evicted: AtomicU64,
+    pub(crate) latency_ns_total: AtomicU64,
+    pub(crate) latency_samples: AtomicU64,
+    // Bridge counters (zero while nothing is bridged).
+    pub(crate) bridge_sent: AtomicU64,
+    pub(crate) bridge_received: AtomicU64,
+    pub(crate) bridge_echo_suppressed: AtomicU64,
+    pub(crate) bridge_duplicates: AtomicU64,
+    pub(crate) bridge_decode_errors: AtomicU64,
+    pub(crate) bridge_send_errors: AtomicU64,
+    pub(crate) bridge_hop_limited: AtomicU64,
+    pub(crate) bridge_gaps: AtomicU64,
+    pub(crate) parity_compared: AtomicU64,
+    pub(crate) parity_mismatches: AtomicU64,
+}
+
+impl Stats {
+    pub(crate) fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Relaxed);
+    }
+
+    pub(crate) fn record_latency(&self, d: Duration) {
+        self.latency_ns_total
+            .fetch_add(d.as_nanos().min(u64::MAX as u128) as u64, Relaxed);
+        self.latency_samples.fetch_add(1, Relaxed);
+    }
+
+    /// A consistent-enough copy of every counter.
+    pub fn snapshot(&self) -> StatsSnapshot {
+        let samples = self.latency_samples.load(Relaxed);
+        let avg_ms = if samples == 0 {
+            0.0
+        } else {
+            self.latency_ns_total.load(Relaxed) as f64 / samples as f64 / 1e6
+        };
+        StatsSnapshot {
+            events_published: self.published.load(Relaxed),
+            events_delivered: self.delivered.load(Relaxed),
+            dropped_full: self.dropped_full.load(Relaxed),
+            dropped_timeout: self.dropped_timeout.load(Relaxed),
+            dropped_disconnected: self.dropped_disconnected.load(Relaxed),
+            subscribers_removed: self.subscribers_removed.load(Relaxed),
+            events_persisted: self.persisted.load(Relaxed),
+            persist_evicted: self.persist_evicted.load(Relaxed),
+            avg_delivery_latency_ms: avg_ms,
+            bridge_sent: self.bridge_sent.load(Relaxed),
+            bridge_received: self.bridge_received.load(Relaxed),
+            bridge_echo_suppressed: self.bridge_echo_suppressed.load(Relaxed),
+            bridge_duplicates: self.bridge_duplicates.load(Relaxed),
+            bridge_decode_errors: self.bridge_decode_errors.load(Relaxed),
+            bridge_send_errors: self.bridge_send_errors.load(Relaxed),
+            bridge_hop_limited: self.bridge_hop_limited.load(Relaxed),
+            bridge_gaps: self.bridge_gaps.load(Relaxed),
+            parity_compared: self.parity_compared.load(Relaxed),
+            parity_mismatches: self.parity_mismatches.load(Relaxed),
+        }
+    }
+}
+
+/// A copy of a bus's counters, for `stats --json` and for the legacy statistics structs.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct StatsSnapshot {
+    pub events_published: u64,
+    pub events_delivered: u64,
+    pub dropped_full: u64,
+    pub dropped_timeout: u64,
+    pub dropped_disconnected: u64,
+    pub subscribers_removed: u64,
+    pub events_persisted: u64,
+    pub persist_evicted: u64,
+    pub avg_delivery_latency_ms: f64,
+    pub bridge_sent: u64,
+    pub bridge_received: u64,
+    pub bridge_echo_suppressed: u64,
+    pub bridge_duplicates: u64,
+    pub bridge_decode_errors: u64,
+    pub bridge_send_errors: u64,
+    pub bridge_hop_limited: u64,
+    pub bridge_gaps: u64,
+    pub parity_compared: u64,
+    pub parity_mismatches: u64,
+}
+
+impl StatsSnapshot {
+    /// Every event that did not reach a subscriber it was meant for.
+    pub fn events_dropped(&self) -> u64 {
+        self.dropped_full + self.dropped_timeout + self.dropped_disconnected
+    }
+}

@@ -1,0 +1,77 @@
+//! The subscription and delivery types of the crossbeam-era API, shared by
+//! `legacy::crossbeam` and the phase-4 [`crate::EventBus`].
+
+use crate::codec::Envelope;
+use crate::event::{CollectionEvent, SourceCaps};
+use serde::{Deserialize, Serialize};
+use std::time::SystemTime;
+
+/// What a subscriber wants.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct EventSubscription {
+    pub subscriber_id: String,
+    /// Events whose capability is contained here are delivered.
+    pub capabilities: SourceCaps,
+    pub event_filter: Option<EventFilter>,
+    /// Exact correlation id to match.
+    pub correlation_filter: Option<String>,
+}
+
+/// Further narrowing of a subscription.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct EventFilter {
+    /// `event_type()` names to accept; empty means all.
+    pub event_types: Vec<String>,
+    /// Minimum trigger priority (0 = Low … 3 = Critical); applies to trigger requests only.
+    pub min_priority: Option<u8>,
+    /// Exact publisher id to accept.
+    pub source_filter: Option<String>,
+}
+
+/// One delivered event.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct BusEvent {
+    pub event_id: String,
+    pub event: CollectionEvent,
+    pub correlation_id: String,
+    pub publisher_id: String,
+    pub timestamp: SystemTime,
+    pub priority: u8,
+}
+
+impl From<&Envelope> for BusEvent {
+    fn from(env: &Envelope) -> Self {
+        Self {
+            event_id: env.event_id.clone(),
+            event: env.event.clone(),
+            correlation_id: env.correlation_id.clone(),
+            publisher_id: env.publisher_id.clone(),
+            timestamp: env.timestamp,
+            priority: env.priority,
+        }
+    }
+}
+
+/// What to do when a subscriber's queue is full.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub enum BackpressureStrategy {
+    /// The publisher waits for room (the default, as the name of the legacy bus promised).
+    #[default]
+    Blocking,
+    /// The oldest queued event is discarded (and counted) to make room.
+    DropOldest,
+    /// The new event is discarded (and counted).
+    DropNewest,
+}
+
+/// The crossbeam-era statistics.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct EventBusStatistics {
+    pub events_published: u64,
+    pub events_delivered: u64,
+    pub events_dropped: u64,
+    pub active_subscribers: usize,
+    pub avg_delivery_latency_ms: f64,
+    pub memory_usage_bytes: u64,
+    pub last_updated: SystemTime,
+}
