@@ -49,7 +49,7 @@ fn invalid(key: &str, reason: impl Into<String>) -> ConfigError {
 }
 
 /// The whole configuration.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     /// Migration phase, 0–4 (see [`Phase`]).
@@ -194,20 +194,6 @@ impl Default for BusConfig {
     }
 }
 
-impl Default for Config {
-    fn default() -> Self {
-        Self {
-            phase: Phase::default(),
-            codec: CodecKind::default(),
-            transport: TransportConfig::default(),
-            broker: BrokerConfig::default(),
-            client: ClientConfig::default(),
-            bus: BusConfig::default(),
-            access: BTreeMap::new(),
-        }
-    }
-}
-
 impl Config {
     /// Parses and validates TOML.
     pub fn from_toml_str(s: &str) -> Result<Self, ConfigError> {
@@ -241,7 +227,10 @@ impl Config {
                 Ok(())
             }
         };
-        positive("transport.connection_timeout", self.transport.connection_timeout)?;
+        positive(
+            "transport.connection_timeout",
+            self.transport.connection_timeout,
+        )?;
         positive("broker.timeout", self.broker.timeout)?;
         positive("client.timeout", self.client.timeout)?;
         positive("client.keepalive", self.client.keepalive)?;
@@ -269,13 +258,15 @@ impl Config {
                 Ok(())
             }
         };
-        nonzero("transport.max_connections", self.transport.max_connections as usize)?;
+        nonzero(
+            "transport.max_connections",
+            self.transport.max_connections as usize,
+        )?;
         nonzero("broker.queue_size", self.broker.queue_size)?;
         nonzero("client.queue_size", self.client.queue_size)?;
         nonzero("bus.channel_capacity", self.bus.channel_capacity)?;
         nonzero("bus.max_subscribers", self.bus.max_subscribers)?;
-        if self.broker.max_message_size < 1024 || self.broker.max_message_size > u32::MAX as usize
-        {
+        if self.broker.max_message_size < 1024 || self.broker.max_message_size > u32::MAX as usize {
             return Err(invalid(
                 "broker.max_message_size",
                 "must be between 1024 and 4294967295 bytes",
@@ -291,7 +282,10 @@ impl Config {
         }
         for (name, rule) in &self.access {
             if name.is_empty() || name.starts_with('.') {
-                return Err(invalid(&format!("access.{name}"), "not a valid client name"));
+                return Err(invalid(
+                    &format!("access.{name}"),
+                    "not a valid client name",
+                ));
             }
             for (list, patterns) in [("publish", &rule.publish), ("subscribe", &rule.subscribe)] {
                 for p in patterns {

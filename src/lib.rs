@@ -64,4 +64,6 @@ pub mod topic;
 
 pub use bus::{BusError, EventBus, EventBusConfig};
 pub use queue::Receiver;
-pub use subscription::{BackpressureStrategy, BusEvent, EventBusStatistics, EventFilter, EventSubscription};
+pub use subscription::{
+    BackpressureStrategy, BusEvent, EventBusStatistics, EventFilter, EventSubscription,
+};

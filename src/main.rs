@@ -7,7 +7,11 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 #[derive(Parser)]
-#[command(name = "busbridge", version, about = "Legacy event bus over busrt: demo, broker, tools")]
+#[command(
+    name = "busbridge",
+    version,
+    about = "Legacy event bus over busrt: demo, broker, tools"
+)]
 struct Args {
     #[command(subcommand)]
     command: Command,
@@ -33,8 +37,7 @@ enum Command {
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "warn".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
         )
         .with_writer(std::io::stderr)
         .init();

@@ -43,8 +43,7 @@ impl Filter {
         if !self.capabilities.contains(event.capability()) {
             return false;
         }
-        if !self.event_types.is_empty()
-            && !self.event_types.iter().any(|t| t == event.event_type())
+        if !self.event_types.is_empty() && !self.event_types.iter().any(|t| t == event.event_type())
         {
             return false;
         }
@@ -56,11 +55,7 @@ impl Filter {
                 return false;
             }
         }
-        if self
-            .source
-            .as_ref()
-            .is_some_and(|s| *s != env.publisher_id)
-        {
+        if self.source.as_ref().is_some_and(|s| *s != env.publisher_id) {
             return false;
         }
         if !self.metadata.is_empty() {
@@ -206,7 +201,11 @@ impl Router {
 
     /// Events queued across all subscribers.
     pub fn queued(&self) -> usize {
-        self.subscribers.read().iter().map(|s| s.sink.queued()).sum()
+        self.subscribers
+            .read()
+            .iter()
+            .map(|s| s.sink.queued())
+            .sum()
     }
 
     /// True if the subscriber exists.

@@ -52,7 +52,9 @@ pub enum TopicError {
     EmptyLevel(String),
     #[error("topic `{topic}` has a character `{ch}` that is not allowed (use letters, digits, `_`, `-`)")]
     BadChar { topic: String, ch: char },
-    #[error("topic `{0}`: wildcards (`*`, `+`, `#`) are for subscription patterns, not for publishing")]
+    #[error(
+        "topic `{0}`: wildcards (`*`, `+`, `#`) are for subscription patterns, not for publishing"
+    )]
     WildcardInTopic(String),
     #[error("pattern `{0}`: `#` may only be the last level")]
     HashNotLast(String),
@@ -331,7 +333,10 @@ mod tests {
     #[test]
     fn validation_names_the_problem() {
         assert_eq!(Topic::parse(""), Err(TopicError::Empty));
-        assert!(matches!(Topic::parse("a..b"), Err(TopicError::EmptyLevel(_))));
+        assert!(matches!(
+            Topic::parse("a..b"),
+            Err(TopicError::EmptyLevel(_))
+        ));
         assert!(matches!(
             Topic::parse("a.b c"),
             Err(TopicError::BadChar { ch: ' ', .. })
@@ -344,7 +349,10 @@ mod tests {
             Topic::parse("a.*"),
             Err(TopicError::WildcardInTopic(_))
         ));
-        assert!(matches!(Topic::parse("a/b"), Err(TopicError::BadChar { .. })));
+        assert!(matches!(
+            Topic::parse("a/b"),
+            Err(TopicError::BadChar { .. })
+        ));
     }
 
     #[test]

@@ -16,7 +16,8 @@ fn subscription(id: &str, caps: SourceCaps, filter: Option<EventFilter>) -> Even
 }
 
 pub async fn run(json_out: bool) -> anyhow::Result<ExitCode> {
-    let mut bus = HighPerformanceEventBusImpl::new(HighPerformanceEventBusConfig::default()).await?;
+    let mut bus =
+        HighPerformanceEventBusImpl::new(HighPerformanceEventBusConfig::default()).await?;
     let all = bus
         .subscribe(subscription("all-processes", SourceCaps::PROCESS, None))
         .await?;
@@ -77,9 +78,7 @@ pub async fn run(json_out: bool) -> anyhow::Result<ExitCode> {
     )
     .await?;
 
-    let drain = |rx: &crossbeam_channel::Receiver<BusEvent>| {
-        rx.try_iter().collect::<Vec<_>>()
-    };
+    let drain = |rx: &crossbeam_channel::Receiver<BusEvent>| rx.try_iter().collect::<Vec<_>>();
     let (got_all, got_metrics, got_urgent) = (drain(&all), drain(&metrics), drain(&urgent));
     let stats = bus.get_statistics().await;
     bus.shutdown().await?;
@@ -113,13 +112,22 @@ pub async fn run(json_out: bool) -> anyhow::Result<ExitCode> {
                     "  pid {:>7}  {:<20} {}",
                     p.pid,
                     p.name,
-                    p.command_line.join(" ").chars().take(60).collect::<String>()
+                    p.command_line
+                        .join(" ")
+                        .chars()
+                        .take(60)
+                        .collect::<String>()
                 );
             }
         }
         for e in got_urgent.iter().take(3) {
             if let CollectionEvent::TriggerRequest(t) = &e.event {
-                println!("trigger: {} ({:?}) {:?}", t.trigger_id, t.priority, t.metadata.get("reason"));
+                println!(
+                    "trigger: {} ({:?}) {:?}",
+                    t.trigger_id,
+                    t.priority,
+                    t.metadata.get("reason")
+                );
             }
         }
         println!(
@@ -131,5 +139,9 @@ pub async fn run(json_out: bool) -> anyhow::Result<ExitCode> {
         );
         println!("{}", if ok { "demo: OK" } else { "demo: MISMATCH" });
     }
-    Ok(if ok { ExitCode::SUCCESS } else { ExitCode::from(1) })
+    Ok(if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }

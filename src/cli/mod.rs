@@ -15,7 +15,10 @@ pub fn check_config(file: &Path, json: bool) -> anyhow::Result<ExitCode> {
     match Config::load(file) {
         Ok(config) => {
             if json {
-                println!("{}", serde_json::to_string_pretty(&config).context("render")?);
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&config).context("render")?
+                );
             } else {
                 print!("{}", config.to_toml());
             }

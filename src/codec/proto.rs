@@ -351,7 +351,9 @@ fn invalid(field: &'static str, reason: impl Into<String>) -> CodecError {
 pub(super) fn decode(bytes: &[u8]) -> Result<Envelope, CodecError> {
     let h = HeaderProbe::decode(bytes)?
         .header
-        .ok_or(CodecError::NotAnEnvelope("protobuf message without a header"))?;
+        .ok_or(CodecError::NotAnEnvelope(
+            "protobuf message without a header",
+        ))?;
     if h.version != ENVELOPE_VERSION {
         return Err(CodecError::UnsupportedVersion(h.version));
     }
@@ -362,7 +364,10 @@ pub(super) fn decode(bytes: &[u8]) -> Result<Envelope, CodecError> {
                 (Some(s), n) => Some(join(s, n.unwrap_or(0), SEC, "process.start_time")?),
                 (None, None) => None,
                 (None, Some(_)) => {
-                    return Err(invalid("process.start_time_nanos", "set without start_time"))
+                    return Err(invalid(
+                        "process.start_time_nanos",
+                        "set without start_time",
+                    ))
                 }
             };
             let platform_metadata = r
@@ -453,7 +458,12 @@ pub(super) fn decode(bytes: &[u8]) -> Result<Envelope, CodecError> {
                 3 => AnalysisType::NetworkAnalysis,
                 4 => AnalysisType::BehavioralAnalysis,
                 5 => AnalysisType::Custom(r.custom_analysis),
-                n => return Err(invalid("trigger.analysis_type", format!("unknown value {n}"))),
+                n => {
+                    return Err(invalid(
+                        "trigger.analysis_type",
+                        format!("unknown value {n}"),
+                    ))
+                }
             };
             let priority = match r.priority {
                 0..=3 => TriggerPriority::from_u8(r.priority as u8),
@@ -478,8 +488,7 @@ pub(super) fn decode(bytes: &[u8]) -> Result<Envelope, CodecError> {
         }
         n => return Err(invalid("header.kind", format!("unknown event kind {n}"))),
     };
-    let priority =
-        u8::try_from(h.priority).map_err(|_| invalid("header.priority", "above 255"))?;
+    let priority = u8::try_from(h.priority).map_err(|_| invalid("header.priority", "above 255"))?;
     Ok(Envelope {
         origin: h.origin,
         seq: h.seq,

@@ -135,7 +135,10 @@ impl HighPerformanceEventBus for HighPerformanceEventBusImpl {
         Ok(())
     }
 
-    async fn subscribe(&self, subscription: EventSubscription) -> anyhow::Result<Receiver<BusEvent>> {
+    async fn subscribe(
+        &self,
+        subscription: EventSubscription,
+    ) -> anyhow::Result<Receiver<BusEvent>> {
         let (tx, rx) = crossbeam_channel::unbounded();
         let strategy = self.config.backpressure_strategy;
         let sink = CrossbeamSink {

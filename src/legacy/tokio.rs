@@ -43,8 +43,11 @@ pub use crate::event::{
 #[async_trait]
 pub trait EventBus: Send + Sync {
     /// Publishes an event (an error before `start`).
-    async fn publish(&mut self, event: CollectionEvent, correlation_id: String)
-        -> anyhow::Result<()>;
+    async fn publish(
+        &mut self,
+        event: CollectionEvent,
+        correlation_id: String,
+    ) -> anyhow::Result<()>;
     /// Subscribes; events arrive on the returned tokio receiver.
     async fn subscribe(
         &mut self,
@@ -58,8 +61,11 @@ pub trait EventBus: Send + Sync {
     async fn shutdown(&mut self) -> anyhow::Result<()>;
     /// Re-sends the persisted events of one correlation id to one subscriber, marked
     /// `routing_metadata["replay"] = "true"`.
-    async fn replay_events(&mut self, correlation_id: &str, subscriber_id: &str)
-        -> anyhow::Result<()>;
+    async fn replay_events(
+        &mut self,
+        correlation_id: &str,
+        subscriber_id: &str,
+    ) -> anyhow::Result<()>;
 }
 
 /// Settings, with the legacy defaults.
