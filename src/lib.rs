@@ -48,9 +48,14 @@
 //!   [`queue`]: busbridge's own bounded receiver. [`stats`]: counters.
 //! - [`phase`]: the migration phase switch.
 
+#[cfg(feature = "busrt")]
+pub mod broker;
 pub mod bus;
+#[cfg(feature = "busrt")]
+pub mod client;
 pub mod codec;
 pub mod config;
+pub mod endpoint;
 pub mod event;
 #[cfg(feature = "legacy")]
 pub mod legacy;
@@ -62,7 +67,11 @@ pub mod stats;
 pub mod subscription;
 pub mod topic;
 
+#[cfg(feature = "busrt")]
+pub use broker::Broker;
 pub use bus::{BusError, EventBus, EventBusConfig};
+#[cfg(feature = "busrt")]
+pub use client::{connect_with_retry, AsyncClient, Message, QoS};
 pub use queue::Receiver;
 pub use subscription::{
     BackpressureStrategy, BusEvent, EventBusStatistics, EventFilter, EventSubscription,

@@ -1,0 +1,625 @@
+//! The broker: busrt's own `Broker`, embedded in this process or run standalone
+//! (`busbridge broker`), with what busrt leaves out: owner-only sockets, peer-credential
+//! checks, a connection limit that holds, loopback-only plaintext TCP, access rules from the
+//! configuration, and a graceful shutdown.
+//!
+//! ```no_run
+//! # async fn run() -> Result<(), busbridge::broker::BrokerError> {
+//! use busbridge::Broker;
+//! use std::time::Duration;
+//!
+//! let mut broker = Broker::new();
+//! broker.spawn_ipc_server("daemoneye.sock", 100)?;   // relative: in the private runtime dir
+//! broker.set_timeout(Duration::from_secs(30));
+//! broker.spawn().await?;
+//! println!("listening on {}", broker.socket_paths()[0].display());
+//! broker.shutdown().await;
+//! # Ok(()) }
+//! ```
+//!
+//! Every external connection is accepted here, checked, counted, and relayed to busrt through
+//! a socket pair (`spawn_server_connection`): that is what makes the connection limit and the
+//! peer checks enforceable, and what lets a TLS listener hand authenticated streams to busrt.
+
+use crate::config::{AccessRule, Config};
+use crate::endpoint::{self, EndpointError};
+use crate::topic::{Pattern, TopicError};
+use busrt::broker::{AaaMap, ClientAaa, ServerConfig};
+use parking_lot::Mutex;
+use serde::Serialize;
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::{Arc, OnceLock, Weak};
+
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, UnixListener, UnixStream};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+/// Why the broker could not start or serve.
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    #[error(transparent)]
+    Endpoint(#[from] EndpointError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: String,
+        source: std::io::Error,
+    },
+    #[error("another broker is already listening on {0}")]
+    InUse(PathBuf),
+    #[error("{0} exists and is not a socket; refusing to replace it")]
+    NotASocket(PathBuf),
+    #[error("plaintext TCP on non-loopback address {0} is refused; set transport.allow_plaintext_remote = true to allow it, or use tls://")]
+    PlaintextRemote(SocketAddr),
+    #[error("`{0}` is not an IP address and port")]
+    BadAddress(String),
+    #[error("access rule for `{client}`: {source}")]
+    Access { client: String, source: TopicError },
+    #[error("the broker is not running")]
+    NotRunning,
+    #[error("the broker is already running")]
+    AlreadyRunning,
+    #[error("an embedded broker named `{0}` is already running in this process")]
+    NameTaken(String),
+    #[error("busrt: {0}")]
+    Busrt(#[from] busrt::Error),
+    #[error("I/O: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Counters of the broker's own front door (busrt counts frames separately).
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct BrokerStats {
+    pub connections_accepted: u64,
+    pub connections_active: usize,
+    pub refused_connection_limit: u64,
+    pub refused_peer_credentials: u64,
+    pub frames_received: u64,
+    pub frames_sent: u64,
+    pub bytes_received: u64,
+    pub bytes_sent: u64,
+    pub uptime_secs: u64,
+}
+
+#[derive(Debug, Clone)]
+struct Listener<T> {
+    spec: T,
+    max_connections: u32,
+}
+
+/// An embedded or standalone busrt broker.
+pub struct Broker {
+    name: String,
+    timeout: Duration,
+    queue_size: usize,
+    max_message_size: usize,
+    allowed_uids: Vec<u32>,
+    allow_plaintext_remote: bool,
+    access: BTreeMap<String, AccessRule>,
+    ipc: Vec<Listener<PathBuf>>,
+    tcp: Vec<Listener<String>>,
+    running: Option<Arc<Running>>,
+}
+
+/// Connection accounting shared by every listener.
+#[derive(Default)]
+struct Counters {
+    accepted: AtomicU64,
+    active: AtomicUsize,
+    refused_limit: AtomicU64,
+    refused_peer: AtomicU64,
+}
+
+/// The live part of a started broker.
+pub(crate) struct Running {
+    // busrt's Broker needs `&mut` to serve a connection and an await to register a client.
+    busrt: tokio::sync::Mutex<busrt::broker::Broker>,
+    server_config: ServerConfig,
+    counters: Counters,
+    /// Set to force-close every relayed connection.
+    closing: watch::Sender<bool>,
+    /// Signalled whenever a connection ends.
+    released: tokio::sync::Notify,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+    socket_paths: Vec<PathBuf>,
+    tcp_addrs: Vec<SocketAddr>,
+    name: String,
+}
+
+fn inproc_registry() -> &'static Mutex<HashMap<String, Weak<Running>>> {
+    static REGISTRY: OnceLock<Mutex<HashMap<String, Weak<Running>>>> = OnceLock::new();
+    REGISTRY.get_or_init(Default::default)
+}
+
+/// Registers an in-process client on the running embedded broker called `name`.
+pub(crate) async fn inproc_client(
+    broker: &str,
+    client: &str,
+) -> Result<busrt::broker::Client, BrokerError> {
+    let running = inproc_registry()
+        .lock()
+        .get(broker)
+        .and_then(Weak::upgrade)
+        .ok_or(BrokerError::NotRunning)?;
+    running.register_client(client).await
+}
+
+impl Default for Broker {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Broker {
+    /// A broker with default settings and no listeners; `spawn` starts it.
+    pub fn new() -> Self {
+        Self::configured(&Config::default())
+    }
+
+    /// A broker from the configuration: timeout, queue size, message size, uids, access rules,
+    /// and the listeners named by `transport.socket_path` and `transport.tcp_listen`.
+    pub fn from_config(config: &Config) -> Result<Self, BrokerError> {
+        let mut broker = Self::configured(config);
+        broker.spawn_ipc_server(
+            config.transport.socket_path.clone(),
+            config.transport.max_connections,
+        )?;
+        if let Some(addr) = &config.transport.tcp_listen {
+            broker.spawn_tcp_server(addr, config.transport.max_connections)?;
+        }
+        Ok(broker)
+    }
+
+    /// Settings from the configuration, no listeners.
+    fn configured(config: &Config) -> Self {
+        Self {
+            name: endpoint::DEFAULT_INPROC.to_owned(),
+            timeout: config.broker.timeout,
+            queue_size: config.broker.queue_size,
+            max_message_size: config.broker.max_message_size,
+            allowed_uids: config.transport.allowed_uids.clone(),
+            allow_plaintext_remote: config.transport.allow_plaintext_remote,
+            access: config.access.clone(),
+            ipc: Vec::new(),
+            tcp: Vec::new(),
+            running: None,
+        }
+    }
+
+    /// Names this broker for `inproc://NAME` (default `default`).
+    pub fn set_name(&mut self, name: impl Into<String>) {
+        self.name = name.into();
+    }
+
+    /// Adds a Unix socket listener (started by `spawn`). A relative path goes into the private
+    /// runtime directory; see [`socket_paths`](Self::socket_paths) for where it landed.
+    pub fn spawn_ipc_server(
+        &mut self,
+        path: impl AsRef<Path>,
+        max_connections: u32,
+    ) -> Result<(), BrokerError> {
+        let path = endpoint::resolve_socket_path(path.as_ref())?;
+        self.ipc.push(Listener {
+            spec: path,
+            max_connections,
+        });
+        Ok(())
+    }
+
+    /// Adds a plaintext TCP listener (started by `spawn`); non-loopback needs
+    /// `allow_plaintext_remote`.
+    pub fn spawn_tcp_server(
+        &mut self,
+        addr: &str,
+        max_connections: u32,
+    ) -> Result<(), BrokerError> {
+        let parsed: SocketAddr = addr
+            .parse()
+            .map_err(|_| BrokerError::BadAddress(addr.to_owned()))?;
+        if !parsed.ip().is_loopback() && !self.allow_plaintext_remote {
+            return Err(BrokerError::PlaintextRemote(parsed));
+        }
+        self.tcp.push(Listener {
+            spec: addr.to_owned(),
+            max_connections,
+        });
+        Ok(())
+    }
+
+    /// busrt's server timeout: handshake, reads, writes; idle clients are dropped after 1.25x.
+    pub fn set_timeout(&mut self, timeout: Duration) {
+        self.timeout = timeout;
+    }
+
+    /// Allows plaintext TCP on non-loopback addresses.
+    pub fn allow_plaintext_remote(&mut self, allow: bool) {
+        self.allow_plaintext_remote = allow;
+    }
+
+    /// Allows these uids on Unix sockets besides the broker's own and root.
+    pub fn allow_uids(&mut self, uids: &[u32]) {
+        self.allowed_uids.extend_from_slice(uids);
+    }
+
+    fn aaa_map(&self) -> Result<Option<AaaMap>, BrokerError> {
+        if self.access.is_empty() {
+            return Ok(None);
+        }
+        let busrt_patterns = |client: &str, list: &[String]| {
+            list.iter()
+                .map(|p| {
+                    Pattern::parse(p)
+                        .map(|p| p.to_busrt())
+                        .map_err(|source| BrokerError::Access {
+                            client: client.to_owned(),
+                            source,
+                        })
+                })
+                .collect::<Result<Vec<_>, _>>()
+        };
+        let mut map = HashMap::new();
+        for (client, rule) in &self.access {
+            let publish = busrt_patterns(client, &rule.publish)?;
+            let subscribe = busrt_patterns(client, &rule.subscribe)?;
+            let mut aaa = ClientAaa::new();
+            aaa = if publish.is_empty() {
+                aaa.deny_publish()
+            } else {
+                aaa.allow_publish_to(&str_refs(&publish))
+            };
+            aaa = if subscribe.is_empty() {
+                aaa.deny_subscribe()
+            } else {
+                aaa.allow_subscribe_to(&str_refs(&subscribe))
+            };
+            map.insert(client.clone(), aaa);
+        }
+        Ok(Some(Arc::new(parking_lot::Mutex::new(map))))
+    }
+
+    /// Binds every listener and starts serving. The broker is then reachable as
+    /// `inproc://NAME` from this process too.
+    pub async fn spawn(&mut self) -> Result<(), BrokerError> {
+        if self.running.is_some() {
+            return Err(BrokerError::AlreadyRunning);
+        }
+        let mut server_config = ServerConfig::new()
+            .timeout(self.timeout)
+            // busrt allocates a frame's declared length before reading it: cap it (plus room
+            // for the topic and frame header).
+            .payload_size_limit(u32::try_from(self.max_message_size + 4096).unwrap_or(u32::MAX));
+        if let Some(aaa) = self.aaa_map()? {
+            server_config = server_config.aaa_map(aaa);
+        }
+        let mut busrt_broker = busrt::broker::Broker::new();
+        busrt_broker.set_queue_size(self.queue_size);
+
+        let mut unix = Vec::new();
+        for l in &self.ipc {
+            unix.push((bind_unix(&l.spec).await?, l.clone()));
+        }
+        let mut tcp = Vec::new();
+        for l in &self.tcp {
+            let listener =
+                TcpListener::bind(&l.spec)
+                    .await
+                    .map_err(|source| BrokerError::Bind {
+                        addr: l.spec.clone(),
+                        source,
+                    })?;
+            tcp.push((listener, l.clone()));
+        }
+        let (closing, _) = watch::channel(false);
+        let running = Arc::new(Running {
+            busrt: tokio::sync::Mutex::new(busrt_broker),
+            server_config,
+            counters: Counters::default(),
+            closing,
+            released: tokio::sync::Notify::new(),
+            tasks: Mutex::new(Vec::new()),
+            socket_paths: unix.iter().map(|(_, l)| l.spec.clone()).collect(),
+            tcp_addrs: tcp
+                .iter()
+                .filter_map(|(t, _)| t.local_addr().ok())
+                .collect(),
+            name: self.name.clone(),
+        });
+        {
+            let mut registry = inproc_registry().lock();
+            if registry
+                .get(&self.name)
+                .is_some_and(|w| w.strong_count() > 0)
+            {
+                return Err(BrokerError::NameTaken(self.name.clone()));
+            }
+            registry.insert(self.name.clone(), Arc::downgrade(&running));
+        }
+        // SAFETY: geteuid has no preconditions and cannot fail.
+        let mut uids = vec![unsafe { libc::geteuid() }, 0];
+        uids.extend(&self.allowed_uids);
+        let mut tasks = Vec::new();
+        for (listener, l) in unix {
+            tasks.push(tokio::spawn(serve_unix(
+                running.clone(),
+                listener,
+                l.max_connections,
+                uids.clone(),
+            )));
+        }
+        for (listener, l) in tcp {
+            tasks.push(tokio::spawn(serve_tcp(
+                running.clone(),
+                listener,
+                l.max_connections,
+            )));
+        }
+        running.tasks.lock().extend(tasks);
+        for p in &running.socket_paths {
+            tracing::info!(socket = %p.display(), "broker listening");
+        }
+        for a in &running.tcp_addrs {
+            tracing::info!(tcp = %a, "broker listening");
+        }
+        self.running = Some(running);
+        Ok(())
+    }
+
+    /// Where the Unix listeners are (resolved, absolute).
+    pub fn socket_paths(&self) -> Vec<PathBuf> {
+        match &self.running {
+            Some(r) => r.socket_paths.clone(),
+            None => self.ipc.iter().map(|l| l.spec.clone()).collect(),
+        }
+    }
+
+    /// Where the TCP listeners are bound (after `spawn`; resolves port 0).
+    pub fn tcp_addrs(&self) -> Vec<SocketAddr> {
+        self.running
+            .as_ref()
+            .map(|r| r.tcp_addrs.clone())
+            .unwrap_or_default()
+    }
+
+    /// The name `inproc://` uses.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Counters.
+    pub async fn stats(&self) -> BrokerStats {
+        let Some(r) = &self.running else {
+            return BrokerStats::default();
+        };
+        let b = r.busrt.lock().await.stats();
+        BrokerStats {
+            connections_accepted: r.counters.accepted.load(Relaxed),
+            connections_active: r.counters.active.load(Relaxed),
+            refused_connection_limit: r.counters.refused_limit.load(Relaxed),
+            refused_peer_credentials: r.counters.refused_peer.load(Relaxed),
+            frames_received: b.r_frames,
+            frames_sent: b.w_frames,
+            bytes_received: b.r_bytes,
+            bytes_sent: b.w_bytes,
+            uptime_secs: b.uptime,
+        }
+    }
+
+    /// Registers an in-process busrt client (what `inproc://` uses).
+    pub async fn register_client(&self, name: &str) -> Result<busrt::broker::Client, BrokerError> {
+        self.running
+            .as_ref()
+            .ok_or(BrokerError::NotRunning)?
+            .register_client(name)
+            .await
+    }
+
+    /// Stops accepting, removes the socket files, waits up to the broker timeout for clients
+    /// to leave, then closes what is left.
+    pub async fn shutdown(&mut self) {
+        self.shutdown_within(self.timeout).await;
+    }
+
+    /// [`shutdown`](Self::shutdown) with an explicit drain deadline.
+    pub async fn shutdown_within(&mut self, drain: Duration) {
+        let Some(running) = self.running.take() else {
+            return;
+        };
+        running.stop_listening();
+        // Drain: wait for clients to leave, or for traffic to stop moving (nothing left in
+        // flight), whichever comes first, bounded by `drain`.
+        let deadline = tokio::time::Instant::now() + drain;
+        let mut last = running.busrt.lock().await.stats().w_frames;
+        loop {
+            let released = running.released.notified();
+            tokio::pin!(released);
+            released.as_mut().enable();
+            if running.counters.active.load(Relaxed) == 0 || tokio::time::Instant::now() >= deadline
+            {
+                break;
+            }
+            let quantum = tokio::time::Instant::now() + Duration::from_millis(100);
+            if tokio::time::timeout_at(quantum.min(deadline), released)
+                .await
+                .is_err()
+            {
+                let now = running.busrt.lock().await.stats().w_frames;
+                if now == last {
+                    break;
+                }
+                last = now;
+            }
+        }
+        let left = running.counters.active.load(Relaxed);
+        let _ = running.closing.send(true);
+        inproc_registry().lock().remove(&running.name);
+        tracing::info!(forced_closed = left, "broker stopped");
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        if let Some(running) = self.running.take() {
+            running.stop_listening();
+            let _ = running.closing.send(true);
+            inproc_registry().lock().remove(&running.name);
+        }
+    }
+}
+
+impl Running {
+    async fn register_client(&self, name: &str) -> Result<busrt::broker::Client, BrokerError> {
+        Ok(self.busrt.lock().await.register_client(name).await?)
+    }
+
+    /// Stops the accept loops and removes the socket files.
+    fn stop_listening(&self) {
+        for t in self.tasks.lock().drain(..) {
+            t.abort();
+        }
+        for p in &self.socket_paths {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
+fn str_refs(v: &[String]) -> Vec<&str> {
+    v.iter().map(String::as_str).collect()
+}
+
+async fn bind_unix(path: &Path) -> Result<UnixListener, BrokerError> {
+    if let Some(dir) = path.parent() {
+        endpoint::ensure_private_dir(dir)?;
+    }
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        if !meta.file_type().is_socket() {
+            return Err(BrokerError::NotASocket(path.to_owned()));
+        }
+        if UnixStream::connect(path).await.is_ok() {
+            return Err(BrokerError::InUse(path.to_owned()));
+        }
+        std::fs::remove_file(path)?; // stale socket of a broker that died
+    }
+    let listener = UnixListener::bind(path).map_err(|source| BrokerError::Bind {
+        addr: path.display().to_string(),
+        source,
+    })?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(listener)
+}
+
+/// Holds one connection slot; frees it when dropped.
+pub(crate) struct Slot(Arc<Running>);
+
+impl Slot {
+    fn acquire(running: &Arc<Running>, max: u32) -> Option<Self> {
+        let c = &running.counters.active;
+        let mut now = c.load(Relaxed);
+        loop {
+            if now >= max as usize {
+                running.counters.refused_limit.fetch_add(1, Relaxed);
+                return None;
+            }
+            match c.compare_exchange_weak(now, now + 1, Relaxed, Relaxed) {
+                Ok(_) => {
+                    running.counters.accepted.fetch_add(1, Relaxed);
+                    return Some(Self(running.clone()));
+                }
+                Err(v) => now = v,
+            }
+        }
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.counters.active.fetch_sub(1, Relaxed);
+        self.0.released.notify_waiters();
+    }
+}
+
+/// Hands a checked external stream to busrt through a socket pair and relays bytes both ways.
+pub(crate) async fn relay<S>(
+    running: &Arc<Running>,
+    mut external: S,
+    slot: Slot,
+) -> Result<(), BrokerError>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (mut ours, theirs) = UnixStream::pair()?;
+    running
+        .busrt
+        .lock()
+        .await
+        .spawn_server_connection(theirs, running.server_config.clone())?;
+    let mut closing = running.closing.subscribe();
+    tokio::spawn(async move {
+        let _slot = slot;
+        tokio::select! {
+            r = tokio::io::copy_bidirectional_with_sizes(&mut external, &mut ours, 65536, 65536) => {
+                if let Err(e) = r {
+                    tracing::debug!("connection closed: {e}");
+                }
+            }
+            _ = closing.wait_for(|c| *c) => {}
+        }
+    });
+    Ok(())
+}
+
+async fn serve_unix(running: Arc<Running>, listener: UnixListener, max: u32, uids: Vec<u32>) {
+    loop {
+        let stream = match listener.accept().await {
+            Ok((s, _)) => s,
+            Err(e) => {
+                tracing::warn!("accept failed: {e}");
+                continue;
+            }
+        };
+        match stream.peer_cred() {
+            Ok(cred) if uids.contains(&cred.uid()) => {}
+            Ok(cred) => {
+                running.counters.refused_peer.fetch_add(1, Relaxed);
+                tracing::warn!(uid = cred.uid(), pid = ?cred.pid(), "connection refused: uid not allowed");
+                continue;
+            }
+            Err(e) => {
+                running.counters.refused_peer.fetch_add(1, Relaxed);
+                tracing::warn!("connection refused: no peer credentials: {e}");
+                continue;
+            }
+        }
+        let Some(slot) = Slot::acquire(&running, max) else {
+            tracing::warn!(max, "connection refused: connection limit reached");
+            continue;
+        };
+        if let Err(e) = relay(&running, stream, slot).await {
+            tracing::error!("cannot serve connection: {e}");
+        }
+    }
+}
+
+async fn serve_tcp(running: Arc<Running>, listener: TcpListener, max: u32) {
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!("accept failed: {e}");
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let Some(slot) = Slot::acquire(&running, max) else {
+            tracing::warn!(%peer, max, "connection refused: connection limit reached");
+            continue;
+        };
+        if let Err(e) = relay(&running, stream, slot).await {
+            tracing::error!("cannot serve connection: {e}");
+        }
+    }
+}

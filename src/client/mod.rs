@@ -1,0 +1,824 @@
+//! A busrt client that survives the real world: connection strings, keepalive, reconnection
+//! with back-off, resubscription, a bounded outbox for acknowledged publishes, an event channel
+//! drained by a task that never blocks, and timeouts on every await.
+//!
+//! ```no_run
+//! # async fn run() -> Result<(), busbridge::client::ClientError> {
+//! use busbridge::{AsyncClient, QoS};
+//! use std::time::Duration;
+//! use tokio::time::timeout;
+//!
+//! let mut client = AsyncClient::connect("ipc://daemoneye.sock").await?;
+//! client.subscribe("events.process.*", QoS::Processed).await?;
+//! client.publish("events.process.new", b"{}".to_vec(), QoS::Processed).await?;
+//! let message = client.recv().await?;
+//! println!("{} from {}: {} bytes", message.topic(), message.sender(), message.payload().len());
+//! let _ = timeout(Duration::from_secs(5), client.disconnect()).await;
+//! # Ok(()) }
+//! ```
+//!
+//! `publish` with [`QoS::Processed`] returns once the broker acknowledged the frame, or once it
+//! is safe in the outbox while the client reconnects (order is kept: nothing overtakes the
+//! outbox). busrt's "processed" means the broker queued the frame for its subscribers, nothing
+//! more; end-to-end delivery is the bridge's job (sequence numbers, resend).
+
+mod backoff;
+
+pub use backoff::Backoff;
+
+use crate::broker::{inproc_client, BrokerError};
+use crate::config::ClientConfig;
+use crate::endpoint::{Endpoint, EndpointError};
+use crate::topic::{Pattern, Topic, TopicError};
+use busrt::client::AsyncClient as BusrtClient;
+use parking_lot::Mutex;
+use serde::Serialize;
+use std::collections::{BTreeSet, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{mpsc, watch, Notify};
+use tokio::task::JoinHandle;
+use tokio::time::timeout;
+
+/// Delivery quality of a publish or subscription.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, serde::Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum QoS {
+    /// Acknowledged by the broker (busrt `RealtimeProcessed`), kept in the outbox across
+    /// reconnects. For critical events and control messages.
+    #[default]
+    Processed,
+    /// Best effort, flushed at once (busrt `Realtime`). For high-frequency data.
+    Realtime,
+}
+
+impl QoS {
+    fn busrt(self) -> busrt::QoS {
+        match self {
+            QoS::Processed => busrt::QoS::RealtimeProcessed,
+            QoS::Realtime => busrt::QoS::Realtime,
+        }
+    }
+}
+
+impl std::str::FromStr for QoS {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "processed" => Ok(QoS::Processed),
+            "realtime" => Ok(QoS::Realtime),
+            _ => Err(format!("unknown QoS `{s}`: use processed or realtime")),
+        }
+    }
+}
+
+/// Why a client operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error(transparent)]
+    Endpoint(#[from] EndpointError),
+    #[error("cannot connect to {endpoint}: {reason}")]
+    Connect { endpoint: String, reason: String },
+    #[error("{0} timed out")]
+    Timeout(&'static str),
+    #[error(transparent)]
+    Topic(#[from] TopicError),
+    #[error("message of {size} bytes exceeds the limit of {limit} bytes")]
+    TooLarge { size: usize, limit: usize },
+    #[error("outbox full ({0} messages waiting for the broker); message refused")]
+    OutboxFull(usize),
+    #[error("access denied by the broker: {0}")]
+    Denied(String),
+    #[error("the client is closed")]
+    Closed,
+    #[error("tls:// connections need the `tls` support of a later release")]
+    TlsUnsupported,
+    #[error("busrt: {0}")]
+    Busrt(String),
+}
+
+fn busrt_err(e: busrt::Error) -> ClientError {
+    if e.kind() == busrt::ErrorKind::Access {
+        ClientError::Denied(e.to_string())
+    } else {
+        ClientError::Busrt(e.to_string())
+    }
+}
+
+/// Where the client is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum ConnectionState {
+    Connected,
+    /// Lost; reconnecting (attempts so far).
+    Reconnecting(u32),
+    Closed,
+}
+
+/// What happens to an acknowledged publish when the outbox is full.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OutboxOverflow {
+    /// The publish fails with [`ClientError::OutboxFull`] (nothing accepted is lost).
+    #[default]
+    Error,
+    /// The oldest waiting message is dropped and counted.
+    DropOldest,
+}
+
+/// Client settings.
+#[derive(Debug, Clone)]
+pub struct ClientOptions {
+    /// busrt client name; default `busbridge-<pid>-<n>`.
+    pub name: Option<String>,
+    pub timeout: Duration,
+    pub keepalive: Duration,
+    pub reconnect_initial: Duration,
+    pub reconnect_max: Duration,
+    pub outbox_capacity: usize,
+    pub outbox_overflow: OutboxOverflow,
+    /// Received messages buffered for `recv`; beyond it they are dropped and counted.
+    pub queue_size: usize,
+    pub max_message_size: usize,
+}
+
+impl Default for ClientOptions {
+    fn default() -> Self {
+        Self::from_config(
+            &ClientConfig::default(),
+            crate::codec::DEFAULT_MAX_MESSAGE_SIZE,
+        )
+    }
+}
+
+impl ClientOptions {
+    /// From the `[client]` section and the broker's message size.
+    pub fn from_config(c: &ClientConfig, max_message_size: usize) -> Self {
+        Self {
+            name: c.name.clone(),
+            timeout: c.timeout,
+            keepalive: c.keepalive,
+            reconnect_initial: c.reconnect_initial,
+            reconnect_max: c.reconnect_max,
+            outbox_capacity: c.outbox_capacity,
+            outbox_overflow: OutboxOverflow::Error,
+            queue_size: c.queue_size,
+            max_message_size,
+        }
+    }
+
+    /// Sets the client name.
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = Some(name.into());
+        self
+    }
+}
+
+/// One received message.
+#[derive(Debug, Clone)]
+pub struct Message {
+    topic: String,
+    frame: busrt::Frame,
+}
+
+impl Message {
+    /// The topic, dotted.
+    pub fn topic(&self) -> &str {
+        &self.topic
+    }
+    /// The payload, exactly as published.
+    pub fn payload(&self) -> &[u8] {
+        self.frame.payload()
+    }
+    /// The busrt client name of the sender.
+    pub fn sender(&self) -> &str {
+        self.frame.sender()
+    }
+    /// The sender without busrt's secondary-client suffix.
+    pub fn primary_sender(&self) -> &str {
+        self.frame.primary_sender()
+    }
+}
+
+/// Counters of one client.
+#[derive(Debug, Default)]
+struct Counters {
+    published: AtomicU64,
+    acked: AtomicU64,
+    outbox_queued: AtomicU64,
+    outbox_dropped: AtomicU64,
+    outbox_resent: AtomicU64,
+    received: AtomicU64,
+    dropped_inbox: AtomicU64,
+    reconnects: AtomicU64,
+    keepalive_failures: AtomicU64,
+}
+
+/// A copy of a client's counters.
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct ClientStats {
+    pub published: u64,
+    pub acked: u64,
+    pub outbox_queued: u64,
+    pub outbox_dropped: u64,
+    pub outbox_resent: u64,
+    pub outbox_len: usize,
+    pub received: u64,
+    pub dropped_inbox: u64,
+    pub reconnects: u64,
+    pub keepalive_failures: u64,
+}
+
+type Conn = Box<dyn BusrtClient>;
+
+struct Outgoing {
+    topic: String,
+    payload: Vec<u8>,
+}
+
+struct Shared {
+    endpoint: Endpoint,
+    name: String,
+    opts: ClientOptions,
+    conn: tokio::sync::Mutex<Option<Conn>>,
+    subscriptions: Mutex<BTreeSet<String>>,
+    outbox: Mutex<VecDeque<Outgoing>>,
+    state: watch::Sender<ConnectionState>,
+    lost: Notify,
+    closing: AtomicBool,
+    counters: Counters,
+    inbox: mpsc::Sender<Message>,
+}
+
+/// A resilient busrt client.
+pub struct AsyncClient {
+    shared: Arc<Shared>,
+    inbox: mpsc::Receiver<Message>,
+    supervisor: JoinHandle<()>,
+}
+
+/// A cheap, cloneable handle that publishes through a client (for concurrent publishers).
+#[derive(Clone)]
+pub struct Publisher {
+    shared: Arc<Shared>,
+}
+
+fn default_name() -> String {
+    static N: AtomicU64 = AtomicU64::new(0);
+    format!(
+        "busbridge-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Relaxed)
+    )
+}
+
+async fn open(endpoint: &Endpoint, name: &str, opts: &ClientOptions) -> Result<Conn, ClientError> {
+    let failed = |reason: String| ClientError::Connect {
+        endpoint: endpoint.to_string(),
+        reason,
+    };
+    let conn: Conn = match endpoint {
+        Endpoint::Inproc(broker) => {
+            Box::new(inproc_client(broker, name).await.map_err(|e| match e {
+                BrokerError::NotRunning => failed(format!(
+                    "no embedded broker `{broker}` runs in this process"
+                )),
+                e => failed(e.to_string()),
+            })?)
+        }
+        Endpoint::Ipc(path) => {
+            let path = path.to_string_lossy();
+            let config = busrt::ipc::Config::new(&path, name)
+                .timeout(opts.timeout)
+                .queue_size(opts.queue_size.max(1024));
+            Box::new(
+                busrt::ipc::Client::connect(&config)
+                    .await
+                    .map_err(|e| failed(e.to_string()))?,
+            )
+        }
+        Endpoint::Tcp(addr) => {
+            let config = busrt::ipc::Config::new(addr, name)
+                .timeout(opts.timeout)
+                .queue_size(opts.queue_size.max(1024));
+            Box::new(
+                busrt::ipc::Client::connect(&config)
+                    .await
+                    .map_err(|e| failed(e.to_string()))?,
+            )
+        }
+        Endpoint::Tls(_) => return Err(ClientError::TlsUnsupported),
+    };
+    Ok(conn)
+}
+
+async fn confirm(
+    op: &'static str,
+    confirm: busrt::OpConfirm,
+    limit: Duration,
+) -> Result<(), ClientError> {
+    if let Some(rx) = confirm {
+        match timeout(limit, rx).await {
+            Err(_) => return Err(ClientError::Timeout(op)),
+            Ok(Err(_)) => return Err(ClientError::Busrt(format!("{op}: connection lost"))),
+            Ok(Ok(Err(e))) => return Err(busrt_err(e)),
+            Ok(Ok(Ok(()))) => {}
+        }
+    }
+    Ok(())
+}
+
+impl AsyncClient {
+    /// Connects with default options (one attempt; later losses reconnect by themselves).
+    pub async fn connect(address: &str) -> Result<Self, ClientError> {
+        Self::connect_with(address, ClientOptions::default()).await
+    }
+
+    /// Connects with options.
+    pub async fn connect_with(address: &str, opts: ClientOptions) -> Result<Self, ClientError> {
+        let endpoint = Endpoint::parse(address)?.resolve()?;
+        let name = opts.name.clone().unwrap_or_else(default_name);
+        let mut conn = match timeout(opts.timeout, open(&endpoint, &name, &opts)).await {
+            Ok(r) => r?,
+            Err(_) => return Err(ClientError::Timeout("connect")),
+        };
+        let events = conn.take_event_channel().ok_or(ClientError::Closed)?;
+        let (inbox_tx, inbox) = mpsc::channel(opts.queue_size.max(1));
+        let (state, _) = watch::channel(ConnectionState::Connected);
+        let shared = Arc::new(Shared {
+            endpoint,
+            name,
+            opts,
+            conn: tokio::sync::Mutex::new(Some(conn)),
+            subscriptions: Mutex::new(BTreeSet::new()),
+            outbox: Mutex::new(VecDeque::new()),
+            state,
+            lost: Notify::new(),
+            closing: AtomicBool::new(false),
+            counters: Counters::default(),
+            inbox: inbox_tx,
+        });
+        let supervisor = tokio::spawn(supervise(shared.clone(), events));
+        Ok(Self {
+            shared,
+            inbox,
+            supervisor,
+        })
+    }
+
+    /// The busrt client name.
+    pub fn name(&self) -> &str {
+        &self.shared.name
+    }
+
+    /// The endpoint, resolved.
+    pub fn endpoint(&self) -> &Endpoint {
+        &self.shared.endpoint
+    }
+
+    /// Watch the connection state.
+    pub fn state(&self) -> watch::Receiver<ConnectionState> {
+        self.shared.state.subscribe()
+    }
+
+    /// True while connected.
+    pub fn is_connected(&self) -> bool {
+        *self.shared.state.borrow() == ConnectionState::Connected
+    }
+
+    /// A handle for publishing from other tasks.
+    pub fn publisher(&self) -> Publisher {
+        Publisher {
+            shared: self.shared.clone(),
+        }
+    }
+
+    /// Subscribes to a dotted pattern (`events.process.*`); kept across reconnects. With
+    /// `Processed` the broker confirms, so an access rule that forbids it is an error here.
+    pub async fn subscribe(&self, pattern: &str, qos: QoS) -> Result<(), ClientError> {
+        let busrt_pattern = Pattern::parse(pattern)?.to_busrt();
+        self.shared
+            .subscriptions
+            .lock()
+            .insert(busrt_pattern.clone());
+        let result = self.shared.with_conn("subscribe", |conn| {
+            let p = busrt_pattern.clone();
+            Box::pin(async move { conn.subscribe(&p, qos.busrt()).await })
+        });
+        match result.await {
+            Err(ClientError::Denied(e)) => {
+                self.shared.subscriptions.lock().remove(&busrt_pattern);
+                Err(ClientError::Denied(e))
+            }
+            // Not connected now: the subscription is made on reconnect.
+            Err(ClientError::Closed) if !self.shared.closing.load(Relaxed) => Ok(()),
+            other => other,
+        }
+    }
+
+    /// Removes a subscription.
+    pub async fn unsubscribe(&self, pattern: &str) -> Result<(), ClientError> {
+        let busrt_pattern = Pattern::parse(pattern)?.to_busrt();
+        self.shared.subscriptions.lock().remove(&busrt_pattern);
+        self.shared
+            .with_conn("unsubscribe", |conn| {
+                Box::pin(async move {
+                    conn.unsubscribe(&busrt_pattern, busrt::QoS::Processed)
+                        .await
+                })
+            })
+            .await
+    }
+
+    /// Publishes `payload` to a dotted topic (see [`Publisher::publish`]).
+    pub async fn publish(
+        &self,
+        topic: &str,
+        payload: impl Into<Vec<u8>>,
+        qos: QoS,
+    ) -> Result<(), ClientError> {
+        self.publisher().publish(topic, payload, qos).await
+    }
+
+    /// The next message on a subscribed topic; waits across reconnects.
+    pub async fn recv(&mut self) -> Result<Message, ClientError> {
+        self.inbox.recv().await.ok_or(ClientError::Closed)
+    }
+
+    /// A message if one is waiting.
+    pub fn try_recv(&mut self) -> Option<Message> {
+        self.inbox.try_recv().ok()
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> ClientStats {
+        self.shared.stats()
+    }
+
+    /// Graceful disconnect: flushes the outbox (within the client timeout), then closes.
+    /// Wrap it in a timeout of your own if you need a hard bound.
+    pub async fn disconnect(&mut self) -> Result<(), ClientError> {
+        let flushed = timeout(self.shared.opts.timeout, self.shared.flush_outbox()).await;
+        self.shared.closing.store(true, Relaxed);
+        self.supervisor.abort();
+        if let Some(conn) = self.shared.conn.lock().await.take() {
+            drop(conn);
+        }
+        let _ = self.shared.state.send_replace(ConnectionState::Closed);
+        self.inbox.close();
+        let left = self.shared.outbox.lock().len();
+        match flushed {
+            Ok(Ok(())) if left == 0 => Ok(()),
+            Ok(Err(e)) => Err(e),
+            _ => Err(ClientError::Timeout("disconnect (outbox not flushed)")),
+        }
+    }
+}
+
+impl Drop for AsyncClient {
+    fn drop(&mut self) {
+        self.shared.closing.store(true, Relaxed);
+        self.supervisor.abort();
+    }
+}
+
+impl Publisher {
+    /// Publishes `payload` to a dotted topic, bytes exactly as given.
+    ///
+    /// `Processed`: returns once the broker acknowledged it, or once it is queued in the
+    /// outbox while the connection is down. `Realtime`: best effort; while disconnected the
+    /// message is dropped and counted in `outbox_dropped`.
+    pub async fn publish(
+        &self,
+        topic: &str,
+        payload: impl Into<Vec<u8>>,
+        qos: QoS,
+    ) -> Result<(), ClientError> {
+        let topic = Topic::parse(topic)?.to_busrt();
+        let payload = payload.into();
+        let limit = self.shared.opts.max_message_size;
+        if payload.len() > limit {
+            return Err(ClientError::TooLarge {
+                size: payload.len(),
+                limit,
+            });
+        }
+        self.shared.counters.published.fetch_add(1, Relaxed);
+        self.shared.send(topic, payload, qos).await
+    }
+}
+
+impl Shared {
+    fn stats(&self) -> ClientStats {
+        let c = &self.counters;
+        ClientStats {
+            published: c.published.load(Relaxed),
+            acked: c.acked.load(Relaxed),
+            outbox_queued: c.outbox_queued.load(Relaxed),
+            outbox_dropped: c.outbox_dropped.load(Relaxed),
+            outbox_resent: c.outbox_resent.load(Relaxed),
+            outbox_len: self.outbox.lock().len(),
+            received: c.received.load(Relaxed),
+            dropped_inbox: c.dropped_inbox.load(Relaxed),
+            reconnects: c.reconnects.load(Relaxed),
+            keepalive_failures: c.keepalive_failures.load(Relaxed),
+        }
+    }
+
+    /// Runs one busrt operation on the live connection with a timeout, then awaits its
+    /// confirmation outside the lock. `Closed` if there is no connection now.
+    async fn with_conn<F>(&self, op: &'static str, f: F) -> Result<(), ClientError>
+    where
+        F: for<'a> FnOnce(
+            &'a mut Conn,
+        ) -> std::pin::Pin<
+            Box<
+                dyn std::future::Future<Output = Result<busrt::OpConfirm, busrt::Error>>
+                    + Send
+                    + 'a,
+            >,
+        >,
+    {
+        let confirmation = {
+            let mut guard = self.conn.lock().await;
+            let conn = guard.as_mut().ok_or(ClientError::Closed)?;
+            match timeout(self.opts.timeout, f(conn)).await {
+                Err(_) => {
+                    self.lost.notify_one();
+                    return Err(ClientError::Timeout(op));
+                }
+                Ok(Err(e)) => {
+                    self.lost.notify_one();
+                    return Err(busrt_err(e));
+                }
+                Ok(Ok(c)) => c,
+            }
+        };
+        confirm(op, confirmation, self.opts.timeout).await
+    }
+
+    fn enqueue(&self, msg: Outgoing) -> Result<(), ClientError> {
+        let mut outbox = self.outbox.lock();
+        if outbox.len() >= self.opts.outbox_capacity {
+            match self.opts.outbox_overflow {
+                OutboxOverflow::Error => return Err(ClientError::OutboxFull(outbox.len())),
+                OutboxOverflow::DropOldest => {
+                    outbox.pop_front();
+                    self.counters.outbox_dropped.fetch_add(1, Relaxed);
+                }
+            }
+        }
+        outbox.push_back(msg);
+        self.counters.outbox_queued.fetch_add(1, Relaxed);
+        Ok(())
+    }
+
+    async fn send(&self, topic: String, payload: Vec<u8>, qos: QoS) -> Result<(), ClientError> {
+        let confirmation = {
+            let mut guard = self.conn.lock().await;
+            let queued = !self.outbox.lock().is_empty();
+            let Some(conn) = guard.as_mut().filter(|_| !queued) else {
+                drop(guard);
+                return match qos {
+                    QoS::Processed => self.enqueue(Outgoing { topic, payload }),
+                    QoS::Realtime => {
+                        self.counters.outbox_dropped.fetch_add(1, Relaxed);
+                        Ok(())
+                    }
+                };
+            };
+            let sent = timeout(
+                self.opts.timeout,
+                conn.publish(&topic, payload.as_slice().into(), qos.busrt()),
+            )
+            .await;
+            match sent {
+                Ok(Ok(c)) => c,
+                failed => {
+                    self.lost.notify_one();
+                    drop(guard);
+                    if qos == QoS::Realtime {
+                        self.counters.outbox_dropped.fetch_add(1, Relaxed);
+                        return Ok(());
+                    }
+                    tracing::debug!(?failed, "publish failed; queued in the outbox");
+                    return self.enqueue(Outgoing { topic, payload });
+                }
+            }
+        };
+        match confirm("publish", confirmation, self.opts.timeout).await {
+            Ok(()) => {
+                if qos == QoS::Processed {
+                    self.counters.acked.fetch_add(1, Relaxed);
+                }
+                Ok(())
+            }
+            Err(ClientError::Denied(e)) => Err(ClientError::Denied(e)),
+            Err(_) => {
+                // Lost in flight: resend after reconnecting (at least once).
+                self.lost.notify_one();
+                self.enqueue(Outgoing { topic, payload })
+            }
+        }
+    }
+
+    /// Sends what waits in the outbox, in order; stops at the first failure.
+    async fn flush_outbox(&self) -> Result<(), ClientError> {
+        loop {
+            let confirmation = {
+                let mut guard = self.conn.lock().await;
+                let Some(conn) = guard.as_mut() else {
+                    return Err(ClientError::Closed);
+                };
+                let Some(msg) = self.outbox.lock().pop_front() else {
+                    return Ok(());
+                };
+                let sent = timeout(
+                    self.opts.timeout,
+                    conn.publish(
+                        &msg.topic,
+                        msg.payload.as_slice().into(),
+                        busrt::QoS::RealtimeProcessed,
+                    ),
+                )
+                .await;
+                match sent {
+                    Ok(Ok(c)) => (c, msg),
+                    _ => {
+                        self.outbox.lock().push_front(msg);
+                        self.lost.notify_one();
+                        return Err(ClientError::Timeout("outbox flush"));
+                    }
+                }
+            };
+            let (c, msg) = confirmation;
+            match confirm("outbox flush", c, self.opts.timeout).await {
+                Ok(()) => {
+                    self.counters.outbox_resent.fetch_add(1, Relaxed);
+                    self.counters.acked.fetch_add(1, Relaxed);
+                }
+                Err(ClientError::Denied(e)) => {
+                    tracing::warn!(topic = %msg.topic, "outbox message denied by the broker: {e}");
+                    self.counters.outbox_dropped.fetch_add(1, Relaxed);
+                }
+                Err(e) => {
+                    self.outbox.lock().push_front(msg);
+                    self.lost.notify_one();
+                    return Err(e);
+                }
+            }
+        }
+    }
+
+    async fn reconnect(self: &Arc<Self>) -> Option<busrt::EventChannel> {
+        let mut backoff = Backoff::new(self.opts.reconnect_initial, self.opts.reconnect_max);
+        loop {
+            if self.closing.load(Relaxed) {
+                return None;
+            }
+            let _ = self
+                .state
+                .send_replace(ConnectionState::Reconnecting(backoff.attempt()));
+            tokio::time::sleep(backoff.next_delay()).await;
+            let mut conn = match timeout(
+                self.opts.timeout,
+                open(&self.endpoint, &self.name, &self.opts),
+            )
+            .await
+            {
+                Ok(Ok(c)) => c,
+                Ok(Err(e)) => {
+                    tracing::warn!(endpoint = %self.endpoint, attempt = backoff.attempt(), "reconnect failed: {e}");
+                    continue;
+                }
+                Err(_) => {
+                    tracing::warn!(endpoint = %self.endpoint, attempt = backoff.attempt(), "reconnect timed out");
+                    continue;
+                }
+            };
+            let Some(events) = conn.take_event_channel() else {
+                continue;
+            };
+            let patterns: Vec<String> = self.subscriptions.lock().iter().cloned().collect();
+            if !patterns.is_empty() {
+                let refs: Vec<&str> = patterns.iter().map(String::as_str).collect();
+                let ok = match timeout(
+                    self.opts.timeout,
+                    conn.subscribe_bulk(&refs, busrt::QoS::Processed),
+                )
+                .await
+                {
+                    Ok(Ok(c)) => confirm("resubscribe", c, self.opts.timeout).await.is_ok(),
+                    _ => false,
+                };
+                if !ok {
+                    tracing::warn!("resubscribe failed; retrying the connection");
+                    continue;
+                }
+            }
+            *self.conn.lock().await = Some(conn);
+            self.counters.reconnects.fetch_add(1, Relaxed);
+            tracing::info!(endpoint = %self.endpoint, "reconnected");
+            return Some(events);
+        }
+    }
+
+    /// Moves frames from busrt's event channel to the inbox without ever waiting, so the
+    /// broker never sees this client as slow; what does not fit is counted.
+    async fn drain(self: Arc<Self>, events: busrt::EventChannel) {
+        while let Ok(frame) = events.recv().await {
+            let Some(topic) = frame.topic() else {
+                continue; // direct messages belong to RPC, which has its own connection
+            };
+            let topic = Topic::from_busrt(topic)
+                .map(|t| t.as_str().to_owned())
+                .unwrap_or_else(|_| topic.replace('/', "."));
+            self.counters.received.fetch_add(1, Relaxed);
+            if self.inbox.try_send(Message { topic, frame }).is_err() {
+                self.counters.dropped_inbox.fetch_add(1, Relaxed);
+            }
+        }
+    }
+}
+
+/// Keeps the connection alive and brings it back when it is lost.
+async fn supervise(shared: Arc<Shared>, mut events: busrt::EventChannel) {
+    loop {
+        let mut drain = tokio::spawn(shared.clone().drain(events));
+        let mut tick = tokio::time::interval(shared.opts.keepalive);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await;
+        loop {
+            tokio::select! {
+                _ = &mut drain => break,
+                _ = shared.lost.notified() => {
+                    let alive = match shared.conn.lock().await.as_ref() {
+                        Some(c) => c.is_connected(),
+                        None => false,
+                    };
+                    if !alive { break; }
+                }
+                _ = tick.tick() => {
+                    let ping = async {
+                        match shared.conn.lock().await.as_mut() {
+                            Some(c) => c.ping().await.is_ok(),
+                            None => false,
+                        }
+                    };
+                    if !matches!(timeout(shared.opts.timeout, ping).await, Ok(true)) {
+                        shared.counters.keepalive_failures.fetch_add(1, Relaxed);
+                        break;
+                    }
+                }
+            }
+        }
+        drain.abort();
+        if shared.closing.load(Relaxed) {
+            return;
+        }
+        tracing::warn!(endpoint = %shared.endpoint, "connection lost");
+        shared.conn.lock().await.take();
+        match shared.reconnect().await {
+            Some(e) => events = e,
+            None => return,
+        }
+        let _ = shared.state.send_replace(ConnectionState::Connected);
+        if let Err(e) = shared.flush_outbox().await {
+            tracing::warn!("outbox flush after reconnect: {e}");
+        }
+    }
+}
+
+/// Connects, retrying with back-off (100 ms doubling to 30 s, with jitter) up to
+/// `max_retries` times, logging each failure.
+pub async fn connect_with_retry(
+    address: &str,
+    max_retries: u32,
+) -> Result<AsyncClient, ClientError> {
+    connect_with_retry_opts(address, max_retries, ClientOptions::default()).await
+}
+
+/// [`connect_with_retry`] with options (the back-off comes from them).
+pub async fn connect_with_retry_opts(
+    address: &str,
+    max_retries: u32,
+    opts: ClientOptions,
+) -> Result<AsyncClient, ClientError> {
+    let mut backoff = Backoff::new(opts.reconnect_initial, opts.reconnect_max);
+    loop {
+        match AsyncClient::connect_with(address, opts.clone()).await {
+            Ok(c) => return Ok(c),
+            Err(e @ (ClientError::Endpoint(_) | ClientError::TlsUnsupported)) => return Err(e),
+            Err(e) if backoff.attempt() < max_retries => {
+                let delay = backoff.next_delay();
+                tracing::warn!(
+                    attempt = backoff.attempt(),
+                    ?delay,
+                    "connection failed: {e}"
+                );
+                tokio::time::sleep(delay).await;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
