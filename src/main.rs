@@ -25,6 +25,46 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Run the broker as its own process until SIGINT/SIGTERM.
+    Broker {
+        /// Configuration file (TOML).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Unix socket path (relative: in the private runtime directory).
+        #[arg(long)]
+        socket: Option<PathBuf>,
+        /// Also listen on TCP, host:port (loopback unless the configuration allows more).
+        #[arg(long)]
+        tcp: Option<String>,
+    },
+    /// Publish a payload to a topic.
+    Pub {
+        /// Dotted topic, e.g. events.process.new.
+        topic: String,
+        /// The payload, or @FILE to read it from a file.
+        payload: Option<String>,
+        #[arg(long, default_value = cli::pubsub::DEFAULT_CONNECT)]
+        connect: String,
+        #[arg(long, default_value = "processed")]
+        qos: busbridge::QoS,
+        /// Publish the payload this many times.
+        #[arg(long, default_value_t = 1)]
+        count: u64,
+    },
+    /// Print messages on topics matching patterns.
+    Sub {
+        /// Dotted patterns, e.g. events.process.* or events.#.
+        #[arg(required = true)]
+        patterns: Vec<String>,
+        #[arg(long, default_value = cli::pubsub::DEFAULT_CONNECT)]
+        connect: String,
+        /// Exit after this many messages.
+        #[arg(long)]
+        count: Option<u64>,
+        /// One JSON object a line.
+        #[arg(long)]
+        json: bool,
+    },
     /// Validate a configuration file and print it resolved.
     CheckConfig {
         file: PathBuf,
@@ -53,6 +93,24 @@ fn main() -> ExitCode {
         match args.command {
             Command::Demo { json } => cli::demo::run(json).await,
             Command::CheckConfig { file, json } => cli::check_config(&file, json),
+            Command::Broker {
+                config,
+                socket,
+                tcp,
+            } => cli::broker::run(config, socket, tcp).await,
+            Command::Pub {
+                topic,
+                payload,
+                connect,
+                qos,
+                count,
+            } => cli::pubsub::publish(topic, payload, connect, qos, count).await,
+            Command::Sub {
+                patterns,
+                connect,
+                count,
+                json,
+            } => cli::pubsub::subscribe(patterns, connect, count, json).await,
         }
     });
     match result {

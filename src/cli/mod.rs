@@ -1,6 +1,8 @@
 //! Subcommands. `anyhow` is used here, at the edge, and nowhere in the library.
 
+pub mod broker;
 pub mod demo;
+pub mod pubsub;
 
 use anyhow::Context;
 use busbridge::config::Config;
@@ -9,6 +11,8 @@ use std::process::ExitCode;
 
 /// Exit code for an invalid configuration or invalid arguments.
 pub const EXIT_USAGE: u8 = 2;
+/// Exit code when the broker cannot be reached.
+pub const EXIT_CONNECT: u8 = 3;
 
 /// `busbridge check-config FILE`: validates and prints the resolved configuration.
 pub fn check_config(file: &Path, json: bool) -> anyhow::Result<ExitCode> {

@@ -262,3 +262,6 @@ pub fn arb_event() -> impl Strategy<Value = CollectionEvent> {
         });
     prop_oneof![process, network, filesystem, performance, trigger]
 }
+
+pub mod procs;
+pub mod proxy;

@@ -1,0 +1,48 @@
+//! `busbridge broker`: the embedded broker, run as its own process.
+
+use busbridge::config::Config;
+use busbridge::Broker;
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+pub async fn run(
+    config: Option<PathBuf>,
+    socket: Option<PathBuf>,
+    tcp: Option<String>,
+) -> anyhow::Result<ExitCode> {
+    let mut config = match config {
+        Some(path) => Config::load(&path)?,
+        None => Config::default(),
+    };
+    if let Some(socket) = socket {
+        config.transport.socket_path = socket;
+    }
+    if tcp.is_some() {
+        config.transport.tcp_listen = tcp;
+    }
+    config.validate()?;
+    let mut broker = Broker::from_config(&config)?;
+    broker.spawn().await?;
+    {
+        // One line per listener, then "ready": scripts and tests wait for it.
+        let mut out = std::io::stdout().lock();
+        for p in broker.socket_paths() {
+            writeln!(out, "listening on ipc://{}", p.display())?;
+        }
+        for a in broker.tcp_addrs() {
+            writeln!(out, "listening on tcp://{a}")?;
+        }
+        writeln!(out, "ready")?;
+        out.flush()?;
+    }
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    tracing::info!("signal received; draining");
+    broker.shutdown().await;
+    println!("stopped");
+    Ok(ExitCode::SUCCESS)
+}

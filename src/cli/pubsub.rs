@@ -1,0 +1,123 @@
+//! `busbridge pub` and `busbridge sub`: talk to a broker from scripts.
+
+use super::{EXIT_CONNECT, EXIT_USAGE};
+use busbridge::client::{AsyncClient, ClientError, ClientOptions};
+use busbridge::codec::{Codec, CodecKind};
+use busbridge::QoS;
+use serde_json::{json, Value};
+use std::process::ExitCode;
+use std::time::Duration;
+
+/// Without `--connect`: the default socket of `busbridge broker`.
+pub const DEFAULT_CONNECT: &str = "ipc://daemoneye.sock";
+
+async fn connect(uri: &str) -> Result<AsyncClient, ExitCode> {
+    AsyncClient::connect_with(uri, ClientOptions::default())
+        .await
+        .map_err(|e| {
+            eprintln!("busbridge: {e}");
+            match e {
+                ClientError::Endpoint(_) => ExitCode::from(EXIT_USAGE),
+                _ => ExitCode::from(EXIT_CONNECT),
+            }
+        })
+}
+
+pub async fn publish(
+    topic: String,
+    payload: Option<String>,
+    connect_uri: String,
+    qos: QoS,
+    count: u64,
+) -> anyhow::Result<ExitCode> {
+    let bytes = match payload.as_deref() {
+        Some(p) if p.starts_with('@') => std::fs::read(&p[1..])?,
+        Some(p) => p.as_bytes().to_vec(),
+        None => Vec::new(),
+    };
+    let mut client = match connect(&connect_uri).await {
+        Ok(c) => c,
+        Err(code) => return Ok(code),
+    };
+    for _ in 0..count {
+        if let Err(e) = client.publish(&topic, bytes.clone(), qos).await {
+            eprintln!("busbridge: publish: {e}");
+            return Ok(ExitCode::from(match e {
+                ClientError::Topic(_) | ClientError::TooLarge { .. } => EXIT_USAGE,
+                _ => 1,
+            }));
+        }
+    }
+    match tokio::time::timeout(Duration::from_secs(10), client.disconnect()).await {
+        Ok(Ok(())) => Ok(ExitCode::SUCCESS),
+        _ => {
+            eprintln!("busbridge: could not hand every message to the broker");
+            Ok(ExitCode::from(1))
+        }
+    }
+}
+
+/// One message as a JSON object: the envelope decoded when it is one.
+pub fn message_json(topic: &str, sender: &str, payload: &[u8]) -> Value {
+    let codec = Codec::new(CodecKind::Json, usize::MAX);
+    let mut out = json!({ "topic": topic, "sender": sender });
+    match Codec::default().decode(payload) {
+        Ok(envelope) => {
+            let as_json = codec
+                .encode(&envelope)
+                .ok()
+                .and_then(|b| serde_json::from_slice::<Value>(&b).ok());
+            out["envelope"] = as_json.unwrap_or(Value::Null);
+        }
+        Err(_) => match std::str::from_utf8(payload) {
+            Ok(s) => out["payload"] = Value::String(s.to_owned()),
+            Err(_) => {
+                out["payload_hex"] =
+                    Value::String(payload.iter().map(|b| format!("{b:02x}")).collect())
+            }
+        },
+    }
+    out
+}
+
+pub async fn subscribe(
+    patterns: Vec<String>,
+    connect_uri: String,
+    count: Option<u64>,
+    json_out: bool,
+) -> anyhow::Result<ExitCode> {
+    let mut client = match connect(&connect_uri).await {
+        Ok(c) => c,
+        Err(code) => return Ok(code),
+    };
+    for p in &patterns {
+        if let Err(e) = client.subscribe(p, QoS::Processed).await {
+            eprintln!("busbridge: subscribe {p}: {e}");
+            return Ok(ExitCode::from(EXIT_USAGE));
+        }
+    }
+    // Readiness for scripts: the subscription is in place from here on.
+    eprintln!("subscribed");
+    let mut seen = 0u64;
+    while count.is_none_or(|n| seen < n) {
+        let message = tokio::select! {
+            m = client.recv() => m?,
+            _ = tokio::signal::ctrl_c() => break,
+        };
+        seen += 1;
+        let line = message_json(message.topic(), message.sender(), message.payload());
+        if json_out {
+            println!("{line}");
+        } else {
+            let body = line
+                .get("envelope")
+                .or_else(|| line.get("payload"))
+                .or_else(|| line.get("payload_hex"))
+                .cloned()
+                .unwrap_or(Value::Null);
+            println!("{} {} {}", message.topic(), message.sender(), body);
+        }
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(5), client.disconnect()).await;
+    Ok(ExitCode::SUCCESS)
+}
