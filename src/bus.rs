@@ -30,6 +30,8 @@
 
 use crate::codec::Envelope;
 use crate::event::CollectionEvent;
+use crate::parity::{Parity, ParityConfig};
+use crate::phase::{Phase, PhaseError};
 use crate::queue::{self, Receiver};
 use crate::router::{Filter, Policy, QueueSink, Router, RouterError};
 use crate::stats::Stats;
@@ -38,7 +40,7 @@ use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU8, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::SystemTime;
 
 /// Why a bus operation failed.
@@ -50,6 +52,13 @@ pub enum BusError {
     ShutDown,
     #[error(transparent)]
     Router(#[from] RouterError),
+    #[error(transparent)]
+    Phase(#[from] PhaseError),
+    #[error("cannot encode the event: {0}")]
+    Codec(#[from] crate::codec::CodecError),
+    #[cfg(feature = "busrt")]
+    #[error("busrt: {0}")]
+    Transport(#[from] crate::client::ClientError),
     #[error("invalid correlation pattern `{pattern}`: {source}")]
     BadPattern {
         pattern: String,
@@ -71,6 +80,8 @@ pub struct CoreOptions {
     pub require_start: bool,
     /// Publisher id used when a facade has none of its own.
     pub publisher_id: String,
+    /// How the parity engine compares (used once the bus is bridged).
+    pub parity: ParityConfig,
 }
 
 impl Default for CoreOptions {
@@ -80,6 +91,7 @@ impl Default for CoreOptions {
             persistence: None,
             require_start: false,
             publisher_id: "busbridge".into(),
+            parity: ParityConfig::default(),
         }
     }
 }
@@ -91,6 +103,12 @@ pub struct Core {
     store: Option<(usize, Mutex<VecDeque<Envelope>>)>,
     state: AtomicU8,
     publisher_id: String,
+    phase: AtomicU8,
+    parity: Arc<Parity>,
+    #[cfg(feature = "busrt")]
+    link: OnceLock<Arc<crate::bridge::Link>>,
+    #[cfg(not(feature = "busrt"))]
+    link: OnceLock<()>,
 }
 
 impl Core {
@@ -105,7 +123,45 @@ impl Core {
                 .map(|n| (n, Mutex::new(VecDeque::with_capacity(n.min(1024))))),
             state: AtomicU8::new(if opts.require_start { CREATED } else { RUNNING }),
             publisher_id: opts.publisher_id,
+            phase: AtomicU8::new(Phase::Legacy as u8),
+            parity: Arc::new(Parity::new(opts.parity)),
+            link: OnceLock::new(),
         }
+    }
+
+    /// The migration phase now.
+    pub fn phase(&self) -> Phase {
+        Phase::try_from(self.phase.load(Ordering::Acquire)).unwrap_or(Phase::Legacy)
+    }
+
+    /// Switches the phase; the next event takes the new route. A phase other than 0 needs a
+    /// bridge, and the build must serve it.
+    pub fn set_phase(&self, phase: Phase) -> Result<(), BusError> {
+        phase.check_build()?;
+        if phase != Phase::Legacy && self.link.get().is_none() {
+            return Err(PhaseError::NeedsBridge(phase as u8).into());
+        }
+        let old = self.phase.swap(phase as u8, Ordering::AcqRel);
+        if old != phase as u8 {
+            tracing::info!(from = old, to = %phase, "phase switched");
+        }
+        Ok(())
+    }
+
+    /// The parity engine of this bus.
+    pub fn parity(&self) -> &Arc<Parity> {
+        &self.parity
+    }
+
+    #[cfg(feature = "busrt")]
+    pub(crate) fn attach(&self, link: Arc<crate::bridge::Link>) {
+        let _ = self.link.set(link);
+    }
+
+    /// The bridge, if this core is bridged.
+    #[cfg(feature = "busrt")]
+    pub fn link(&self) -> Option<&Arc<crate::bridge::Link>> {
+        self.link.get()
     }
 
     /// The router.
@@ -143,11 +199,15 @@ impl Core {
         Envelope::new(event, correlation_id, self.publisher_id.clone())
     }
 
-    /// Accepts an envelope: counts it, persists it, routes it.
+    /// Accepts an envelope: counts it, persists it, routes it by the phase.
     pub async fn publish(&self, env: Envelope) -> Result<usize, BusError> {
         self.check_running()?;
         Stats::add(&self.stats.published, 1);
         self.persist(&env);
+        #[cfg(feature = "busrt")]
+        if let Some(link) = self.link.get() {
+            return link.publish(self, env).await;
+        }
         Ok(self.router.route(&env).await)
     }
 
@@ -189,9 +249,13 @@ impl Core {
         }
     }
 
-    /// Stops accepting publishes and disconnects every subscriber.
+    /// Stops accepting publishes and disconnects every subscriber (and the bridge).
     pub fn shutdown(&self) {
         self.state.store(SHUT_DOWN, Ordering::Release);
+        #[cfg(feature = "busrt")]
+        if let Some(link) = self.link.get() {
+            link.close();
+        }
         self.router.clear();
     }
 
@@ -271,6 +335,17 @@ impl EventBus {
             ..CoreOptions::default()
         }));
         Self { core, config }
+    }
+
+    /// This API over an existing core (for example a bridged one).
+    pub fn with_core(core: Arc<Core>, config: EventBusConfig) -> Self {
+        core.router().set_max_subscribers(config.max_subscribers);
+        Self { core, config }
+    }
+
+    /// The core.
+    pub fn core(&self) -> &Arc<Core> {
+        &self.core
     }
 
     /// Publishes an event to every matching subscriber.

@@ -49,6 +49,8 @@
 //! - [`phase`]: the migration phase switch.
 
 #[cfg(feature = "busrt")]
+pub mod bridge;
+#[cfg(feature = "busrt")]
 pub mod broker;
 pub mod bus;
 #[cfg(feature = "busrt")]
@@ -59,6 +61,7 @@ pub mod endpoint;
 pub mod event;
 #[cfg(feature = "legacy")]
 pub mod legacy;
+pub mod parity;
 pub mod phase;
 pub mod procscan;
 pub mod queue;

@@ -39,6 +39,10 @@ pub enum PhaseError {
     NeedsLegacy(u8),
     #[error("phase {0} needs busrt, but this build has no `busrt` feature")]
     NeedsBusrt(u8),
+    #[error(
+        "phase {0} needs a bridged bus (built with a busrt connection); this bus is legacy-only"
+    )]
+    NeedsBridge(u8),
 }
 
 impl Phase {
@@ -73,6 +77,11 @@ impl Phase {
     /// Whether the legacy router runs (as authority or as shadow control).
     pub fn uses_legacy(self) -> bool {
         self != Phase::BusrtOnly
+    }
+
+    /// Whether the legacy router's answer is there to compare with (phases 1–3).
+    pub fn has_control(self) -> bool {
+        matches!(self, Phase::Shadow | Phase::Topics | Phase::Rpc)
     }
 
     /// Whether lifecycle control goes over busrt RPC.

@@ -136,7 +136,7 @@ pub enum RouterError {
 pub struct Router {
     // Copy-on-write: publishers clone the Arc and deliver without holding the lock.
     subscribers: RwLock<Arc<Vec<Arc<Subscriber>>>>,
-    max_subscribers: usize,
+    max_subscribers: std::sync::atomic::AtomicUsize,
     stats: Arc<Stats>,
 }
 
@@ -145,9 +145,15 @@ impl Router {
     pub fn new(max_subscribers: usize, stats: Arc<Stats>) -> Self {
         Self {
             subscribers: RwLock::new(Arc::new(Vec::new())),
-            max_subscribers,
+            max_subscribers: max_subscribers.into(),
             stats,
         }
+    }
+
+    /// Changes the subscriber limit (a facade made over an existing core sets its own).
+    pub fn set_max_subscribers(&self, max: usize) {
+        self.max_subscribers
+            .store(max, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Adds a subscriber; one with the same id is replaced (its receiver then disconnects).
@@ -161,8 +167,11 @@ impl Router {
         let id = id.into();
         let mut guard = self.subscribers.write();
         let mut next: Vec<_> = guard.iter().filter(|s| s.id != id).cloned().collect();
-        if next.len() >= self.max_subscribers {
-            return Err(RouterError::TooManySubscribers(self.max_subscribers));
+        let max = self
+            .max_subscribers
+            .load(std::sync::atomic::Ordering::Relaxed);
+        if next.len() >= max {
+            return Err(RouterError::TooManySubscribers(max));
         }
         next.push(Arc::new(Subscriber {
             id,
@@ -215,15 +224,35 @@ impl Router {
 
     /// Delivers to every matching subscriber; returns how many received it.
     pub async fn route(&self, env: &Envelope) -> usize {
-        self.route_where(env, |_| true).await
+        self.route_where(env, |_| true, None).await
+    }
+
+    /// Delivers like [`route`](Self::route) and appends the ids that received it (for parity).
+    pub async fn route_collect(&self, env: &Envelope, delivered_to: &mut Vec<String>) -> usize {
+        self.route_where(env, |_| true, Some(delivered_to)).await
     }
 
     /// Delivers to one subscriber if its filter matches (used by replay).
     pub async fn route_to(&self, env: &Envelope, id: &str) -> usize {
-        self.route_where(env, |s| s == id).await
+        self.route_where(env, |s| s == id, None).await
     }
 
-    async fn route_where(&self, env: &Envelope, pick: impl Fn(&str) -> bool) -> usize {
+    /// The subscribers whose filters match, without delivering (the shadow control path).
+    pub fn matching(&self, env: &Envelope) -> Vec<String> {
+        self.subscribers
+            .read()
+            .iter()
+            .filter(|s| s.filter.matches(env))
+            .map(|s| s.id.clone())
+            .collect()
+    }
+
+    async fn route_where(
+        &self,
+        env: &Envelope,
+        pick: impl Fn(&str) -> bool,
+        mut delivered_to: Option<&mut Vec<String>>,
+    ) -> usize {
         let start = Instant::now();
         let subscribers = self.subscribers.read().clone();
         let mut delivered = 0;
@@ -234,6 +263,9 @@ impl Router {
             if self.deliver(sub, env).await {
                 delivered += 1;
                 self.stats.record_latency(start.elapsed());
+                if let Some(ids) = delivered_to.as_deref_mut() {
+                    ids.push(sub.id.clone());
+                }
             }
         }
         Stats::add(&self.stats.delivered, delivered as u64);

@@ -19,3 +19,93 @@ impl Backend for LegacyRouter {
 }
 
 conformance_suite!(legacy_router, super::LegacyRouter);
+
+/// A bridged bus in phase 2 (busrt authoritative), reaching the broker one way or another.
+mod bridged {
+    use super::*;
+    use busbridge::bridge::{BridgeBuilder, Bridged};
+    use busbridge::phase::Phase;
+    use busbridge::Broker;
+    use parking_lot::Mutex;
+    use std::sync::Arc;
+
+    pub enum Via {
+        InProcess,
+        UnixSocket,
+        Tcp,
+    }
+
+    pub struct Busrt {
+        via: Via,
+        buses: Mutex<Vec<Arc<Bridged>>>,
+        dir: tempfile::TempDir,
+    }
+
+    impl Busrt {
+        pub fn new(via: Via) -> Self {
+            Self {
+                via,
+                buses: Mutex::new(Vec::new()),
+                dir: tempfile::tempdir().unwrap(),
+            }
+        }
+    }
+
+    #[async_trait]
+    impl Backend for Busrt {
+        async fn bus(
+            &self,
+            config: HighPerformanceEventBusConfig,
+        ) -> Box<dyn HighPerformanceEventBus> {
+            let mut broker = Broker::new();
+            broker.set_name(uuid::Uuid::new_v4().to_string());
+            let builder = BridgeBuilder::new().phase(Phase::Topics);
+            let builder = match self.via {
+                Via::InProcess => builder.embedded(broker),
+                Via::UnixSocket => {
+                    let path = self
+                        .dir
+                        .path()
+                        .join(format!("{}.sock", uuid::Uuid::new_v4()));
+                    broker.spawn_ipc_server(&path, 10).unwrap();
+                    broker.spawn().await.unwrap();
+                    let b = builder.connect(format!("ipc://{}", path.display()));
+                    std::mem::forget(broker); // lives for the test
+                    b
+                }
+                Via::Tcp => {
+                    broker.spawn_tcp_server("127.0.0.1:0", 10).unwrap();
+                    broker.spawn().await.unwrap();
+                    let b = builder.connect(format!("tcp://{}", broker.tcp_addrs()[0]));
+                    std::mem::forget(broker);
+                    b
+                }
+            };
+            let bridged = Arc::new(builder.build().await.unwrap());
+            self.buses.lock().push(bridged.clone());
+            Box::new(bridged.crossbeam(config))
+        }
+
+        async fn settle(&self, _bus: &dyn HighPerformanceEventBus) {
+            let buses: Vec<_> = self.buses.lock().clone();
+            for b in buses {
+                tokio::time::timeout(scenarios::LIMIT, b.link().settled())
+                    .await
+                    .expect("every echo back within the limit");
+            }
+        }
+    }
+}
+
+conformance_suite!(
+    busrt_in_process,
+    super::bridged::Busrt::new(super::bridged::Via::InProcess)
+);
+conformance_suite!(
+    busrt_unix_socket,
+    super::bridged::Busrt::new(super::bridged::Via::UnixSocket)
+);
+conformance_suite!(
+    busrt_tcp,
+    super::bridged::Busrt::new(super::bridged::Via::Tcp)
+);

@@ -371,6 +371,11 @@ impl AsyncClient {
         &self.shared.name
     }
 
+    /// The largest payload this client sends.
+    pub fn max_message_size(&self) -> usize {
+        self.shared.opts.max_message_size
+    }
+
     /// The endpoint, resolved.
     pub fn endpoint(&self) -> &Endpoint {
         &self.shared.endpoint

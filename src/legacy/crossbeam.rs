@@ -107,6 +107,7 @@ impl HighPerformanceEventBusImpl {
 
     /// This facade over an existing core (for example a bridged one).
     pub fn with_core(core: Arc<Core>, config: HighPerformanceEventBusConfig) -> Self {
+        core.router().set_max_subscribers(config.max_subscribers);
         Self { core, config }
     }
 

@@ -196,6 +196,7 @@ impl LocalEventBus {
 
     /// This facade over an existing core (for example a bridged one).
     pub fn with_core(core: Arc<Core>, config: EventBusConfig) -> Self {
+        core.router().set_max_subscribers(config.max_subscribers);
         Self {
             core,
             config,

@@ -1,0 +1,560 @@
+//! The bridge loop: the one place where events cross between the local router and busrt.
+//!
+//! Outbound, a local publish is stamped with this bus's origin id and sequence number, routed
+//! as the phase says ([`Link::publish`]), and sent to its topic. Inbound, every frame on the
+//! event topics is decoded and checked in this order: size and format (bad frames are counted
+//! and dropped), hop limit, echo (our origin relayed by another sender), duplicate or gap (by
+//! per-origin sequence), then delivered or compared as the phase says.
+//!
+//! | phase | local publish | own event back from busrt | remote event |
+//! |---|---|---|---|
+//! | 0 | router | — (nothing sent) | ignored |
+//! | 1 | router (control) + mirror | candidate, compared | shadow only (counted) |
+//! | 2, 3 | legacy shadow control; sent | delivered (served), compared | delivered |
+//! | 4 | sent | delivered | delivered |
+//!
+//! Switching phase never loses or duplicates an event in flight: an event sent for delivery by
+//! echo is delivered by its echo whatever the phase then, and while such echoes are owed a
+//! legacy-routed publish also waits for its echo, so per-subscriber order holds.
+
+use crate::broker::{Broker, BrokerError};
+use crate::bus::{BusError, Core, CoreOptions};
+use crate::client::{AsyncClient, ClientError, ClientOptions, Message, Publisher, QoS};
+use crate::codec::{Codec, CodecKind, Envelope};
+use crate::config::Config;
+use crate::parity::ParityConfig;
+use crate::phase::Phase;
+use crate::stats::Stats;
+use crate::topic::topic_for_event;
+use parking_lot::Mutex;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use tokio::sync::oneshot;
+
+/// Default most hops an envelope may have travelled.
+pub const DEFAULT_HOP_LIMIT: u32 = 8;
+
+/// Why a bridge could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum BridgeError {
+    #[error(transparent)]
+    Bus(#[from] BusError),
+    #[error(transparent)]
+    Client(#[from] ClientError),
+    #[error(transparent)]
+    Broker(#[from] BrokerError),
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+}
+
+/// What an own event still owes when its echo comes back from busrt.
+#[derive(Debug, Clone, Copy)]
+struct Owed {
+    /// Deliver it locally (busrt is the route).
+    deliver: bool,
+    /// Record it as the candidate for parity.
+    compare: bool,
+}
+
+/// The live bridge of one bus.
+pub struct Link {
+    origin: String,
+    name: String,
+    seq: AtomicU64,
+    codec: Codec,
+    qos: QoS,
+    hop_limit: u32,
+    publisher: Publisher,
+    owed: Mutex<OwedEchoes>,
+    /// Signalled when no echo is owed any more.
+    settled: tokio::sync::Notify,
+    stats: Arc<Stats>,
+    shadow_remote: AtomicU64,
+    close: Mutex<Option<oneshot::Sender<()>>>,
+}
+
+#[derive(Default)]
+struct OwedEchoes {
+    by_seq: BTreeMap<u64, Owed>,
+    deliveries: usize,
+}
+
+impl Link {
+    /// This bus's origin id (unique per instance).
+    pub fn origin(&self) -> &str {
+        &self.origin
+    }
+
+    /// The busrt client name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Remote events seen in phase 1 that went to the shadow path only.
+    pub fn shadow_remote(&self) -> u64 {
+        self.shadow_remote.load(Relaxed)
+    }
+
+    /// Own events sent and not yet back from busrt.
+    pub fn in_flight(&self) -> usize {
+        self.owed.lock().by_seq.len()
+    }
+
+    /// Waits until every own event sent so far came back from busrt (and was delivered or
+    /// compared). Wrap it in a timeout: a lost broker keeps echoes owed.
+    pub async fn settled(&self) {
+        loop {
+            let notified = self.settled.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.in_flight() == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    pub(crate) fn close(&self) {
+        if let Some(tx) = self.close.lock().take() {
+            let _ = tx.send(());
+        }
+    }
+
+    /// Routes one local publish as the phase says.
+    pub(crate) async fn publish(&self, core: &Core, mut env: Envelope) -> Result<usize, BusError> {
+        let phase = core.phase();
+        env.origin = self.origin.clone();
+        env.seq = self.seq.fetch_add(1, Relaxed) + 1;
+        let parity = core.parity();
+        let compare = phase.has_control() && parity.is_enabled();
+        let router = core.router();
+        // Decide under the lock so concurrent publishes see a consistent owed-echo state.
+        let (direct, send) = {
+            let mut owed = self.owed.lock();
+            if phase.legacy_authoritative() && owed.deliveries == 0 {
+                if compare {
+                    owed.by_seq.insert(
+                        env.seq,
+                        Owed {
+                            deliver: false,
+                            compare: true,
+                        },
+                    );
+                }
+                (true, phase.uses_busrt())
+            } else if phase.uses_busrt() || owed.deliveries > 0 {
+                owed.by_seq.insert(
+                    env.seq,
+                    Owed {
+                        deliver: true,
+                        compare,
+                    },
+                );
+                owed.deliveries += 1;
+                (false, true)
+            } else {
+                (true, false)
+            }
+        };
+        let bytes = if send {
+            match self.codec.encode(&env) {
+                Ok(b) => Some(b),
+                Err(e) => {
+                    self.forget(env.seq);
+                    return Err(e.into());
+                }
+            }
+        } else {
+            None
+        };
+        let mut delivered = 0;
+        if direct {
+            let mut ids = Vec::new();
+            delivered = router.route_collect(&env, &mut ids).await;
+            if compare {
+                for id in ids {
+                    parity.record_control(&id, &env);
+                }
+            }
+        } else if compare {
+            // busrt serves; the legacy router computes what it would have delivered.
+            for id in router.matching(&env) {
+                parity.record_control(&id, &env);
+            }
+        }
+        if let Some(bytes) = bytes {
+            let topic = topic_for_event(&env.event);
+            match self
+                .publisher
+                .publish(topic.as_str(), bytes, self.qos)
+                .await
+            {
+                Ok(()) => Stats::add(&self.stats.bridge_sent, 1),
+                Err(e) => {
+                    Stats::add(&self.stats.bridge_send_errors, 1);
+                    self.forget(env.seq);
+                    return Err(e.into());
+                }
+            }
+        }
+        Ok(delivered)
+    }
+
+    fn forget(&self, seq: u64) {
+        let mut owed = self.owed.lock();
+        if let Some(o) = owed.by_seq.remove(&seq) {
+            if o.deliver {
+                owed.deliveries -= 1;
+            }
+        }
+        if owed.by_seq.is_empty() {
+            self.settled.notify_waiters();
+        }
+    }
+
+    /// Handles one frame from busrt.
+    async fn inbound(&self, core: &Core, seen: &mut HashMap<String, u64>, msg: &Message) {
+        let env = match self.codec.decode(msg.payload()) {
+            Ok(env) => env,
+            Err(e) => {
+                Stats::add(&self.stats.bridge_decode_errors, 1);
+                tracing::debug!(
+                    topic = msg.topic(),
+                    sender = msg.sender(),
+                    "dropped frame: {e}"
+                );
+                return;
+            }
+        };
+        if env.hops > self.hop_limit {
+            Stats::add(&self.stats.bridge_hop_limited, 1);
+            return;
+        }
+        let own = env.origin == self.origin;
+        if own && msg.primary_sender() != self.name {
+            // Our own event, relayed back by someone else: a loop.
+            Stats::add(&self.stats.bridge_echo_suppressed, 1);
+            return;
+        }
+        let last = seen.entry(env.origin.clone()).or_insert(0);
+        if env.seq <= *last {
+            Stats::add(&self.stats.bridge_duplicates, 1);
+            return;
+        }
+        if *last != 0 && env.seq > *last + 1 {
+            Stats::add(&self.stats.bridge_gaps, env.seq - *last - 1);
+            tracing::warn!(origin = %env.origin, from = *last + 1, to = env.seq - 1, "sequence gap");
+        }
+        *last = env.seq;
+        Stats::add(&self.stats.bridge_received, 1);
+        let router = core.router();
+        if own {
+            let owed = self.owed.lock().by_seq.get(&env.seq).copied();
+            let Some(owed) = owed else { return };
+            let parity = core.parity();
+            if owed.deliver {
+                let mut ids = Vec::new();
+                router.route_collect(&env, &mut ids).await;
+                if owed.compare {
+                    for id in ids {
+                        parity.record_candidate(&id, &env);
+                    }
+                }
+            } else if owed.compare {
+                for id in router.matching(&env) {
+                    parity.record_candidate(&id, &env);
+                }
+            }
+            // Only now is the echo settled: a waiter sees the delivery done.
+            self.forget(env.seq);
+        } else if core.phase() >= Phase::Topics {
+            router.route(&env).await;
+        } else {
+            self.shadow_remote.fetch_add(1, Relaxed);
+        }
+    }
+}
+
+/// Builds a bridged bus: a core whose events also travel on busrt.
+///
+/// ```no_run
+/// # async fn run() -> Result<(), busbridge::bridge::BridgeError> {
+/// use busbridge::bridge::BridgeBuilder;
+/// use busbridge::phase::Phase;
+/// use busbridge::legacy::crossbeam::HighPerformanceEventBusConfig;
+///
+/// let bridged = BridgeBuilder::new()
+///     .phase(Phase::Topics)
+///     .connect("ipc:///run/daemoneye/daemoneye.sock")
+///     .name("procmond")
+///     .build()
+///     .await?;
+/// let bus = bridged.crossbeam(HighPerformanceEventBusConfig::default());
+/// # Ok(()) }
+/// ```
+pub struct BridgeBuilder {
+    phase: Phase,
+    connect: Option<String>,
+    embedded: Option<Broker>,
+    codec: CodecKind,
+    name: Option<String>,
+    qos: QoS,
+    client: ClientOptions,
+    hop_limit: u32,
+    core: CoreOptions,
+}
+
+impl Default for BridgeBuilder {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl BridgeBuilder {
+    /// Phase 2 by default once you bridge (explicit), protobuf, `Processed`.
+    pub fn new() -> Self {
+        Self {
+            phase: Phase::Topics,
+            connect: None,
+            embedded: None,
+            codec: CodecKind::Protobuf,
+            name: None,
+            qos: QoS::Processed,
+            client: ClientOptions::default(),
+            hop_limit: DEFAULT_HOP_LIMIT,
+            core: CoreOptions::default(),
+        }
+    }
+
+    /// Everything from the configuration file: phase, codec, connection or embedded broker.
+    pub fn from_config(config: &Config) -> Result<Self, BridgeError> {
+        config.validate()?;
+        let mut b = Self::new()
+            .phase(config.phase)
+            .codec(config.codec)
+            .client_options(ClientOptions::from_config(
+                &config.client,
+                config.broker.max_message_size,
+            ));
+        b.core.max_subscribers = config.bus.max_subscribers;
+        if let Some(name) = &config.client.name {
+            b = b.name(name);
+        }
+        match &config.client.connect {
+            Some(uri) => b = b.connect(uri),
+            None if config.broker.embedded => {
+                let mut broker = Broker::from_config(config)?;
+                broker.set_name(format!("embedded-{}", uuid::Uuid::new_v4().simple()));
+                b = b.embedded(broker);
+            }
+            None => b = b.connect("ipc://daemoneye.sock"),
+        }
+        Ok(b)
+    }
+
+    pub fn phase(mut self, phase: Phase) -> Self {
+        self.phase = phase;
+        self
+    }
+    /// Connection string of a standalone broker.
+    pub fn connect(mut self, uri: impl Into<String>) -> Self {
+        self.connect = Some(uri.into());
+        self
+    }
+    /// Runs this broker inside the bus (started by `build`, stopped with the bus).
+    pub fn embedded(mut self, broker: Broker) -> Self {
+        self.embedded = Some(broker);
+        self
+    }
+    pub fn codec(mut self, codec: CodecKind) -> Self {
+        self.codec = codec;
+        self
+    }
+    /// busrt client name of the bridge (default `busbridge-<pid>-<n>`); must be unique.
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = Some(name.into());
+        self
+    }
+    pub fn qos(mut self, qos: QoS) -> Self {
+        self.qos = qos;
+        self
+    }
+    pub fn client_options(mut self, opts: ClientOptions) -> Self {
+        self.client = opts;
+        self
+    }
+    pub fn hop_limit(mut self, hops: u32) -> Self {
+        self.hop_limit = hops;
+        self
+    }
+    /// Core settings (subscriber limit, persistence, parity configuration).
+    pub fn core_options(mut self, core: CoreOptions) -> Self {
+        self.core = core;
+        self
+    }
+    pub fn parity(mut self, parity: ParityConfig) -> Self {
+        self.core.parity = parity;
+        self
+    }
+
+    /// Starts the embedded broker (if any), connects, subscribes to the event topics and
+    /// starts the bridge loop. A name already in use on the broker is an error here.
+    pub async fn build(self) -> Result<Bridged, BridgeError> {
+        self.phase.check_build().map_err(BusError::from)?;
+        let mut broker = self.embedded;
+        let uri = match (&mut broker, self.connect) {
+            (Some(b), _) => {
+                b.spawn().await?;
+                format!("inproc://{}", b.name())
+            }
+            (None, Some(uri)) => uri,
+            (None, None) => "ipc://daemoneye.sock".to_owned(),
+        };
+        let mut opts = self.client;
+        if let Some(n) = self.name {
+            opts.name = Some(n);
+        }
+        let client = AsyncClient::connect_with(&uri, opts).await?;
+        for pattern in crate::topic::all_event_patterns() {
+            client
+                .subscribe(&pattern.to_dotted(), QoS::Processed)
+                .await?;
+        }
+        let name = client.name().to_owned();
+        let mut core_opts = self.core;
+        if core_opts.publisher_id == CoreOptions::default().publisher_id {
+            core_opts.publisher_id = name.clone();
+        }
+        let core = Arc::new(Core::new(core_opts));
+        let (close_tx, close_rx) = oneshot::channel();
+        let link = Arc::new(Link {
+            origin: format!("{name}#{}", uuid::Uuid::new_v4().simple()),
+            name,
+            seq: AtomicU64::new(0),
+            codec: Codec::new(self.codec, client_max_size(&client)),
+            qos: self.qos,
+            hop_limit: self.hop_limit,
+            publisher: client.publisher(),
+            owed: Mutex::new(OwedEchoes::default()),
+            settled: tokio::sync::Notify::new(),
+            stats: core.stats().clone(),
+            shadow_remote: AtomicU64::new(0),
+            close: Mutex::new(Some(close_tx)),
+        });
+        core.attach(link.clone());
+        core.set_phase(self.phase)?;
+        let task = tokio::spawn(bridge_loop(
+            Arc::downgrade(&core),
+            link.clone(),
+            client,
+            close_rx,
+        ));
+        Ok(Bridged {
+            core,
+            link,
+            broker: tokio::sync::Mutex::new(broker),
+            task: Mutex::new(Some(task)),
+        })
+    }
+}
+
+fn client_max_size(client: &AsyncClient) -> usize {
+    client.max_message_size()
+}
+
+/// The inbound half: frames from busrt into the core, until the bus closes.
+async fn bridge_loop(
+    core: std::sync::Weak<Core>,
+    link: Arc<Link>,
+    mut client: AsyncClient,
+    mut close: oneshot::Receiver<()>,
+) {
+    let mut seen = HashMap::new();
+    loop {
+        tokio::select! {
+            m = client.recv() => {
+                let Ok(m) = m else { break };
+                let Some(core) = core.upgrade() else { break };
+                link.inbound(&core, &mut seen, &m).await;
+            }
+            _ = &mut close => break,
+        }
+    }
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), client.disconnect()).await;
+}
+
+/// A running bridged bus: make facades from it, switch its phase, read its parity.
+pub struct Bridged {
+    core: Arc<Core>,
+    link: Arc<Link>,
+    broker: tokio::sync::Mutex<Option<Broker>>,
+    task: Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+impl Bridged {
+    /// The core (shared by every facade made from this bus).
+    pub fn core(&self) -> &Arc<Core> {
+        &self.core
+    }
+
+    /// The bridge.
+    pub fn link(&self) -> &Arc<Link> {
+        &self.link
+    }
+
+    /// Switches the phase at run time.
+    pub fn set_phase(&self, phase: Phase) -> Result<(), BusError> {
+        self.core.set_phase(phase)
+    }
+
+    /// The phase now.
+    pub fn phase(&self) -> Phase {
+        self.core.phase()
+    }
+
+    /// The crossbeam facade over this bus.
+    #[cfg(feature = "legacy")]
+    pub fn crossbeam(
+        &self,
+        config: crate::legacy::crossbeam::HighPerformanceEventBusConfig,
+    ) -> crate::legacy::crossbeam::HighPerformanceEventBusImpl {
+        crate::legacy::crossbeam::HighPerformanceEventBusImpl::with_core(self.core.clone(), config)
+    }
+
+    /// The tokio facade over this bus (already started).
+    #[cfg(feature = "legacy")]
+    pub fn tokio(
+        &self,
+        config: crate::legacy::tokio::EventBusConfig,
+    ) -> crate::legacy::tokio::LocalEventBus {
+        crate::legacy::tokio::LocalEventBus::with_core(self.core.clone(), config)
+    }
+
+    /// The phase-4 facade over this bus.
+    pub fn event_bus(&self, config: crate::bus::EventBusConfig) -> crate::bus::EventBus {
+        crate::bus::EventBus::with_core(self.core.clone(), config)
+    }
+
+    /// The embedded broker's socket paths, if it has any.
+    pub async fn broker_socket_paths(&self) -> Vec<std::path::PathBuf> {
+        self.broker
+            .lock()
+            .await
+            .as_ref()
+            .map(Broker::socket_paths)
+            .unwrap_or_default()
+    }
+
+    /// Stops the bus, the bridge, and the embedded broker.
+    pub async fn shutdown(&self) {
+        self.core.shutdown();
+        let task = self.task.lock().take();
+        if let Some(t) = task {
+            let _ = t.await;
+        }
+        if let Some(mut b) = self.broker.lock().await.take() {
+            b.shutdown_within(std::time::Duration::from_secs(2)).await;
+        }
+    }
+}

@@ -1,0 +1,467 @@
+//! The parity engine (Scientist-style): what each subscriber received on the control path is
+//! compared with what it received on the candidate path: the same events, the same fields,
+//! the same order.
+//!
+//! Pure logic, no I/O: the bridge feeds it, tests drive it directly.
+//!
+//! ```
+//! use busbridge::parity::{MismatchKind, Parity, ParityConfig};
+//! use busbridge::codec::Envelope;
+//! use busbridge::event::{CollectionEvent, PerformanceEvent};
+//!
+//! let event = CollectionEvent::Performance(PerformanceEvent {
+//!     metric_name: "cpu".into(), value: 1.0, unit: "%".into(), pid: None,
+//!     component: "c".into(), timestamp: std::time::SystemTime::UNIX_EPOCH,
+//! });
+//! let control = Envelope::new(event, "corr", "p");
+//! let mut candidate = control.clone();
+//! candidate.correlation_id = "changed".into();
+//!
+//! let parity = Parity::new(ParityConfig::default());
+//! parity.record_control("sub-a", &control);
+//! parity.record_candidate("sub-a", &candidate);
+//! let report = parity.finish();
+//! assert_eq!(report.mismatches.len(), 1);
+//! assert!(matches!(&report.mismatches[0].kind, MismatchKind::Field { field, .. } if field == "correlation_id"));
+//! ```
+
+use crate::codec::{Codec, CodecKind, Envelope};
+use parking_lot::Mutex;
+use serde::Serialize;
+use serde_json::Value;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::hash::{Hash, Hasher};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+
+/// Turns an envelope into what is compared (for fields known to differ between paths).
+pub type Normalizer = Arc<dyn Fn(&mut Envelope) + Send + Sync>;
+
+/// What the engine compares and how much.
+#[derive(Clone)]
+pub struct ParityConfig {
+    /// Dotted paths of fields not compared, e.g. `timestamp` or `routing_metadata.replay`.
+    pub ignore_fields: Vec<String>,
+    /// A hook applied to both sides before comparing.
+    pub normalize: Option<Normalizer>,
+    /// Percentage (0–100) of sticky keys compared; the key is the publisher id and the pid,
+    /// so one collector's (or one process's) events are all in or all out.
+    pub sample_percent: u8,
+    /// Most reports kept (counters keep counting beyond it).
+    pub max_reports: usize,
+}
+
+impl Default for ParityConfig {
+    fn default() -> Self {
+        Self {
+            ignore_fields: Vec::new(),
+            normalize: None,
+            sample_percent: 100,
+            max_reports: 1000,
+        }
+    }
+}
+
+impl std::fmt::Debug for ParityConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ParityConfig")
+            .field("ignore_fields", &self.ignore_fields)
+            .field("normalize", &self.normalize.is_some())
+            .field("sample_percent", &self.sample_percent)
+            .finish()
+    }
+}
+
+/// What kind of difference was found.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum MismatchKind {
+    /// The control delivered it; the candidate never did.
+    Missing,
+    /// The candidate delivered it; the control never did.
+    Extra,
+    /// Both delivered it, in a different order relative to the events before it.
+    Reordered,
+    /// Both delivered it, with a field that differs (the first one found).
+    Field {
+        field: String,
+        control: Value,
+        candidate: Value,
+    },
+}
+
+/// One difference, with context.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Mismatch {
+    pub subscriber: String,
+    pub event_id: String,
+    pub event_type: String,
+    #[serde(flatten)]
+    pub kind: MismatchKind,
+}
+
+/// The outcome of a comparison.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ParityReport {
+    pub compared: u64,
+    pub matched: u64,
+    pub mismatch_count: u64,
+    pub mismatches: Vec<Mismatch>,
+}
+
+impl ParityReport {
+    /// True if nothing differed.
+    pub fn is_clean(&self) -> bool {
+        self.mismatch_count == 0
+    }
+}
+
+#[derive(Default)]
+struct PerSubscriber {
+    /// Control deliveries not yet seen on the candidate, by event id: (order, envelope).
+    pending: HashMap<String, (u64, Envelope)>,
+    next_order: u64,
+    /// Order of the last matched control delivery.
+    last_matched: Option<u64>,
+    /// Candidate deliveries that arrived before their control (kept until `finish`).
+    early: Vec<Envelope>,
+}
+
+/// The engine. Cheap to share; every method takes `&self`.
+pub struct Parity {
+    config: ParityConfig,
+    enabled: AtomicBool,
+    state: Mutex<BTreeMap<String, PerSubscriber>>,
+    reports: Mutex<Vec<Mismatch>>,
+    compared: AtomicU64,
+    matched: AtomicU64,
+    mismatches: AtomicU64,
+}
+
+fn json(env: &Envelope) -> Value {
+    Codec::new(CodecKind::Json, usize::MAX)
+        .encode(env)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or(Value::Null)
+}
+
+fn remove_path(v: &mut Value, path: &str) {
+    let mut parts = path.split('.').peekable();
+    let mut cur = v;
+    while let Some(p) = parts.next() {
+        let Value::Object(map) = cur else { return };
+        if parts.peek().is_none() {
+            map.remove(p);
+            return;
+        }
+        match map.get_mut(p) {
+            Some(next) => cur = next,
+            None => return,
+        }
+    }
+}
+
+/// The first path where two JSON values differ.
+fn first_difference(a: &Value, b: &Value, path: &str) -> Option<(String, Value, Value)> {
+    match (a, b) {
+        (Value::Object(x), Value::Object(y)) => {
+            let keys: std::collections::BTreeSet<&String> = x.keys().chain(y.keys()).collect();
+            for k in keys {
+                let sub = if path.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{path}.{k}")
+                };
+                let (va, vb) = (
+                    x.get(k).unwrap_or(&Value::Null),
+                    y.get(k).unwrap_or(&Value::Null),
+                );
+                if let Some(d) = first_difference(va, vb, &sub) {
+                    return Some(d);
+                }
+            }
+            None
+        }
+        _ if a == b => None,
+        _ => Some((path.to_owned(), a.clone(), b.clone())),
+    }
+}
+
+impl Parity {
+    /// An enabled engine.
+    pub fn new(config: ParityConfig) -> Self {
+        Self {
+            config,
+            enabled: AtomicBool::new(true),
+            state: Mutex::new(BTreeMap::new()),
+            reports: Mutex::new(Vec::new()),
+            compared: AtomicU64::new(0),
+            matched: AtomicU64::new(0),
+            mismatches: AtomicU64::new(0),
+        }
+    }
+
+    /// The kill switch: when off, nothing is recorded or compared.
+    pub fn set_enabled(&self, on: bool) {
+        self.enabled.store(on, Relaxed);
+        if !on {
+            self.state.lock().clear();
+        }
+    }
+
+    /// Whether the engine records.
+    pub fn is_enabled(&self) -> bool {
+        self.enabled.load(Relaxed)
+    }
+
+    /// Whether this envelope's sticky key is in the sample.
+    pub fn sampled(&self, env: &Envelope) -> bool {
+        if self.config.sample_percent >= 100 {
+            return true;
+        }
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        env.publisher_id.hash(&mut h);
+        env.event.pid().hash(&mut h);
+        (h.finish() % 100) < u64::from(self.config.sample_percent)
+    }
+
+    fn active(&self, env: &Envelope) -> bool {
+        self.is_enabled() && self.sampled(env)
+    }
+
+    /// Records a delivery on the control path.
+    pub fn record_control(&self, subscriber: &str, env: &Envelope) {
+        if !self.active(env) {
+            return;
+        }
+        let mut state = self.state.lock();
+        let s = state.entry(subscriber.to_owned()).or_default();
+        let order = s.next_order;
+        s.next_order += 1;
+        // A candidate that came first (possible with concurrent paths) is matched now.
+        if let Some(i) = s.early.iter().position(|e| e.event_id == env.event_id) {
+            let candidate = s.early.remove(i);
+            s.last_matched = Some(order);
+            drop(state);
+            self.compare(subscriber, env, &candidate);
+            return;
+        }
+        s.pending.insert(env.event_id.clone(), (order, env.clone()));
+    }
+
+    /// Records a delivery on the candidate path.
+    pub fn record_candidate(&self, subscriber: &str, env: &Envelope) {
+        if !self.active(env) {
+            return;
+        }
+        let mut state = self.state.lock();
+        let s = state.entry(subscriber.to_owned()).or_default();
+        let Some((order, control)) = s.pending.remove(&env.event_id) else {
+            s.early.push(env.clone());
+            return;
+        };
+        let reordered = s.last_matched.is_some_and(|last| order < last);
+        s.last_matched = Some(s.last_matched.map_or(order, |l| l.max(order)));
+        drop(state);
+        if reordered {
+            self.report(subscriber, env, MismatchKind::Reordered);
+        } else {
+            self.compare(subscriber, &control, env);
+        }
+    }
+
+    fn compare(&self, subscriber: &str, control: &Envelope, candidate: &Envelope) {
+        self.compared.fetch_add(1, Relaxed);
+        let (mut a, mut b) = (control.clone(), candidate.clone());
+        if let Some(n) = &self.config.normalize {
+            n(&mut a);
+            n(&mut b);
+        }
+        if a == b && self.config.ignore_fields.is_empty() {
+            self.matched.fetch_add(1, Relaxed);
+            return;
+        }
+        let (mut ja, mut jb) = (json(&a), json(&b));
+        for f in &self.config.ignore_fields {
+            remove_path(&mut ja, f);
+            remove_path(&mut jb, f);
+        }
+        match first_difference(&ja, &jb, "") {
+            None => {
+                self.matched.fetch_add(1, Relaxed);
+            }
+            Some((field, control, candidate)) => self.report(
+                subscriber,
+                &a,
+                MismatchKind::Field {
+                    field,
+                    control,
+                    candidate,
+                },
+            ),
+        }
+    }
+
+    fn report(&self, subscriber: &str, env: &Envelope, kind: MismatchKind) {
+        self.mismatches.fetch_add(1, Relaxed);
+        tracing::warn!(subscriber, event_id = %env.event_id, ?kind, "parity mismatch");
+        let mut reports = self.reports.lock();
+        if reports.len() < self.config.max_reports {
+            reports.push(Mismatch {
+                subscriber: subscriber.to_owned(),
+                event_id: env.event_id.clone(),
+                event_type: env.event.event_type().to_owned(),
+                kind,
+            });
+        }
+    }
+
+    /// Reports so far, without closing anything that is still pending.
+    pub fn report_so_far(&self) -> ParityReport {
+        ParityReport {
+            compared: self.compared.load(Relaxed),
+            matched: self.matched.load(Relaxed),
+            mismatch_count: self.mismatches.load(Relaxed),
+            mismatches: self.reports.lock().clone(),
+        }
+    }
+
+    /// Events recorded on one side and still waiting for the other.
+    pub fn pending(&self) -> usize {
+        self.state
+            .lock()
+            .values()
+            .map(|s| s.pending.len() + s.early.len())
+            .sum()
+    }
+
+    /// Closes the comparison: what the control delivered and the candidate did not is
+    /// `Missing`; what only the candidate delivered is `Extra`. Resets the state.
+    pub fn finish(&self) -> ParityReport {
+        let state = std::mem::take(&mut *self.state.lock());
+        for (subscriber, s) in state {
+            let mut missing: Vec<_> = s.pending.into_values().collect();
+            missing.sort_by_key(|(order, _)| *order);
+            for (_, env) in missing {
+                self.report(&subscriber, &env, MismatchKind::Missing);
+            }
+            let mut seen = HashSet::new();
+            for env in s.early {
+                if seen.insert(env.event_id.clone()) {
+                    self.report(&subscriber, &env, MismatchKind::Extra);
+                }
+            }
+        }
+        self.report_so_far()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::{CollectionEvent, NetworkEvent};
+
+    fn env(i: u32) -> Envelope {
+        Envelope::new(
+            CollectionEvent::Network(NetworkEvent {
+                connection_id: format!("c{i}"),
+                source_addr: "a".into(),
+                dest_addr: "b".into(),
+                protocol: "tcp".into(),
+                state: "s".into(),
+                pid: Some(i),
+                bytes_sent: 1,
+                bytes_received: 2,
+                timestamp: std::time::SystemTime::UNIX_EPOCH,
+            }),
+            "corr",
+            "pub",
+        )
+    }
+
+    fn kinds(r: &ParityReport) -> Vec<&MismatchKind> {
+        r.mismatches.iter().map(|m| &m.kind).collect()
+    }
+
+    #[test]
+    fn identical_paths_match() {
+        let p = Parity::new(ParityConfig::default());
+        for i in 0..10 {
+            let e = env(i);
+            p.record_control("s", &e);
+            p.record_candidate("s", &e);
+        }
+        let r = p.finish();
+        assert!(r.is_clean());
+        assert_eq!((r.compared, r.matched), (10, 10));
+    }
+
+    #[test]
+    fn dropped_field_is_named() {
+        let p = Parity::new(ParityConfig::default());
+        let a = env(1);
+        let mut b = a.clone();
+        if let CollectionEvent::Network(n) = &mut b.event {
+            n.bytes_received = 0;
+        }
+        p.record_control("s", &a);
+        p.record_candidate("s", &b);
+        let r = p.finish();
+        assert!(
+            matches!(kinds(&r)[..], [MismatchKind::Field { field, .. }] if field == "event.Network.bytes_received")
+        );
+    }
+
+    #[test]
+    fn reordered_missing_extra() {
+        let p = Parity::new(ParityConfig::default());
+        let (a, b, c, x) = (env(1), env(2), env(3), env(9));
+        for e in [&a, &b, &c] {
+            p.record_control("s", e);
+        }
+        p.record_candidate("s", &b);
+        p.record_candidate("s", &a); // a after b: reordered
+        p.record_candidate("s", &x); // never in control: extra
+        let r = p.finish(); // c: missing
+        assert_eq!(
+            kinds(&r),
+            vec![
+                &MismatchKind::Reordered,
+                &MismatchKind::Missing,
+                &MismatchKind::Extra
+            ]
+        );
+        assert_eq!(r.mismatches[1].event_id, c.event_id);
+    }
+
+    #[test]
+    fn ignore_fields_and_kill_switch() {
+        let p = Parity::new(ParityConfig {
+            ignore_fields: vec!["correlation_id".into()],
+            ..Default::default()
+        });
+        let a = env(1);
+        let mut b = a.clone();
+        b.correlation_id = "other".into();
+        p.record_control("s", &a);
+        p.record_candidate("s", &b);
+        assert!(p.finish().is_clean());
+        p.set_enabled(false);
+        p.record_control("s", &env(2));
+        assert!(p.finish().is_clean(), "nothing recorded while off");
+    }
+
+    #[test]
+    fn sampling_is_sticky() {
+        let p = Parity::new(ParityConfig {
+            sample_percent: 50,
+            ..Default::default()
+        });
+        let e = env(7);
+        let first = p.sampled(&e);
+        for _ in 0..10 {
+            assert_eq!(p.sampled(&e.clone()), first);
+        }
+    }
+}
