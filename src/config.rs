@@ -3,7 +3,6 @@
 //! ```
 //! use busbridge::config::Config;
 //! let config = Config::from_toml_str(r#"
-//!     phase = 2
 //!     codec = "json"
 //!     [transport]
 //!     socket_path = "daemoneye.sock"

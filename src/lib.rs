@@ -66,6 +66,7 @@ pub mod phase;
 pub mod procscan;
 pub mod queue;
 pub mod router;
+pub mod scenario;
 pub mod stats;
 pub mod subscription;
 pub mod topic;

@@ -20,6 +20,7 @@ struct Args {
 #[derive(Subcommand)]
 enum Command {
     /// Publish this machine's processes through the legacy bus and show what subscribers got.
+    #[cfg(feature = "legacy")]
     Demo {
         /// Print the summary as one JSON object.
         #[arg(long)]
@@ -65,6 +66,32 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// A bridged legacy-facade program: subscribe to everything, wait for `go` on stdin,
+    /// publish the sample events, print what arrives (JSON lines).
+    #[cfg(feature = "legacy")]
+    Peer {
+        #[arg(long, default_value = cli::pubsub::DEFAULT_CONNECT)]
+        connect: String,
+        /// busrt client name, also the sample seed and publisher id.
+        #[arg(long)]
+        name: String,
+        /// Events to publish.
+        #[arg(long, default_value_t = 10)]
+        count: usize,
+        /// Events to wait for before exiting.
+        #[arg(long, default_value_t = 10)]
+        expect: usize,
+        #[arg(long, default_value_t = 2)]
+        phase: u8,
+        #[arg(long, default_value = "protobuf")]
+        codec: String,
+        /// Publish through the tokio facade instead of the crossbeam one.
+        #[arg(long)]
+        tokio: bool,
+        /// Give up waiting after this long.
+        #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+        timeout: std::time::Duration,
+    },
     /// Validate a configuration file and print it resolved.
     CheckConfig {
         file: PathBuf,
@@ -91,6 +118,7 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match args.command {
+            #[cfg(feature = "legacy")]
             Command::Demo { json } => cli::demo::run(json).await,
             Command::CheckConfig { file, json } => cli::check_config(&file, json),
             Command::Broker {
@@ -98,6 +126,29 @@ fn main() -> ExitCode {
                 socket,
                 tcp,
             } => cli::broker::run(config, socket, tcp).await,
+            #[cfg(feature = "legacy")]
+            Command::Peer {
+                connect,
+                name,
+                count,
+                expect,
+                phase,
+                codec,
+                tokio,
+                timeout,
+            } => {
+                cli::peer::run(cli::peer::PeerArgs {
+                    connect,
+                    name,
+                    count,
+                    expect,
+                    phase: busbridge::phase::Phase::try_from(phase)?,
+                    codec: serde_json::from_value(serde_json::Value::String(codec))?,
+                    tokio_facade: tokio,
+                    timeout,
+                })
+                .await
+            }
             Command::Pub {
                 topic,
                 payload,

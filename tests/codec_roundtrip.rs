@@ -201,6 +201,22 @@ fn legacy_decoder_reads_other_records() {
 }
 
 #[test]
+fn null_platform_metadata_survives_json() {
+    let mut env = envelope(process(1));
+    if let CollectionEvent::Process(p) = &mut env.event {
+        p.platform_metadata = Some(serde_json::Value::Null);
+    }
+    for kind in KINDS {
+        let codec = Codec::new(kind, 1 << 20);
+        assert_eq!(
+            codec.decode(&codec.encode(&env).unwrap()).unwrap(),
+            env,
+            "{kind:?}"
+        );
+    }
+}
+
+#[test]
 fn size_limit_applies_both_ways() {
     let env = envelope(process(1));
     let bytes = proto(&env);

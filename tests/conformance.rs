@@ -1,5 +1,7 @@
 //! The conformance suite against every backend: one line per backend.
 
+#![cfg(feature = "legacy")]
+
 mod common;
 #[path = "conformance/scenarios.rs"]
 mod scenarios;

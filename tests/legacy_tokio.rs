@@ -1,5 +1,7 @@
 //! The tokio facade (`EventBus` / `LocalEventBus`): its own filters, lifecycle and replay.
 
+#![cfg(feature = "legacy")]
+
 mod common;
 
 use busbridge::legacy::tokio::*;

@@ -1,7 +1,10 @@
 //! Subcommands. `anyhow` is used here, at the edge, and nowhere in the library.
 
 pub mod broker;
+#[cfg(feature = "legacy")]
 pub mod demo;
+#[cfg(feature = "legacy")]
+pub mod peer;
 pub mod pubsub;
 
 use anyhow::Context;

@@ -92,6 +92,8 @@ pub enum ClientError {
     Denied(String),
     #[error("the client is closed")]
     Closed,
+    #[error("the name `{0}` is already in use on the broker: every bridge and client needs its own name")]
+    NameInUse(String),
     #[error("tls:// connections need the `tls` support of a later release")]
     TlsUnsupported,
     #[error("busrt: {0}")]
@@ -273,39 +275,44 @@ fn default_name() -> String {
 }
 
 async fn open(endpoint: &Endpoint, name: &str, opts: &ClientOptions) -> Result<Conn, ClientError> {
-    let failed = |reason: String| ClientError::Connect {
-        endpoint: endpoint.to_string(),
-        reason,
+    let failed = |e: busrt::Error| {
+        if e.kind() == busrt::ErrorKind::Busy {
+            ClientError::NameInUse(name.to_owned())
+        } else {
+            ClientError::Connect {
+                endpoint: endpoint.to_string(),
+                reason: e.to_string(),
+            }
+        }
     };
     let conn: Conn = match endpoint {
-        Endpoint::Inproc(broker) => {
-            Box::new(inproc_client(broker, name).await.map_err(|e| match e {
-                BrokerError::NotRunning => failed(format!(
-                    "no embedded broker `{broker}` runs in this process"
-                )),
-                e => failed(e.to_string()),
-            })?)
-        }
+        Endpoint::Inproc(broker) => match inproc_client(broker, name).await {
+            Ok(c) => Box::new(c),
+            Err(BrokerError::Busrt(e)) => return Err(failed(e)),
+            Err(e) => {
+                return Err(ClientError::Connect {
+                    endpoint: endpoint.to_string(),
+                    reason: match e {
+                        BrokerError::NotRunning => {
+                            format!("no embedded broker `{broker}` runs in this process")
+                        }
+                        e => e.to_string(),
+                    },
+                })
+            }
+        },
         Endpoint::Ipc(path) => {
             let path = path.to_string_lossy();
             let config = busrt::ipc::Config::new(&path, name)
                 .timeout(opts.timeout)
                 .queue_size(opts.queue_size.max(1024));
-            Box::new(
-                busrt::ipc::Client::connect(&config)
-                    .await
-                    .map_err(|e| failed(e.to_string()))?,
-            )
+            Box::new(busrt::ipc::Client::connect(&config).await.map_err(failed)?)
         }
         Endpoint::Tcp(addr) => {
             let config = busrt::ipc::Config::new(addr, name)
                 .timeout(opts.timeout)
                 .queue_size(opts.queue_size.max(1024));
-            Box::new(
-                busrt::ipc::Client::connect(&config)
-                    .await
-                    .map_err(|e| failed(e.to_string()))?,
-            )
+            Box::new(busrt::ipc::Client::connect(&config).await.map_err(failed)?)
         }
         Endpoint::Tls(_) => return Err(ClientError::TlsUnsupported),
     };
@@ -813,7 +820,11 @@ pub async fn connect_with_retry_opts(
     loop {
         match AsyncClient::connect_with(address, opts.clone()).await {
             Ok(c) => return Ok(c),
-            Err(e @ (ClientError::Endpoint(_) | ClientError::TlsUnsupported)) => return Err(e),
+            Err(
+                e @ (ClientError::Endpoint(_)
+                | ClientError::TlsUnsupported
+                | ClientError::NameInUse(_)),
+            ) => return Err(e),
             Err(e) if backoff.attempt() < max_retries => {
                 let delay = backoff.next_delay();
                 tracing::warn!(

@@ -21,6 +21,14 @@ struct JsonEnvelope<'a> {
     #[serde(default)]
     routing_metadata: Cow<'a, HashMap<String, String>>,
     event: Cow<'a, CollectionEvent>,
+    /// `platform_metadata: Some(null)` reads back as `None` through serde's `Option`; this
+    /// flag keeps the difference.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    metadata_null: bool,
+}
+
+fn metadata_is_null(event: &CollectionEvent) -> bool {
+    matches!(event, CollectionEvent::Process(p) if p.platform_metadata == Some(serde_json::Value::Null))
 }
 
 /// JSON has no NaN or infinity (serde_json would silently write `null`): refuse them.
@@ -53,6 +61,7 @@ pub(super) fn encode(env: &Envelope) -> Result<Vec<u8>, CodecError> {
         priority: env.priority,
         routing_metadata: Cow::Borrowed(&env.routing_metadata),
         event: Cow::Borrowed(&env.event),
+        metadata_null: metadata_is_null(&env.event),
     })?)
 }
 
@@ -69,6 +78,12 @@ pub(super) fn decode(bytes: &[u8]) -> Result<Envelope, CodecError> {
         Some(v) => return Err(CodecError::UnsupportedVersion(v)),
     }
     let j: JsonEnvelope<'static> = serde_json::from_slice(bytes)?;
+    let mut event = j.event.into_owned();
+    if j.metadata_null {
+        if let CollectionEvent::Process(p) = &mut event {
+            p.platform_metadata = Some(serde_json::Value::Null);
+        }
+    }
     Ok(Envelope {
         origin: j.origin.into_owned(),
         seq: j.seq,
@@ -79,6 +94,6 @@ pub(super) fn decode(bytes: &[u8]) -> Result<Envelope, CodecError> {
         timestamp: j.timestamp,
         priority: j.priority,
         routing_metadata: j.routing_metadata.into_owned(),
-        event: j.event.into_owned(),
+        event,
     })
 }

@@ -28,6 +28,34 @@ impl Proc {
         }
     }
 
+    /// Writes one line to the child's stdin.
+    pub fn say(&mut self, text: &str) {
+        use std::io::Write;
+        let stdin = self.child.stdin.as_mut().expect("stdin piped");
+        writeln!(stdin, "{text}").unwrap();
+        stdin.flush().unwrap();
+    }
+
+    /// Collects stdout lines until one contains `needle` (inclusive).
+    pub fn lines_until(&self, needle: &str) -> Vec<String> {
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        let mut out = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            let l = self.lines.recv_timeout(left).unwrap_or_else(|e| {
+                panic!(
+                    "no line containing `{needle}` after {} lines: {e}",
+                    out.len()
+                )
+            });
+            let done = l.contains(needle);
+            out.push(l);
+            if done {
+                return out;
+            }
+        }
+    }
+
     pub fn signal(&self, sig: i32) {
         // SAFETY: kill(2) on our own child's pid.
         unsafe { libc::kill(self.child.id() as i32, sig) };
@@ -55,11 +83,20 @@ impl Drop for Proc {
 
 /// Spawns `busbridge ARGS` with stdout captured line by line (stderr to `stderr`).
 pub fn spawn(args: &[&str], env: &[(&str, &Path)]) -> Proc {
+    spawn_with_stdin(args, env, Stdio::null())
+}
+
+/// Like [`spawn`], with stdin piped for the test to write to.
+pub fn spawn_piped(args: &[&str]) -> Proc {
+    spawn_with_stdin(args, &[], Stdio::piped())
+}
+
+fn spawn_with_stdin(args: &[&str], env: &[(&str, &Path)], stdin: Stdio) -> Proc {
     let mut cmd = Command::new(BIN);
     cmd.args(args)
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
-        .stdin(Stdio::null());
+        .stdin(stdin);
     for (k, v) in env {
         cmd.env(k, v);
     }

@@ -1,0 +1,96 @@
+//! `busbridge peer`: a legacy-facade program in its own process, bridged to a broker. It
+//! subscribes to everything, waits for `go` on stdin, publishes the sample events, and prints
+//! every event it receives as a JSON line: the multi-process tests and the demo drive it.
+
+use busbridge::bridge::BridgeBuilder;
+use busbridge::codec::CodecKind;
+use busbridge::legacy::crossbeam::{
+    EventSubscription, HighPerformanceEventBus, HighPerformanceEventBusConfig, SourceCaps,
+};
+use busbridge::legacy::tokio::EventBus as _;
+use busbridge::phase::Phase;
+use busbridge::scenario::sample_event;
+use serde_json::json;
+use std::io::{BufRead, Write};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+pub struct PeerArgs {
+    pub connect: String,
+    pub name: String,
+    pub count: usize,
+    pub expect: usize,
+    pub phase: Phase,
+    pub codec: CodecKind,
+    pub tokio_facade: bool,
+    pub timeout: Duration,
+}
+
+fn line(v: serde_json::Value) -> std::io::Result<()> {
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{v}")?;
+    out.flush()
+}
+
+pub async fn run(a: PeerArgs) -> anyhow::Result<ExitCode> {
+    let bridged = BridgeBuilder::new()
+        .connect(&a.connect)
+        .name(&a.name)
+        .phase(a.phase)
+        .codec(a.codec)
+        .build()
+        .await?;
+    let all = EventSubscription {
+        subscriber_id: "all".into(),
+        capabilities: SourceCaps::all(),
+        event_filter: None,
+        correlation_filter: None,
+    };
+    let crossbeam = bridged.crossbeam(HighPerformanceEventBusConfig::default());
+    let rx = crossbeam.subscribe(all).await?;
+    let mut tokio_bus = bridged.tokio(Default::default());
+    tokio_bus.start().await?;
+    println!("ready");
+    std::io::stdout().flush()?;
+    let go = tokio::task::spawn_blocking(|| {
+        let mut l = String::new();
+        std::io::stdin().lock().read_line(&mut l).map(|_| l)
+    })
+    .await??;
+    if go.trim() != "go" {
+        anyhow::bail!("expected `go` on stdin, got {go:?}");
+    }
+    for i in 0..a.count {
+        let event = sample_event(&a.name, i);
+        let correlation = format!("{}-{i}", a.name);
+        if a.tokio_facade {
+            tokio_bus.publish(event, correlation).await?;
+        } else {
+            crossbeam.publish(event, correlation).await?;
+        }
+    }
+    let deadline = Instant::now() + a.timeout;
+    let mut received = 0;
+    while received < a.expect {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let rx = rx.clone();
+        let next = tokio::task::spawn_blocking(move || rx.recv_timeout(left)).await?;
+        let Ok(e) = next else { break };
+        received += 1;
+        line(json!({
+            "publisher_id": e.publisher_id,
+            "event_id": e.event_id,
+            "correlation_id": e.correlation_id,
+            "event": e.event,
+        }))?;
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(10), bridged.link().settled()).await;
+    let stats = bridged.core().stats().snapshot();
+    line(json!({"done": received, "stats": stats}))?;
+    bridged.shutdown().await;
+    Ok(if received == a.expect {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}

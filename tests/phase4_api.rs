@@ -1,0 +1,78 @@
+//! The phase-4 API: `busbridge::EventBus` with busbridge's own `Receiver`, over busrt only.
+//! Runs in the default build and in the build without `legacy` (no crossbeam-channel).
+
+use busbridge::bridge::BridgeBuilder;
+use busbridge::event::SourceCaps;
+use busbridge::phase::{Phase, PhaseError};
+use busbridge::queue::{RecvTimeoutError, TryRecvError};
+use busbridge::scenario::sample_events;
+use busbridge::{Broker, EventBusConfig, EventSubscription};
+use std::time::Duration;
+
+const LIMIT: Duration = Duration::from_secs(20);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn phase_four_bus_serves_the_crossbeam_call_sites() {
+    let mut broker = Broker::new();
+    broker.set_name(uuid::Uuid::new_v4().to_string());
+    let bridged = BridgeBuilder::new()
+        .phase(Phase::BusrtOnly)
+        .embedded(broker)
+        .build()
+        .await
+        .unwrap();
+    let mut bus = bridged.event_bus(EventBusConfig::default());
+    let rx = bus
+        .subscribe(EventSubscription {
+            subscriber_id: "all".into(),
+            capabilities: SourceCaps::all(),
+            event_filter: None,
+            correlation_filter: None,
+        })
+        .await
+        .unwrap();
+    assert!(rx.is_empty());
+    assert_eq!(rx.try_recv().unwrap_err(), TryRecvError::Empty);
+    let events = sample_events("p4", 10);
+    for e in &events {
+        bus.publish(e.clone(), "c".into()).await.unwrap();
+    }
+    // recv (blocking), recv_timeout, recv_async, iter/try_iter, len: the same call sites.
+    let first = tokio::task::block_in_place(|| rx.recv().unwrap());
+    assert_eq!(first.event, events[0]);
+    let second = tokio::task::block_in_place(|| rx.recv_timeout(LIMIT).unwrap());
+    assert_eq!(second.event, events[1]);
+    let third = tokio::time::timeout(LIMIT, rx.recv_async())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(third.event, events[2]);
+    tokio::time::timeout(LIMIT, bridged.link().settled())
+        .await
+        .unwrap();
+    assert_eq!(rx.len(), 7);
+    let rest: Vec<_> = rx.try_iter().map(|e| e.event).collect();
+    assert_eq!(rest, events[3..].to_vec());
+    assert_eq!(
+        rx.recv_timeout(Duration::from_millis(1)).unwrap_err(),
+        RecvTimeoutError::Timeout
+    );
+    let stats = bus.get_statistics().await;
+    assert_eq!((stats.events_published, stats.events_delivered), (10, 10));
+    bus.shutdown().await.unwrap();
+    let drained: Vec<_> = tokio::task::block_in_place(|| rx.iter().collect());
+    assert!(drained.is_empty(), "iter ends once the bus is shut down");
+}
+
+#[test]
+fn phases_the_build_cannot_serve_are_clear_errors() {
+    if cfg!(feature = "legacy") {
+        assert_eq!(Phase::Topics.check_build(), Ok(()));
+    } else {
+        assert_eq!(Phase::Topics.check_build(), Err(PhaseError::NeedsLegacy(2)));
+        let e = busbridge::config::Config::from_toml_str("phase = 1").unwrap_err();
+        assert!(e.to_string().contains("no `legacy` feature"), "{e}");
+        assert_eq!(busbridge::config::Config::default().phase, Phase::BusrtOnly);
+    }
+    assert_eq!(Phase::BusrtOnly.check_build(), Ok(()));
+}
