@@ -127,7 +127,8 @@ impl Link {
         env.origin = self.origin.clone();
         env.seq = self.seq.fetch_add(1, Relaxed) + 1;
         let parity = core.parity();
-        let compare = phase.has_control() && parity.is_enabled();
+        let aa = parity.config().aa && parity.is_enabled();
+        let compare = phase.has_control() && (parity.is_enabled() || core.is_recording()) && !aa;
         let router = core.router();
         // Decide under the lock so concurrent publishes see a consistent owed-echo state.
         let (direct, send) = {
@@ -172,15 +173,20 @@ impl Link {
         if direct {
             let mut ids = Vec::new();
             delivered = router.route_collect(&env, &mut ids).await;
-            if compare {
+            if aa {
+                for id in &ids {
+                    core.note_control(id, &env);
+                }
+                core.aa_candidate(&env);
+            } else if compare {
                 for id in ids {
-                    parity.record_control(&id, &env);
+                    core.note_control(&id, &env);
                 }
             }
         } else if compare {
             // busrt serves; the legacy router computes what it would have delivered.
             for id in router.matching(&env) {
-                parity.record_control(&id, &env);
+                core.note_control(&id, &env);
             }
         }
         if let Some(bytes) = bytes {

@@ -105,6 +105,7 @@ pub struct Core {
     publisher_id: String,
     phase: AtomicU8,
     parity: Arc<Parity>,
+    recorder: parking_lot::RwLock<Option<Arc<crate::trace::Recorder>>>,
     #[cfg(feature = "busrt")]
     link: OnceLock<Arc<crate::bridge::Link>>,
     #[cfg(not(feature = "busrt"))]
@@ -125,6 +126,7 @@ impl Core {
             publisher_id: opts.publisher_id,
             phase: AtomicU8::new(Phase::Legacy as u8),
             parity: Arc::new(Parity::new(opts.parity)),
+            recorder: parking_lot::RwLock::new(None),
             link: OnceLock::new(),
         }
     }
@@ -146,6 +148,49 @@ impl Core {
             tracing::info!(from = old, to = %phase, "phase switched");
         }
         Ok(())
+    }
+
+    /// Starts (or with `None` stops) recording subscriptions, publishes and control-path
+    /// deliveries to a trace (see [`crate::trace`]).
+    pub fn record_to(&self, recorder: Option<Arc<crate::trace::Recorder>>) {
+        *self.recorder.write() = recorder;
+    }
+
+    /// Whether a trace is being recorded.
+    pub fn is_recording(&self) -> bool {
+        self.recorder.read().is_some()
+    }
+
+    /// Notes one control-path delivery (for parity and for the trace).
+    pub(crate) fn note_control(&self, subscriber: &str, env: &Envelope) {
+        if self.parity.is_enabled() {
+            self.parity.record_control(subscriber, env);
+        }
+        if let Some(r) = self.recorder.read().as_ref() {
+            r.deliver(subscriber, &env.event_id);
+        }
+    }
+
+    /// A/A mode: the control path again, as the candidate.
+    pub(crate) fn aa_candidate(&self, env: &Envelope) {
+        for id in self.router.matching(env) {
+            self.parity.record_candidate(&id, env);
+        }
+    }
+
+    /// Adds a subscriber to the router (and to the trace, if recording).
+    pub fn subscribe(
+        &self,
+        id: impl Into<String>,
+        filter: Filter,
+        policy: Policy,
+        sink: Box<dyn crate::router::Sink>,
+    ) -> Result<(), BusError> {
+        let id = id.into();
+        if let Some(r) = self.recorder.read().as_ref() {
+            r.subscribe(&id, &filter);
+        }
+        Ok(self.router.subscribe(id, filter, policy, sink)?)
     }
 
     /// The parity engine of this bus.
@@ -204,11 +249,27 @@ impl Core {
         self.check_running()?;
         Stats::add(&self.stats.published, 1);
         self.persist(&env);
+        let recorder = self.recorder.read().clone();
+        if let Some(r) = &recorder {
+            r.publish(&env);
+        }
         #[cfg(feature = "busrt")]
         if let Some(link) = self.link.get() {
             return link.publish(self, env).await;
         }
-        Ok(self.router.route(&env).await)
+        let aa = self.parity.config().aa && self.parity.is_enabled();
+        if recorder.is_none() && !aa {
+            return Ok(self.router.route(&env).await);
+        }
+        let mut ids = Vec::new();
+        let n = self.router.route_collect(&env, &mut ids).await;
+        for id in &ids {
+            self.note_control(id, &env);
+        }
+        if aa {
+            self.aa_candidate(&env);
+        }
+        Ok(n)
     }
 
     fn persist(&self, env: &Envelope) {
@@ -257,6 +318,15 @@ impl Core {
             link.close();
         }
         self.router.clear();
+    }
+
+    /// Every counter, parity included.
+    pub fn snapshot(&self) -> crate::stats::StatsSnapshot {
+        let mut s = self.stats.snapshot();
+        let p = self.parity.report_so_far();
+        s.parity_compared = p.compared;
+        s.parity_mismatches = p.mismatch_count;
+        s
     }
 
     /// The crossbeam-era statistics view.
@@ -366,7 +436,7 @@ impl EventBus {
         subscription: EventSubscription,
     ) -> Result<Receiver<BusEvent>, BusError> {
         let (tx, rx) = queue::channel(self.config.channel_capacity);
-        self.core.router().subscribe(
+        self.core.subscribe(
             subscription.subscriber_id.clone(),
             filter_of(&subscription),
             self.config.backpressure_strategy.into(),
@@ -382,7 +452,7 @@ impl EventBus {
 
     /// Every counter.
     pub fn stats(&self) -> crate::stats::StatsSnapshot {
-        self.core.stats().snapshot()
+        self.core.snapshot()
     }
 
     /// Stops the bus; receivers drain what is queued, then disconnect.

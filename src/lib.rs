@@ -70,6 +70,7 @@ pub mod scenario;
 pub mod stats;
 pub mod subscription;
 pub mod topic;
+pub mod trace;
 
 #[cfg(feature = "busrt")]
 pub use broker::Broker;

@@ -91,6 +91,34 @@ enum Command {
         /// Give up waiting after this long.
         #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
         timeout: std::time::Duration,
+        /// Publish the sample envelopes with deterministic event ids.
+        #[arg(long)]
+        exact_ids: bool,
+    },
+    /// Run the built-in parity scenarios for a phase (or replay a recorded trace on phase 4);
+    /// exits non-zero on any mismatch.
+    #[cfg(feature = "legacy")]
+    Parity {
+        /// Phase to verify: 1, 2 or 3 (4 with --replay).
+        #[arg(long)]
+        phase: Option<u8>,
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// One JSON object instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// Record the control path to this trace file (JSON lines).
+        #[arg(long)]
+        record: Option<PathBuf>,
+        /// Replay this trace on the phase-4 path and compare.
+        #[arg(long)]
+        replay: Option<PathBuf>,
+        /// Local events to publish.
+        #[arg(long, default_value_t = 500)]
+        events: usize,
+        /// Events the remote publisher process sends.
+        #[arg(long, default_value_t = 100)]
+        remote: usize,
     },
     /// Validate a configuration file and print it resolved.
     CheckConfig {
@@ -136,6 +164,7 @@ fn main() -> ExitCode {
                 codec,
                 tokio,
                 timeout,
+                exact_ids,
             } => {
                 cli::peer::run(cli::peer::PeerArgs {
                     connect,
@@ -146,6 +175,28 @@ fn main() -> ExitCode {
                     codec: serde_json::from_value(serde_json::Value::String(codec))?,
                     tokio_facade: tokio,
                     timeout,
+                    exact_ids,
+                })
+                .await
+            }
+            #[cfg(feature = "legacy")]
+            Command::Parity {
+                phase,
+                config,
+                json,
+                record,
+                replay,
+                events,
+                remote,
+            } => {
+                cli::parity::run(cli::parity::ParityArgs {
+                    phase,
+                    config,
+                    json,
+                    record,
+                    replay,
+                    events,
+                    remote,
                 })
                 .await
             }

@@ -49,6 +49,9 @@ pub struct ParityConfig {
     pub sample_percent: u8,
     /// Most reports kept (counters keep counting beyond it).
     pub max_reports: usize,
+    /// A/A mode: the candidate is the control path run a second time, to measure the noise
+    /// of the comparison itself (it should be zero).
+    pub aa: bool,
 }
 
 impl Default for ParityConfig {
@@ -58,6 +61,7 @@ impl Default for ParityConfig {
             normalize: None,
             sample_percent: 100,
             max_reports: 1000,
+            aa: false,
         }
     }
 }
@@ -200,6 +204,11 @@ impl Parity {
             matched: AtomicU64::new(0),
             mismatches: AtomicU64::new(0),
         }
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &ParityConfig {
+        &self.config
     }
 
     /// The kill switch: when off, nothing is recorded or compared.

@@ -16,7 +16,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Everything a subscription can ask for, in one place.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct Filter {
     /// The event's capability must be contained here.
     pub capabilities: SourceCaps,
@@ -33,7 +34,25 @@ pub struct Filter {
     /// Exact correlation ids; with `correlation_patterns`, any match passes.
     pub correlation_ids: Vec<String>,
     /// Regular expressions over the correlation id.
+    #[serde(with = "regex_strings")]
     pub correlation_patterns: Vec<Regex>,
+}
+
+/// Regular expressions as their source strings (for recorded traces).
+mod regex_strings {
+    use regex::Regex;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &[Regex], s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(v.iter().map(Regex::as_str))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Regex>, D::Error> {
+        Vec::<String>::deserialize(d)?
+            .iter()
+            .map(|p| Regex::new(p).map_err(serde::de::Error::custom))
+            .collect()
+    }
 }
 
 impl Filter {
@@ -332,8 +351,9 @@ impl Router {
     }
 }
 
-/// The phase-4 sink: busbridge's own queue, which can discard its oldest item.
-pub(crate) struct QueueSink<T>(pub crate::queue::Sender<T>, pub fn(&Envelope) -> T);
+/// A sink over busbridge's own queue (the phase-4 receiver), which can discard its oldest
+/// item; the function turns an envelope into what the receiver gets.
+pub struct QueueSink<T>(pub crate::queue::Sender<T>, pub fn(&Envelope) -> T);
 
 #[async_trait]
 impl<T: Send + 'static> Sink for QueueSink<T> {

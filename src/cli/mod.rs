@@ -4,6 +4,8 @@ pub mod broker;
 #[cfg(feature = "legacy")]
 pub mod demo;
 #[cfg(feature = "legacy")]
+pub mod parity;
+#[cfg(feature = "legacy")]
 pub mod peer;
 pub mod pubsub;
 

@@ -24,6 +24,8 @@ pub struct PeerArgs {
     pub codec: CodecKind,
     pub tokio_facade: bool,
     pub timeout: Duration,
+    /// Publish the sample envelopes with their deterministic event ids (for parity runs).
+    pub exact_ids: bool,
 }
 
 fn line(v: serde_json::Value) -> std::io::Result<()> {
@@ -61,6 +63,11 @@ pub async fn run(a: PeerArgs) -> anyhow::Result<ExitCode> {
         anyhow::bail!("expected `go` on stdin, got {go:?}");
     }
     for i in 0..a.count {
+        if a.exact_ids {
+            let env = busbridge::scenario::sample_envelope(&a.name, i, &a.name);
+            bridged.core().publish(env).await?;
+            continue;
+        }
         let event = sample_event(&a.name, i);
         let correlation = format!("{}-{i}", a.name);
         if a.tokio_facade {

@@ -118,7 +118,7 @@ impl HighPerformanceEventBusImpl {
 
     /// Every counter of the core.
     pub fn stats(&self) -> crate::stats::StatsSnapshot {
-        self.core.stats().snapshot()
+        self.core.snapshot()
     }
 
     /// The core.
@@ -147,7 +147,7 @@ impl HighPerformanceEventBus for HighPerformanceEventBusImpl {
             capacity: self.config.channel_capacity.max(1),
             discard_from: (strategy == BackpressureStrategy::DropOldest).then(|| rx.clone()),
         };
-        self.core.router().subscribe(
+        self.core.subscribe(
             subscription.subscriber_id.clone(),
             filter_of(&subscription),
             strategy.into(),

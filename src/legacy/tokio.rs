@@ -227,7 +227,7 @@ impl LocalEventBus {
 
     /// Every counter of the core.
     pub fn stats(&self) -> crate::stats::StatsSnapshot {
-        self.core.stats().snapshot()
+        self.core.snapshot()
     }
 
     /// The core.
@@ -290,7 +290,7 @@ impl EventBus for LocalEventBus {
     ) -> anyhow::Result<mpsc::Receiver<BusEvent>> {
         let filter = filter_of(&subscription)?;
         let (tx, rx) = mpsc::channel(self.config.max_buffer_size.max(1));
-        self.core.router().subscribe(
+        self.core.subscribe(
             subscription.subscriber_id,
             filter,
             Policy::BlockFor(self.config.delivery_timeout),
