@@ -323,9 +323,7 @@ impl Core {
     /// Every counter, parity included.
     pub fn snapshot(&self) -> crate::stats::StatsSnapshot {
         let mut s = self.stats.snapshot();
-        let p = self.parity.report_so_far();
-        s.parity_compared = p.compared;
-        s.parity_mismatches = p.mismatch_count;
+        (s.parity_compared, s.parity_mismatches) = self.parity.totals();
         s
     }
 
@@ -394,6 +392,8 @@ impl Default for EventBusConfig {
 pub struct EventBus {
     core: Arc<Core>,
     config: EventBusConfig,
+    #[cfg(feature = "busrt")]
+    bridge: Option<Arc<crate::bridge::Bridged>>,
 }
 
 impl EventBus {
@@ -404,13 +404,35 @@ impl EventBus {
             publisher_id: config.publisher_id.clone(),
             ..CoreOptions::default()
         }));
-        Self { core, config }
+        Self::with_core(core, config)
     }
 
     /// This API over an existing core (for example a bridged one).
     pub fn with_core(core: Arc<Core>, config: EventBusConfig) -> Self {
         core.router().set_max_subscribers(config.max_subscribers);
-        Self { core, config }
+        Self {
+            core,
+            config,
+            #[cfg(feature = "busrt")]
+            bridge: None,
+        }
+    }
+
+    /// A bus bridged to busrt as the configuration says (phase 4 in a build without
+    /// `legacy`).
+    #[cfg(feature = "busrt")]
+    pub async fn bridged(
+        config: EventBusConfig,
+        bridge: &crate::config::Config,
+    ) -> Result<Self, crate::bridge::BridgeError> {
+        let bridged = Arc::new(
+            crate::bridge::BridgeBuilder::from_config(bridge)?
+                .build()
+                .await?,
+        );
+        let mut bus = Self::with_core(bridged.core().clone(), config);
+        bus.bridge = Some(bridged);
+        Ok(bus)
     }
 
     /// The core.

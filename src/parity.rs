@@ -137,9 +137,13 @@ pub struct Parity {
     enabled: AtomicBool,
     state: Mutex<BTreeMap<String, PerSubscriber>>,
     reports: Mutex<Vec<Mismatch>>,
+    /// Since the last `finish`.
     compared: AtomicU64,
     matched: AtomicU64,
     mismatches: AtomicU64,
+    /// Since the engine was made (for the statistics).
+    total_compared: AtomicU64,
+    total_mismatches: AtomicU64,
 }
 
 fn json(env: &Envelope) -> Value {
@@ -203,6 +207,8 @@ impl Parity {
             compared: AtomicU64::new(0),
             matched: AtomicU64::new(0),
             mismatches: AtomicU64::new(0),
+            total_compared: AtomicU64::new(0),
+            total_mismatches: AtomicU64::new(0),
         }
     }
 
@@ -282,6 +288,7 @@ impl Parity {
 
     fn compare(&self, subscriber: &str, control: &Envelope, candidate: &Envelope) {
         self.compared.fetch_add(1, Relaxed);
+        self.total_compared.fetch_add(1, Relaxed);
         let (mut a, mut b) = (control.clone(), candidate.clone());
         if let Some(n) = &self.config.normalize {
             n(&mut a);
@@ -314,6 +321,7 @@ impl Parity {
 
     fn report(&self, subscriber: &str, env: &Envelope, kind: MismatchKind) {
         self.mismatches.fetch_add(1, Relaxed);
+        self.total_mismatches.fetch_add(1, Relaxed);
         tracing::warn!(subscriber, event_id = %env.event_id, ?kind, "parity mismatch");
         let mut reports = self.reports.lock();
         if reports.len() < self.config.max_reports {
@@ -326,7 +334,15 @@ impl Parity {
         }
     }
 
-    /// Reports so far, without closing anything that is still pending.
+    /// Comparisons and mismatches since the engine was made: (compared, mismatches).
+    pub fn totals(&self) -> (u64, u64) {
+        (
+            self.total_compared.load(Relaxed),
+            self.total_mismatches.load(Relaxed),
+        )
+    }
+
+    /// Reports since the last `finish`, without closing anything that is still pending.
     pub fn report_so_far(&self) -> ParityReport {
         ParityReport {
             compared: self.compared.load(Relaxed),
@@ -345,8 +361,9 @@ impl Parity {
             .sum()
     }
 
-    /// Closes the comparison: what the control delivered and the candidate did not is
-    /// `Missing`; what only the candidate delivered is `Extra`. Resets the state.
+    /// Closes the comparison window: what the control delivered and the candidate did not
+    /// is `Missing`; what only the candidate delivered is `Extra`. Returns the window's report
+    /// and starts a new window.
     pub fn finish(&self) -> ParityReport {
         let state = std::mem::take(&mut *self.state.lock());
         for (subscriber, s) in state {
@@ -362,7 +379,12 @@ impl Parity {
                 }
             }
         }
-        self.report_so_far()
+        let report = self.report_so_far();
+        self.compared.store(0, Relaxed);
+        self.matched.store(0, Relaxed);
+        self.mismatches.store(0, Relaxed);
+        self.reports.lock().clear();
+        report
     }
 }
 

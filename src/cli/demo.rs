@@ -1,10 +1,22 @@
-//! `busbridge demo`: real process events through the legacy crossbeam facade.
+//! `busbridge demo`: the showcase. This machine's real processes go through the legacy
+//! crossbeam facade, first on the legacy router alone (phase 0), then bridged to an embedded
+//! busrt broker in phases 1, 2 and 3, with a subscriber in a separate process on the broker's
+//! Unix socket, and parity checked in every phase. Exits 0 only if every count and every
+//! parity check holds.
 
+use anyhow::Context;
+use busbridge::config::Config;
 use busbridge::legacy::crossbeam::*;
+use busbridge::phase::Phase;
 use busbridge::procscan::ProcessScanner;
 use serde_json::json;
-use std::process::ExitCode;
-use std::time::{Duration, SystemTime};
+use std::io::{BufRead, BufReader};
+use std::process::{ExitCode, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+const LIMIT: Duration = Duration::from_secs(30);
 
 fn subscription(id: &str, caps: SourceCaps, filter: Option<EventFilter>) -> EventSubscription {
     EventSubscription {
@@ -15,129 +27,309 @@ fn subscription(id: &str, caps: SourceCaps, filter: Option<EventFilter>) -> Even
     }
 }
 
-pub async fn run(json_out: bool) -> anyhow::Result<ExitCode> {
-    let mut bus =
-        HighPerformanceEventBusImpl::new(HighPerformanceEventBusConfig::default()).await?;
-    let all = bus
-        .subscribe(subscription("all-processes", SourceCaps::PROCESS, None))
-        .await?;
-    let metrics = bus
-        .subscribe(subscription(
-            "metrics",
-            SourceCaps::PERFORMANCE,
-            Some(EventFilter {
-                event_types: vec!["performance".into()],
-                ..Default::default()
-            }),
-        ))
-        .await?;
-    let urgent = bus
-        .subscribe(subscription(
+/// The local subscribers: every process, urgent triggers, the scan metric.
+async fn subscribe_all(
+    bus: &HighPerformanceEventBusImpl,
+) -> anyhow::Result<Vec<(&'static str, crossbeam_channel::Receiver<BusEvent>)>> {
+    Ok(vec![
+        (
+            "all-processes",
+            bus.subscribe(subscription("all-processes", SourceCaps::PROCESS, None))
+                .await?,
+        ),
+        (
             "urgent-triggers",
-            SourceCaps::REALTIME,
-            Some(EventFilter {
-                min_priority: Some(TriggerPriority::High as u8),
-                ..Default::default()
-            }),
-        ))
-        .await?;
+            bus.subscribe(subscription(
+                "urgent-triggers",
+                SourceCaps::REALTIME,
+                Some(EventFilter {
+                    min_priority: Some(TriggerPriority::High as u8),
+                    ..Default::default()
+                }),
+            ))
+            .await?,
+        ),
+        (
+            "metrics",
+            bus.subscribe(subscription(
+                "metrics",
+                SourceCaps::PERFORMANCE,
+                Some(EventFilter {
+                    event_types: vec!["performance".into()],
+                    ..Default::default()
+                }),
+            ))
+            .await?,
+        ),
+    ])
+}
 
-    let processes = ProcessScanner::new().scan();
-    let scanned = processes.len();
+/// One scan published through the facade: every process, a trigger per big process, a metric.
+/// Returns (process events, triggers, metrics) published.
+async fn publish_scan(
+    bus: &HighPerformanceEventBusImpl,
+    scanner: &mut ProcessScanner,
+    phase: u8,
+) -> anyhow::Result<(usize, usize, usize)> {
+    let processes = scanner.scan();
+    let n = processes.len();
+    let mut triggers = 0;
     for p in processes {
-        let high_memory = p.memory_usage.unwrap_or(0) > 100 * 1024 * 1024;
+        let big = p.memory_usage.unwrap_or(0) > 50 * 1024 * 1024;
         let (pid, name) = (p.pid, p.name.clone());
-        bus.publish(CollectionEvent::Process(p), "demo-scan".into())
+        bus.publish(CollectionEvent::Process(p), format!("scan-{phase}"))
             .await?;
-        if high_memory {
-            let trigger = TriggerRequest {
-                trigger_id: format!("mem-{pid}"),
-                target_collector: "procmond".into(),
-                analysis_type: AnalysisType::MemoryAnalysis,
-                priority: TriggerPriority::High,
-                target_pid: Some(pid),
-                target_path: None,
-                correlation_id: "demo-scan".into(),
-                metadata: [("reason".to_string(), format!("{name} uses over 100 MiB"))].into(),
-                timestamp: SystemTime::now(),
-            };
-            bus.publish(CollectionEvent::TriggerRequest(trigger), "demo-scan".into())
-                .await?;
+        if big {
+            triggers += 1;
+            bus.publish(
+                CollectionEvent::TriggerRequest(TriggerRequest {
+                    trigger_id: format!("mem-{phase}-{pid}"),
+                    target_collector: "procmond".into(),
+                    analysis_type: AnalysisType::MemoryAnalysis,
+                    priority: TriggerPriority::High,
+                    target_pid: Some(pid),
+                    target_path: None,
+                    correlation_id: format!("scan-{phase}"),
+                    metadata: [("reason".to_string(), format!("{name} uses over 50 MiB"))].into(),
+                    timestamp: SystemTime::now(),
+                }),
+                format!("scan-{phase}"),
+            )
+            .await?;
         }
     }
     bus.publish(
         CollectionEvent::Performance(PerformanceEvent {
             metric_name: "processes_scanned".into(),
-            value: scanned as f64,
+            value: n as f64,
             unit: "count".into(),
             pid: Some(std::process::id()),
             component: "busbridge-demo".into(),
             timestamp: SystemTime::now(),
         }),
-        "demo-scan".into(),
+        format!("scan-{phase}"),
     )
     .await?;
+    Ok((n, triggers, 1))
+}
 
-    let drain = |rx: &crossbeam_channel::Receiver<BusEvent>| rx.try_iter().collect::<Vec<_>>();
-    let (got_all, got_metrics, got_urgent) = (drain(&all), drain(&metrics), drain(&urgent));
-    let stats = bus.get_statistics().await;
+/// Receives exactly `n` events (bounded wait).
+fn take(rx: &crossbeam_channel::Receiver<BusEvent>, n: usize) -> Vec<BusEvent> {
+    let deadline = Instant::now() + LIMIT;
+    let mut out = Vec::with_capacity(n);
+    while out.len() < n {
+        match rx.recv_deadline(deadline) {
+            Ok(e) => out.push(e),
+            Err(_) => break,
+        }
+    }
+    out
+}
+
+struct Row {
+    phase: u8,
+    published: (usize, usize, usize),
+    received: Vec<(&'static str, usize)>,
+    external: usize,
+    parity: Option<(u64, u64)>,
+    ok: bool,
+}
+
+/// The subscriber in a separate process: `busbridge sub events.process.* --json`.
+struct External {
+    child: std::process::Child,
+    lines: Arc<AtomicUsize>,
+}
+
+impl External {
+    fn start(socket: &std::path::Path) -> anyhow::Result<Self> {
+        let mut child = std::process::Command::new(std::env::current_exe()?)
+            .args(["sub", "events.process.*", "--json", "--connect"])
+            .arg(format!("ipc://{}", socket.display()))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("start the subscriber process")?;
+        let stderr = child.stderr.take().context("stderr")?;
+        let ready = BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+            .any(|l| l.contains("subscribed"));
+        anyhow::ensure!(ready, "the subscriber process did not subscribe");
+        let lines = Arc::new(AtomicUsize::new(0));
+        let counter = lines.clone();
+        let stdout = child.stdout.take().context("stdout")?;
+        std::thread::spawn(move || {
+            for _ in BufReader::new(stdout).lines().map_while(Result::ok) {
+                counter.fetch_add(1, Ordering::Relaxed);
+            }
+        });
+        Ok(Self { child, lines })
+    }
+
+    /// Waits (bounded) until it has printed `n` lines in all.
+    async fn wait_for(&self, n: usize) -> usize {
+        let deadline = Instant::now() + LIMIT;
+        while self.lines.load(Ordering::Relaxed) < n && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await; // bounded wait on a counter
+        }
+        self.lines.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for External {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub async fn run(json_out: bool) -> anyhow::Result<ExitCode> {
+    let started = Instant::now();
+    let mut scanner = ProcessScanner::new();
+    let mut rows = Vec::new();
+
+    // Phase 0: the legacy router alone, as legacy code had it.
+    {
+        let mut bus =
+            HighPerformanceEventBusImpl::new(HighPerformanceEventBusConfig::default()).await?;
+        let subs = subscribe_all(&bus).await?;
+        let published = publish_scan(&bus, &mut scanner, 0).await?;
+        let want = [published.0, published.1, published.2];
+        let received: Vec<_> = subs
+            .iter()
+            .zip(want)
+            .map(|((id, rx), n)| (*id, take(rx, n).len()))
+            .collect();
+        let ok = received.iter().zip(want).all(|((_, got), n)| *got == n);
+        rows.push(Row {
+            phase: 0,
+            published,
+            received,
+            external: 0,
+            parity: None,
+            ok,
+        });
+        bus.shutdown().await?;
+    }
+
+    // Phases 1-3: the same facade, bridged to an embedded broker on a private Unix socket.
+    let dir = tempfile::tempdir()?;
+    let socket = dir.path().join("daemoneye.sock");
+    let mut config = Config {
+        phase: Phase::Shadow,
+        ..Config::default()
+    };
+    config.transport.socket_path = socket.clone();
+    config.client.name = Some("daemoneye-agent".into());
+    let mut bus =
+        HighPerformanceEventBusImpl::bridged(HighPerformanceEventBusConfig::default(), &config)
+            .await?;
+    let bridge = bus.bridge().context("bridged")?.clone();
+    let subs = subscribe_all(&bus).await?;
+    let external = External::start(&socket)?;
+    let mut external_expected = 0;
+    for phase in [Phase::Shadow, Phase::Topics, Phase::Rpc] {
+        bridge.set_phase(phase)?;
+        let published = publish_scan(&bus, &mut scanner, phase as u8).await?;
+        let want = [published.0, published.1, published.2];
+        let received: Vec<_> = subs
+            .iter()
+            .zip(want)
+            .map(|((id, rx), n)| (*id, take(rx, n).len()))
+            .collect();
+        let _ = tokio::time::timeout(LIMIT, bridge.link().settled()).await;
+        external_expected += published.0;
+        let external_seen = external.wait_for(external_expected).await;
+        let report = bridge.core().parity().finish();
+        let ok = received.iter().zip(want).all(|((_, got), n)| *got == n)
+            && external_seen == external_expected
+            && report.is_clean()
+            && report.compared > 0;
+        for m in report.mismatches.iter().take(5) {
+            eprintln!(
+                "parity mismatch: {}",
+                serde_json::to_string(m).unwrap_or_default()
+            );
+        }
+        rows.push(Row {
+            phase: phase as u8,
+            published,
+            received,
+            external: external_seen - (external_expected - published.0),
+            parity: Some((report.compared, report.mismatch_count)),
+            ok,
+        });
+    }
+    let stats = bus.stats();
     bus.shutdown().await?;
-    let _ = all.recv_timeout(Duration::from_millis(1));
+    bridge.shutdown().await;
+    drop(external);
 
-    let ok = got_all.len() == scanned && got_metrics.len() == 1;
+    let ok = rows.iter().all(|r| r.ok);
     if json_out {
+        let phases: Vec<_> = rows
+            .iter()
+            .map(|r| {
+                json!({
+                    "phase": r.phase,
+                    "published": {"processes": r.published.0, "triggers": r.published.1, "metrics": r.published.2},
+                    "received": r.received.iter().map(|(k, v)| (k.to_string(), json!(v))).collect::<serde_json::Map<_, _>>(),
+                    "external_subscriber": r.external,
+                    "parity": r.parity.map(|(c, m)| json!({"compared": c, "mismatches": m})),
+                    "ok": r.ok,
+                })
+            })
+            .collect();
         println!(
             "{}",
-            json!({
-                "processes_scanned": scanned,
-                "received": {
-                    "all-processes": got_all.len(),
-                    "metrics": got_metrics.len(),
-                    "urgent-triggers": got_urgent.len(),
-                },
-                "statistics": stats,
-                "ok": ok,
-            })
+            json!({"phases": phases, "statistics": stats, "seconds": started.elapsed().as_secs_f64(), "ok": ok})
         );
     } else {
-        println!("busbridge demo: {scanned} processes on this machine, through the legacy crossbeam facade\n");
-        println!("subscriber         received");
-        println!("all-processes      {:>8}", got_all.len());
-        println!("metrics            {:>8}", got_metrics.len());
-        println!("urgent-triggers    {:>8}", got_urgent.len());
-        println!("\nfirst processes received:");
-        for e in got_all.iter().take(5) {
-            if let CollectionEvent::Process(p) = &e.event {
-                println!(
-                    "  pid {:>7}  {:<20} {}",
-                    p.pid,
-                    p.name,
-                    p.command_line
-                        .join(" ")
-                        .chars()
-                        .take(60)
-                        .collect::<String>()
-                );
-            }
-        }
-        for e in got_urgent.iter().take(3) {
-            if let CollectionEvent::TriggerRequest(t) = &e.event {
-                println!(
-                    "trigger: {} ({:?}) {:?}",
-                    t.trigger_id,
-                    t.priority,
-                    t.metadata.get("reason")
-                );
-            }
+        println!("busbridge demo: this machine's processes through the legacy crossbeam facade");
+        println!(
+            "  phase 0: legacy router only; phases 1-3: bridged to an embedded busrt broker at"
+        );
+        println!(
+            "  {} with a subscriber in a separate process (busbridge sub)\n",
+            socket.display()
+        );
+        println!("phase  processes  triggers  all-processes  urgent  metrics  external-sub  parity (compared/mismatches)  ok");
+        for r in &rows {
+            let get = |id: &str| {
+                r.received
+                    .iter()
+                    .find(|(k, _)| *k == id)
+                    .map_or(0, |(_, v)| *v)
+            };
+            println!(
+                "{:>5}  {:>9}  {:>8}  {:>13}  {:>6}  {:>7}  {:>12}  {:>29}  {}",
+                r.phase,
+                r.published.0,
+                r.published.1,
+                get("all-processes"),
+                get("urgent-triggers"),
+                get("metrics"),
+                if r.phase == 0 {
+                    "-".to_string()
+                } else {
+                    r.external.to_string()
+                },
+                r.parity
+                    .map_or("-".to_string(), |(c, m)| format!("{c}/{m}")),
+                if r.ok { "yes" } else { "NO" }
+            );
         }
         println!(
-            "\nstatistics: published {}, delivered {}, dropped {}, avg latency {:.4} ms",
+            "\nbus statistics: published {}, delivered {}, dropped {}, sent to busrt {}, received from busrt {}",
             stats.events_published,
             stats.events_delivered,
-            stats.events_dropped,
-            stats.avg_delivery_latency_ms
+            stats.events_dropped(),
+            stats.bridge_sent,
+            stats.bridge_received
         );
-        println!("{}", if ok { "demo: OK" } else { "demo: MISMATCH" });
+        println!("finished in {:.1} s", started.elapsed().as_secs_f64());
+        println!("{}", if ok { "demo: OK" } else { "demo: FAILED" });
     }
     Ok(if ok {
         ExitCode::SUCCESS

@@ -90,6 +90,9 @@ impl Default for HighPerformanceEventBusConfig {
 pub struct HighPerformanceEventBusImpl {
     core: Arc<Core>,
     config: HighPerformanceEventBusConfig,
+    /// Keeps the bridge (and an embedded broker) alive as long as the facade.
+    #[cfg(feature = "busrt")]
+    bridge: Option<Arc<crate::bridge::Bridged>>,
 }
 
 impl HighPerformanceEventBusImpl {
@@ -108,7 +111,35 @@ impl HighPerformanceEventBusImpl {
     /// This facade over an existing core (for example a bridged one).
     pub fn with_core(core: Arc<Core>, config: HighPerformanceEventBusConfig) -> Self {
         core.router().set_max_subscribers(config.max_subscribers);
-        Self { core, config }
+        Self {
+            core,
+            config,
+            #[cfg(feature = "busrt")]
+            bridge: None,
+        }
+    }
+
+    /// The same bus bridged to busrt, in the phase the configuration names (embedded broker
+    /// or `client.connect`): the one constructor that changes when migrating.
+    #[cfg(feature = "busrt")]
+    pub async fn bridged(
+        config: HighPerformanceEventBusConfig,
+        bridge: &crate::config::Config,
+    ) -> anyhow::Result<Self> {
+        let bridged = Arc::new(
+            crate::bridge::BridgeBuilder::from_config(bridge)?
+                .build()
+                .await?,
+        );
+        let mut bus = Self::with_core(bridged.core().clone(), config);
+        bus.bridge = Some(bridged);
+        Ok(bus)
+    }
+
+    /// The bridge, if this bus was built with [`bridged`](Self::bridged).
+    #[cfg(feature = "busrt")]
+    pub fn bridge(&self) -> Option<&Arc<crate::bridge::Bridged>> {
+        self.bridge.as_ref()
     }
 
     /// Kept for compatibility: the legacy bus had a no-op `start`.

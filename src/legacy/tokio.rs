@@ -178,6 +178,9 @@ pub struct LocalEventBus {
     core: Arc<Core>,
     config: EventBusConfig,
     cleanup: Option<tokio::task::JoinHandle<()>>,
+    /// Keeps the bridge (and an embedded broker) alive as long as the facade.
+    #[cfg(feature = "busrt")]
+    bridge: Option<Arc<crate::bridge::Bridged>>,
 }
 
 impl LocalEventBus {
@@ -201,7 +204,32 @@ impl LocalEventBus {
             core,
             config,
             cleanup: None,
+            #[cfg(feature = "busrt")]
+            bridge: None,
         }
+    }
+
+    /// The same bus bridged to busrt, in the phase the configuration names: the one
+    /// constructor that changes when migrating. Call `start()` as before.
+    #[cfg(feature = "busrt")]
+    pub async fn bridged(
+        config: EventBusConfig,
+        bridge: &crate::config::Config,
+    ) -> anyhow::Result<Self> {
+        let bridged = Arc::new(
+            crate::bridge::BridgeBuilder::from_config(bridge)?
+                .build()
+                .await?,
+        );
+        let mut bus = Self::with_core(bridged.core().clone(), config);
+        bus.bridge = Some(bridged);
+        Ok(bus)
+    }
+
+    /// The bridge, if this bus was built with [`bridged`](Self::bridged).
+    #[cfg(feature = "busrt")]
+    pub fn bridge(&self) -> Option<&Arc<crate::bridge::Bridged>> {
+        self.bridge.as_ref()
     }
 
     /// Starts the bus and its periodic clean-up of expired persisted events.

@@ -1,0 +1,37 @@
+//! The README's first command, as a user runs it.
+
+#![cfg(feature = "legacy")]
+
+mod common;
+
+#[test]
+fn demo_runs_every_phase_and_parity_holds() {
+    let out = std::process::Command::new(common::procs::BIN)
+        .args(["demo", "--json"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["ok"], true);
+    let phases = v["phases"].as_array().unwrap();
+    assert_eq!(
+        phases
+            .iter()
+            .map(|p| p["phase"].as_u64().unwrap())
+            .collect::<Vec<_>>(),
+        [0, 1, 2, 3]
+    );
+    for p in phases {
+        let processes = p["published"]["processes"].as_u64().unwrap();
+        assert!(processes > 0);
+        assert_eq!(p["received"]["all-processes"].as_u64().unwrap(), processes);
+        if p["phase"] != 0 {
+            assert_eq!(p["external_subscriber"].as_u64().unwrap(), processes);
+            assert_eq!(p["parity"]["mismatches"], 0);
+        }
+    }
+}
