@@ -118,11 +118,25 @@ pub struct ClientConfig {
     pub reconnect_max: Duration,
     /// Acknowledged publishes kept while disconnected.
     pub outbox_capacity: usize,
+    /// When the outbox is full: `error` (the publish fails, nothing accepted is lost) or
+    /// `drop_oldest` (counted in `outbox_dropped`).
+    pub outbox_overflow: OutboxOverflow,
     /// Events buffered between busrt and local delivery.
     pub queue_size: usize,
     /// Default RPC call timeout.
     #[serde(with = "humantime_serde")]
     pub rpc_timeout: Duration,
+}
+
+/// What happens to an acknowledged publish when the outbox is full.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OutboxOverflow {
+    /// The publish fails with [`ClientError::OutboxFull`] (nothing accepted is lost).
+    #[default]
+    Error,
+    /// The oldest waiting message is dropped and counted.
+    DropOldest,
 }
 
 /// Local delivery.
@@ -177,6 +191,7 @@ impl Default for ClientConfig {
             reconnect_initial: Duration::from_millis(100),
             reconnect_max: Duration::from_secs(30),
             outbox_capacity: 100_000,
+            outbox_overflow: Default::default(),
             queue_size: 65_536,
             rpc_timeout: Duration::from_secs(5),
         }

@@ -117,16 +117,7 @@ pub enum ConnectionState {
     Closed,
 }
 
-/// What happens to an acknowledged publish when the outbox is full.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, serde::Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum OutboxOverflow {
-    /// The publish fails with [`ClientError::OutboxFull`] (nothing accepted is lost).
-    #[default]
-    Error,
-    /// The oldest waiting message is dropped and counted.
-    DropOldest,
-}
+pub use crate::config::OutboxOverflow;
 
 /// Client settings.
 #[derive(Debug, Clone)]
@@ -163,7 +154,7 @@ impl ClientOptions {
             reconnect_initial: c.reconnect_initial,
             reconnect_max: c.reconnect_max,
             outbox_capacity: c.outbox_capacity,
-            outbox_overflow: OutboxOverflow::Error,
+            outbox_overflow: c.outbox_overflow,
             queue_size: c.queue_size,
             max_message_size,
         }
