@@ -46,7 +46,39 @@
 //!   table. [`codec`]: the envelope, protobuf and JSON. [`config`]: TOML configuration.
 //! - [`router`]: the one routing core. [`bus`]: the core and the phase-4 [`EventBus`].
 //!   [`queue`]: busbridge's own bounded receiver. [`stats`]: counters.
-//! - [`phase`]: the migration phase switch.
+//! - [`phase`]: the migration phase switch. [`bridge`]: the bridge loop. [`parity`]: the
+//!   parity engine. [`trace`]: record and replay.
+//! - [`broker`], [`client`], [`endpoint`]: the busrt transport.
+//!
+//! ## Design notes
+//!
+//! busbridge follows the starting design (one routing core under both facades, a phase enum
+//! that decides the route, an envelope with origin id and sequence) with these choices, each
+//! made for a reason found while building it:
+//!
+//! - **Delivery on the publisher's task, no routing thread.** The legacy crossbeam bus routed on
+//!   a thread that spun in a back-off loop; delivering inline keeps per-subscriber order, costs
+//!   nothing when idle and removes a hop. Subscriber lists are copy-on-write so publishers never
+//!   hold a lock while a `Blocking` subscriber makes them wait.
+//! - **Crossbeam queues are unbounded channels bounded by the router.** A bounded crossbeam
+//!   channel allocates every slot up front (about 300 MiB per subscriber at the legacy default
+//!   capacity); the router checks `len()` against `channel_capacity` instead. `DropOldest` keeps
+//!   a clone of the receiver to discard from.
+//! - **Phase 2 delivers local events through busrt.** A local publish reaches local subscribers
+//!   when it comes back from the broker, so busrt really is the route being verified. The bridge
+//!   remembers which of its own events are owed a delivery by their echo; that is what makes
+//!   phase switches lossless and order-preserving.
+//! - **Every external connection goes through busbridge's own accept loop** and is relayed to
+//!   busrt over a socket pair (`spawn_server_connection`). busrt has no connection limit, no
+//!   peer-credential check and no TLS on TCP; owning the accept is the only way to add them
+//!   without forking busrt. The relay costs one extra local copy per byte.
+//! - **`QoS::Processed` maps to busrt `RealtimeProcessed`**, not `Processed`: an acknowledged
+//!   publish should not wait for busrt's flush timer.
+//! - **The protobuf messages are the legacy records themselves**, with busbridge's additions
+//!   (sub-millisecond time, platform metadata, the envelope header at field 100) under new
+//!   field numbers, so a legacy decoder reads them unchanged.
+//! - **Phase 4 is a build without `legacy`**, and the phase is otherwise a run-time setting:
+//!   Cargo features are additive, so they cannot select between exclusive phases.
 
 #[cfg(feature = "busrt")]
 pub mod bridge;
