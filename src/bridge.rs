@@ -1,7 +1,7 @@
 //! The bridge loop: the one place where events cross between the local router and busrt.
 //!
 //! Outbound, a local publish is stamped with this bus's origin id and sequence number, routed
-//! as the phase says ([`Link::publish`]), and sent to its topic. Inbound, every frame on the
+//! as the phase says (`Link::publish`), and sent to its topic. Inbound, every frame on the
 //! event topics is decoded and checked in this order: size and format (bad frames are counted
 //! and dropped), hop limit, echo (our origin relayed by another sender), duplicate or gap (by
 //! per-origin sequence), then delivered or compared as the phase says.

@@ -132,7 +132,7 @@ pub struct ClientConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum OutboxOverflow {
-    /// The publish fails with [`ClientError::OutboxFull`] (nothing accepted is lost).
+    /// The publish fails with `ClientError::OutboxFull` (nothing accepted is lost).
     #[default]
     Error,
     /// The oldest waiting message is dropped and counted.
