@@ -88,6 +88,8 @@ pub mod bus;
 #[cfg(feature = "busrt")]
 pub mod client;
 pub mod codec;
+#[cfg(feature = "busrt")]
+pub mod collector;
 pub mod config;
 pub mod endpoint;
 pub mod event;
@@ -98,6 +100,8 @@ pub mod phase;
 pub mod procscan;
 pub mod queue;
 pub mod router;
+#[cfg(feature = "busrt")]
+pub mod rpc;
 pub mod scenario;
 pub mod stats;
 pub mod subscription;

@@ -120,6 +120,30 @@ enum Command {
         #[arg(long, default_value_t = 100)]
         remote: usize,
     },
+    /// Call an RPC method and print the JSON reply. TARGET `-` finds the method's provider.
+    /// Exit codes: 0 ok, 3 unreachable, 4 timeout, 5 not found, 6 remote error.
+    Rpc {
+        target: String,
+        method: String,
+        /// Parameters as JSON (default `{}`).
+        params: Option<String>,
+        #[arg(long, default_value = cli::pubsub::DEFAULT_CONNECT)]
+        connect: String,
+        #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+        timeout: std::time::Duration,
+    },
+    /// Run a process collector that serves the lifecycle operations over RPC.
+    Collector {
+        #[arg(long, default_value = "procmond")]
+        name: String,
+        #[arg(long, default_value = cli::pubsub::DEFAULT_CONNECT)]
+        connect: String,
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Time between scans.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        interval: Option<std::time::Duration>,
+    },
     /// Validate a configuration file and print it resolved.
     CheckConfig {
         file: PathBuf,
@@ -200,6 +224,19 @@ fn main() -> ExitCode {
                 })
                 .await
             }
+            Command::Rpc {
+                target,
+                method,
+                params,
+                connect,
+                timeout,
+            } => cli::rpc::call(target, method, params, connect, timeout).await,
+            Command::Collector {
+                name,
+                connect,
+                config,
+                interval,
+            } => cli::rpc::collector(name, connect, config, interval).await,
             Command::Pub {
                 topic,
                 payload,

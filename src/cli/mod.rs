@@ -8,6 +8,7 @@ pub mod parity;
 #[cfg(feature = "legacy")]
 pub mod peer;
 pub mod pubsub;
+pub mod rpc;
 
 use anyhow::Context;
 use busbridge::config::Config;

@@ -265,7 +265,25 @@ fn default_name() -> String {
     )
 }
 
+/// A raw busrt connection of either kind (busrt's RPC client needs the concrete type).
+pub(crate) enum BusrtConn {
+    Ipc(busrt::ipc::Client),
+    Inproc(busrt::broker::Client),
+}
+
 async fn open(endpoint: &Endpoint, name: &str, opts: &ClientOptions) -> Result<Conn, ClientError> {
+    Ok(match open_busrt(endpoint, name, opts).await? {
+        BusrtConn::Ipc(c) => Box::new(c),
+        BusrtConn::Inproc(c) => Box::new(c),
+    })
+}
+
+/// Opens a raw busrt connection for an endpoint.
+pub(crate) async fn open_busrt(
+    endpoint: &Endpoint,
+    name: &str,
+    opts: &ClientOptions,
+) -> Result<BusrtConn, ClientError> {
     let failed = |e: busrt::Error| {
         if e.kind() == busrt::ErrorKind::Busy {
             ClientError::NameInUse(name.to_owned())
@@ -276,9 +294,9 @@ async fn open(endpoint: &Endpoint, name: &str, opts: &ClientOptions) -> Result<C
             }
         }
     };
-    let conn: Conn = match endpoint {
+    let conn = match endpoint {
         Endpoint::Inproc(broker) => match inproc_client(broker, name).await {
-            Ok(c) => Box::new(c),
+            Ok(c) => BusrtConn::Inproc(c),
             Err(BrokerError::Busrt(e)) => return Err(failed(e)),
             Err(e) => {
                 return Err(ClientError::Connect {
@@ -297,13 +315,13 @@ async fn open(endpoint: &Endpoint, name: &str, opts: &ClientOptions) -> Result<C
             let config = busrt::ipc::Config::new(&path, name)
                 .timeout(opts.timeout)
                 .queue_size(opts.queue_size.max(1024));
-            Box::new(busrt::ipc::Client::connect(&config).await.map_err(failed)?)
+            BusrtConn::Ipc(busrt::ipc::Client::connect(&config).await.map_err(failed)?)
         }
         Endpoint::Tcp(addr) => {
             let config = busrt::ipc::Config::new(addr, name)
                 .timeout(opts.timeout)
                 .queue_size(opts.queue_size.max(1024));
-            Box::new(busrt::ipc::Client::connect(&config).await.map_err(failed)?)
+            BusrtConn::Ipc(busrt::ipc::Client::connect(&config).await.map_err(failed)?)
         }
         Endpoint::Tls(_) => return Err(ClientError::TlsUnsupported),
     };
