@@ -33,5 +33,9 @@ fn demo_runs_every_phase_and_parity_holds() {
             assert_eq!(p["external_subscriber"].as_u64().unwrap(), processes);
             assert_eq!(p["parity"]["mismatches"], 0);
         }
+        if p["phase"] == 3 {
+            assert!(p["rpc_parity"]["compared"].as_u64().unwrap() > 0);
+            assert_eq!(p["rpc_parity"]["mismatches"], 0);
+        }
     }
 }

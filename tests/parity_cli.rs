@@ -27,6 +27,10 @@ fn every_phase_passes_its_parity_scenarios() {
         assert_eq!(code, 0, "phase {phase}: {v}");
         assert_eq!(v["ok"], true);
         assert!(v["local"]["compared"].as_u64().unwrap() > 200);
+        if phase == "3" {
+            assert!(v["rpc"]["compared"].as_u64().unwrap() > 0, "{v}");
+            assert_eq!(v["rpc"]["mismatches"].as_array().unwrap().len(), 0);
+        }
         if phase != "1" {
             assert!(v["remote"]["compared"].as_u64().unwrap() > 0, "{v}");
         } else {

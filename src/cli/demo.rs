@@ -132,6 +132,8 @@ struct Row {
     received: Vec<(&'static str, usize)>,
     external: usize,
     parity: Option<(u64, u64)>,
+    /// Phase 3: lifecycle control, in process vs over RPC (compared, mismatches).
+    rpc: Option<(u64, usize)>,
     ok: bool,
 }
 
@@ -208,6 +210,7 @@ pub async fn run(json_out: bool) -> anyhow::Result<ExitCode> {
             received,
             external: 0,
             parity: None,
+            rpc: None,
             ok,
         });
         bus.shutdown().await?;
@@ -242,10 +245,21 @@ pub async fn run(json_out: bool) -> anyhow::Result<ExitCode> {
         external_expected += published.0;
         let external_seen = external.wait_for(external_expected).await;
         let report = bridge.core().parity().finish();
+        let rpc = if phase.rpc_over_busrt() {
+            let uri = format!("ipc://{}", socket.display());
+            let (compared, mismatches) = super::rpc_parity(&uri, bridge.core().clone()).await?;
+            for m in &mismatches {
+                eprintln!("control parity mismatch: {m}");
+            }
+            Some((compared, mismatches.len()))
+        } else {
+            None
+        };
         let ok = received.iter().zip(want).all(|((_, got), n)| *got == n)
             && external_seen == external_expected
             && report.is_clean()
-            && report.compared > 0;
+            && report.compared > 0
+            && rpc.is_none_or(|(c, m)| c > 0 && m == 0);
         for m in report.mismatches.iter().take(5) {
             eprintln!(
                 "parity mismatch: {}",
@@ -258,6 +272,7 @@ pub async fn run(json_out: bool) -> anyhow::Result<ExitCode> {
             received,
             external: external_seen - (external_expected - published.0),
             parity: Some((report.compared, report.mismatch_count)),
+            rpc,
             ok,
         });
     }
@@ -277,6 +292,7 @@ pub async fn run(json_out: bool) -> anyhow::Result<ExitCode> {
                     "received": r.received.iter().map(|(k, v)| (k.to_string(), json!(v))).collect::<serde_json::Map<_, _>>(),
                     "external_subscriber": r.external,
                     "parity": r.parity.map(|(c, m)| json!({"compared": c, "mismatches": m})),
+                    "rpc_parity": r.rpc.map(|(c, m)| json!({"compared": c, "mismatches": m})),
                     "ok": r.ok,
                 })
             })
@@ -318,6 +334,13 @@ pub async fn run(json_out: bool) -> anyhow::Result<ExitCode> {
                 r.parity
                     .map_or("-".to_string(), |(c, m)| format!("{c}/{m}")),
                 if r.ok { "yes" } else { "NO" }
+            );
+        }
+        for r in rows.iter().filter(|r| r.rpc.is_some()) {
+            let (c, m) = r.rpc.unwrap_or_default();
+            println!(
+                "phase {}: lifecycle control in process vs over busrt RPC: {c} compared, {m} mismatches",
+                r.phase
             );
         }
         println!(

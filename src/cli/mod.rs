@@ -40,3 +40,29 @@ pub fn check_config(file: &Path, json: bool) -> anyhow::Result<ExitCode> {
         }
     }
 }
+
+/// Phase-3 control parity: an in-process collector served over busrt RPC at `uri`, asked
+/// directly and through RPC for the read-only operations. Returns (compared, mismatches).
+pub async fn rpc_parity(
+    uri: &str,
+    core: std::sync::Arc<busbridge::bus::Core>,
+) -> anyhow::Result<(u64, Vec<String>)> {
+    use busbridge::collector::ProcessCollector;
+    use busbridge::rpc::*;
+    use std::sync::Arc;
+    let collector = ProcessCollector::new("procmond", core, CollectorSettings::default());
+    let server = RpcNode::connect(uri, "procmond").await?;
+    serve_control(&server, collector.clone()).await?;
+    let agent = Arc::new(RpcNode::connect(uri, "parity-rpc-agent").await?);
+    let phased = PhasedControl::new(
+        busbridge::phase::Phase::Rpc,
+        collector,
+        Arc::new(RemoteCollector::new(agent, "procmond")),
+    );
+    for _ in 0..3 {
+        phased.health_check().await?;
+        phased.get_capabilities().await?;
+    }
+    server.close().await;
+    Ok(phased.parity())
+}

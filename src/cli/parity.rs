@@ -48,6 +48,7 @@ fn as_envelope(e: &BusEvent) -> Envelope {
 /// Outcome of one run, printed as a table or JSON.
 struct Outcome {
     phase: Phase,
+    rpc: Option<(u64, Vec<String>)>,
     local: ParityReport,
     remote: Option<ParityReport>,
     received: BTreeMap<String, usize>,
@@ -66,6 +67,7 @@ fn print(o: &Outcome, as_json: bool) {
                 "remote": o.remote,
                 "received": o.received,
                 "shadow_remote": o.shadow_remote,
+                "rpc": o.rpc.as_ref().map(|(c, m)| json!({"compared": c, "mismatches": m})),
             })
         );
         return;
@@ -85,6 +87,9 @@ fn print(o: &Outcome, as_json: bool) {
             "  remote events: {} kept in the shadow path (phase 1)",
             o.shadow_remote
         );
+    }
+    if let Some((c, m)) = &o.rpc {
+        println!("  control (rpc): compared {c:>6}  mismatches {}", m.len());
     }
     for (s, n) in &o.received {
         println!("  subscriber {s:<12} received {n}");
@@ -268,7 +273,19 @@ async fn scenarios(a: &ParityArgs, bridged: &Bridged, phase: Phase) -> anyhow::R
     let local = bridged.core().parity().finish();
     let remote = (phase >= Phase::Topics).then(|| remote_parity.finish());
     let shadow_remote = bridged.link().shadow_remote();
-    let ok = local.is_clean()
+    let rpc = if phase.rpc_over_busrt() {
+        Some(
+            super::rpc_parity(
+                &format!("ipc://{}", socket.display()),
+                bridged.core().clone(),
+            )
+            .await?,
+        )
+    } else {
+        None
+    };
+    let ok = rpc.as_ref().is_none_or(|(c, m)| *c > 0 && m.is_empty())
+        && local.is_clean()
         && local.compared > 0
         && remote
             .as_ref()
@@ -276,6 +293,7 @@ async fn scenarios(a: &ParityArgs, bridged: &Bridged, phase: Phase) -> anyhow::R
         && (phase >= Phase::Topics || shadow_remote == a.remote as u64);
     Ok(Outcome {
         phase,
+        rpc,
         local,
         remote,
         received,
