@@ -19,21 +19,117 @@
 
 use crate::broker::{Broker, BrokerError};
 use crate::bus::{BusError, Core, CoreOptions};
-use crate::client::{AsyncClient, ClientError, ClientOptions, Message, Publisher, QoS};
+use crate::client::{Ack, AsyncClient, ClientError, ClientOptions, Message, Publisher, QoS};
 use crate::codec::{Codec, CodecKind, Envelope};
 use crate::config::Config;
 use crate::parity::ParityConfig;
 use crate::phase::Phase;
+use crate::sequence::{Seen, SeqTracker};
 use crate::stats::Stats;
 use crate::topic::topic_for_event;
 use parking_lot::Mutex;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use tokio::sync::oneshot;
 
 /// Default most hops an envelope may have travelled.
 pub const DEFAULT_HOP_LIMIT: u32 = 8;
+
+/// Missing sequence numbers remembered per origin (to accept them if they come late).
+const MAX_MISSING: usize = 100_000;
+
+/// Sends queued events: batches what is queued now (up to `batch_max`, one topic a frame, so
+/// an idle bus sends each event at once), keeps up to `window` acknowledgements in flight.
+async fn sender(
+    link: std::sync::Weak<Link>,
+    mut queue: tokio::sync::mpsc::Receiver<Outgoing>,
+    publisher: Publisher,
+    qos: QoS,
+    codec: Codec,
+    opts: SendOptions,
+    stats: Arc<Stats>,
+) {
+    let mut carry: Option<Outgoing> = None;
+    let mut in_flight: VecDeque<(Vec<u64>, Ack)> = VecDeque::new();
+    loop {
+        let first = match carry.take() {
+            Some(o) => o,
+            None => {
+                // Nothing queued: settle what is in flight before sleeping on the queue.
+                if queue.is_empty() {
+                    while let Some((seqs, ack)) = in_flight.pop_front() {
+                        finish(&link, &stats, seqs, ack.await);
+                    }
+                }
+                match queue.recv().await {
+                    Some(o) => o,
+                    None => break,
+                }
+            }
+        };
+        let mut group = vec![first];
+        let mut size = group[0].bytes.len();
+        while group.len() < opts.batch_max.max(1) {
+            match queue.try_recv() {
+                Ok(o)
+                    if o.topic == group[0].topic
+                        && size + o.bytes.len() + 16 <= codec.max_size() =>
+                {
+                    size += o.bytes.len() + 16;
+                    group.push(o);
+                }
+                Ok(o) => {
+                    carry = Some(o);
+                    break;
+                }
+                Err(_) => break,
+            }
+        }
+        let topic = group[0].topic.clone();
+        let seqs: Vec<u64> = group.iter().map(|o| o.seq).collect();
+        let n = group.len() as u64;
+        let frame = if group.len() == 1 {
+            group.pop().map(|o| o.bytes).unwrap_or_default()
+        } else {
+            Stats::add(&stats.bridge_batches, 1);
+            codec.batch(group.into_iter().map(|o| o.bytes).collect())
+        };
+        match publisher.publish_pipelined(topic, frame, qos).await {
+            Ok(ack) => {
+                Stats::add(&stats.bridge_sent, n);
+                in_flight.push_back((seqs, ack));
+            }
+            Err(e) => finish(&link, &stats, seqs, Err(e)),
+        }
+        while in_flight.len() >= opts.window.max(1) {
+            if let Some((seqs, ack)) = in_flight.pop_front() {
+                finish(&link, &stats, seqs, ack.await);
+            }
+        }
+    }
+    for (seqs, ack) in in_flight {
+        finish(&link, &stats, seqs, ack.await);
+    }
+}
+
+/// Accounts for one frame's outcome; a refused frame releases its events' owed echoes.
+fn finish(
+    link: &std::sync::Weak<Link>,
+    stats: &Stats,
+    seqs: Vec<u64>,
+    result: Result<(), ClientError>,
+) {
+    if let Err(e) = result {
+        Stats::add(&stats.bridge_send_errors, seqs.len() as u64);
+        tracing::warn!(events = seqs.len(), "send failed: {e}");
+        if let Some(link) = link.upgrade() {
+            for seq in seqs {
+                link.forget(seq);
+            }
+        }
+    }
+}
 
 /// Why a bridge could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -57,15 +153,43 @@ struct Owed {
     compare: bool,
 }
 
+/// One encoded event on its way to busrt.
+struct Outgoing {
+    seq: u64,
+    topic: String,
+    bytes: Vec<u8>,
+}
+
+/// How the bridge sends.
+#[derive(Debug, Clone, Copy)]
+pub struct SendOptions {
+    /// Most events in one busrt frame; 1 turns batching off (the default: a batch frame is
+    /// not a legacy record, so legacy protobuf consumers cannot read it).
+    pub batch_max: usize,
+    /// Most acknowledged frames in flight at once.
+    pub window: usize,
+    /// Encoded events waiting for the sender; a full queue makes `publish` wait.
+    pub queue: usize,
+}
+
+impl Default for SendOptions {
+    fn default() -> Self {
+        Self {
+            batch_max: 1,
+            window: 256,
+            queue: 65_536,
+        }
+    }
+}
+
 /// The live bridge of one bus.
 pub struct Link {
     origin: String,
     name: String,
     seq: AtomicU64,
     codec: Codec,
-    qos: QoS,
     hop_limit: u32,
-    publisher: Publisher,
+    outbound: tokio::sync::mpsc::Sender<Outgoing>,
     owed: Mutex<OwedEchoes>,
     /// Signalled when no echo is owed any more.
     settled: tokio::sync::Notify,
@@ -190,18 +314,14 @@ impl Link {
             }
         }
         if let Some(bytes) = bytes {
-            let topic = topic_for_event(&env.event);
-            match self
-                .publisher
-                .publish(topic.as_str(), bytes, self.qos)
-                .await
-            {
-                Ok(()) => Stats::add(&self.stats.bridge_sent, 1),
-                Err(e) => {
-                    Stats::add(&self.stats.bridge_send_errors, 1);
-                    self.forget(env.seq);
-                    return Err(e.into());
-                }
+            let out = Outgoing {
+                seq: env.seq,
+                topic: topic_for_event(&env.event).to_busrt(),
+                bytes,
+            };
+            if self.outbound.send(out).await.is_err() {
+                self.forget(env.seq);
+                return Err(BusError::ShutDown);
             }
         }
         Ok(delivered)
@@ -219,10 +339,14 @@ impl Link {
         }
     }
 
-    /// Handles one frame from busrt.
-    async fn inbound(&self, core: &Core, seen: &mut HashMap<String, u64>, msg: &Message) {
-        let env = match self.codec.decode(msg.payload()) {
-            Ok(env) => env,
+    /// Handles one frame from busrt (one envelope or a batch).
+    async fn inbound(&self, core: &Core, seen: &mut HashMap<String, SeqTracker>, msg: &Message) {
+        match self.codec.decode_frame(msg.payload()) {
+            Ok(envelopes) => {
+                for env in envelopes {
+                    self.inbound_envelope(core, seen, msg, env).await;
+                }
+            }
             Err(e) => {
                 Stats::add(&self.stats.bridge_decode_errors, 1);
                 tracing::debug!(
@@ -230,9 +354,17 @@ impl Link {
                     sender = msg.sender(),
                     "dropped frame: {e}"
                 );
-                return;
             }
-        };
+        }
+    }
+
+    async fn inbound_envelope(
+        &self,
+        core: &Core,
+        seen: &mut HashMap<String, SeqTracker>,
+        msg: &Message,
+        env: Envelope,
+    ) {
         if env.hops > self.hop_limit {
             Stats::add(&self.stats.bridge_hop_limited, 1);
             return;
@@ -243,16 +375,21 @@ impl Link {
             Stats::add(&self.stats.bridge_echo_suppressed, 1);
             return;
         }
-        let last = seen.entry(env.origin.clone()).or_insert(0);
-        if env.seq <= *last {
-            Stats::add(&self.stats.bridge_duplicates, 1);
-            return;
+        let tracker = seen
+            .entry(env.origin.clone())
+            .or_insert_with(|| SeqTracker::new(MAX_MISSING));
+        match tracker.observe(env.seq) {
+            Seen::Duplicate => {
+                Stats::add(&self.stats.bridge_duplicates, 1);
+                return;
+            }
+            Seen::Gap { missing } => {
+                Stats::add(&self.stats.bridge_gaps, missing);
+                tracing::warn!(origin = %env.origin, missing, before = env.seq, "sequence gap");
+            }
+            Seen::FilledGap => Stats::add(&self.stats.bridge_gaps_filled, 1),
+            Seen::New => {}
         }
-        if *last != 0 && env.seq > *last + 1 {
-            Stats::add(&self.stats.bridge_gaps, env.seq - *last - 1);
-            tracing::warn!(origin = %env.origin, from = *last + 1, to = env.seq - 1, "sequence gap");
-        }
-        *last = env.seq;
         Stats::add(&self.stats.bridge_received, 1);
         let router = core.router();
         if own {
@@ -309,6 +446,7 @@ pub struct BridgeBuilder {
     client: ClientOptions,
     hop_limit: u32,
     core: CoreOptions,
+    send: SendOptions,
 }
 
 impl Default for BridgeBuilder {
@@ -330,6 +468,7 @@ impl BridgeBuilder {
             client: ClientOptions::default(),
             hop_limit: DEFAULT_HOP_LIMIT,
             core: CoreOptions::default(),
+            send: SendOptions::default(),
         }
     }
 
@@ -344,6 +483,11 @@ impl BridgeBuilder {
                 config.broker.max_message_size,
             ));
         b.core.max_subscribers = config.bus.max_subscribers;
+        b.send = SendOptions {
+            batch_max: config.bus.batch_max,
+            window: config.bus.publish_window,
+            queue: config.bus.outbound_queue,
+        };
         if let Some(name) = &config.client.name {
             b = b.name(name);
         }
@@ -390,6 +534,11 @@ impl BridgeBuilder {
         self.client = opts;
         self
     }
+    /// Batching, window and queue of the sender.
+    pub fn send_options(mut self, send: SendOptions) -> Self {
+        self.send = send;
+        self
+    }
     pub fn hop_limit(mut self, hops: u32) -> Self {
         self.hop_limit = hops;
         self
@@ -434,14 +583,15 @@ impl BridgeBuilder {
         }
         let core = Arc::new(Core::new(core_opts));
         let (close_tx, close_rx) = oneshot::channel();
+        let codec = Codec::new(self.codec, client_max_size(&client));
+        let (outbound, queue) = tokio::sync::mpsc::channel(self.send.queue.max(1));
         let link = Arc::new(Link {
             origin: format!("{name}#{}", uuid::Uuid::new_v4().simple()),
             name,
             seq: AtomicU64::new(0),
-            codec: Codec::new(self.codec, client_max_size(&client)),
-            qos: self.qos,
+            codec,
             hop_limit: self.hop_limit,
-            publisher: client.publisher(),
+            outbound,
             owed: Mutex::new(OwedEchoes::default()),
             settled: tokio::sync::Notify::new(),
             stats: core.stats().clone(),
@@ -450,6 +600,15 @@ impl BridgeBuilder {
         });
         core.attach(link.clone());
         core.set_phase(self.phase)?;
+        tokio::spawn(sender(
+            Arc::downgrade(&link),
+            queue,
+            client.publisher(),
+            self.qos,
+            codec,
+            self.send,
+            core.stats().clone(),
+        ));
         let task = tokio::spawn(bridge_loop(
             Arc::downgrade(&core),
             link.clone(),

@@ -147,6 +147,13 @@ pub struct BusConfig {
     pub channel_capacity: usize,
     pub max_subscribers: usize,
     pub backpressure_strategy: BackpressureStrategy,
+    /// Most events per busrt frame when the bridge batches; 1 = off (the default, because a
+    /// batch frame is not a legacy record).
+    pub batch_max: usize,
+    /// Acknowledged frames the bridge keeps in flight.
+    pub publish_window: usize,
+    /// Encoded events waiting to be sent; when full, `publish` waits.
+    pub outbound_queue: usize,
 }
 
 /// What one client may do; topics are dotted patterns.
@@ -204,6 +211,9 @@ impl Default for BusConfig {
             channel_capacity: 65_536,
             max_subscribers: 1000,
             backpressure_strategy: BackpressureStrategy::Blocking,
+            batch_max: 1,
+            publish_window: 256,
+            outbound_queue: 65_536,
         }
     }
 }
@@ -280,6 +290,12 @@ impl Config {
         nonzero("client.queue_size", self.client.queue_size)?;
         nonzero("bus.channel_capacity", self.bus.channel_capacity)?;
         nonzero("bus.max_subscribers", self.bus.max_subscribers)?;
+        nonzero("bus.batch_max", self.bus.batch_max)?;
+        nonzero("bus.publish_window", self.bus.publish_window)?;
+        nonzero("bus.outbound_queue", self.bus.outbound_queue)?;
+        if self.bus.batch_max > 1000 {
+            return Err(invalid("bus.batch_max", "at most 1000 events per frame"));
+        }
         if self.broker.max_message_size < 1024 || self.broker.max_message_size > u32::MAX as usize {
             return Err(invalid(
                 "broker.max_message_size",

@@ -103,6 +103,7 @@ pub mod router;
 #[cfg(feature = "busrt")]
 pub mod rpc;
 pub mod scenario;
+pub mod sequence;
 pub mod stats;
 pub mod subscription;
 pub mod topic;

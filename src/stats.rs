@@ -31,6 +31,8 @@ pub struct Stats {
     pub(crate) bridge_send_errors: AtomicU64,
     pub(crate) bridge_hop_limited: AtomicU64,
     pub(crate) bridge_gaps: AtomicU64,
+    pub(crate) bridge_gaps_filled: AtomicU64,
+    pub(crate) bridge_batches: AtomicU64,
     pub(crate) parity_compared: AtomicU64,
     pub(crate) parity_mismatches: AtomicU64,
 }
@@ -72,6 +74,8 @@ impl Stats {
             bridge_send_errors: self.bridge_send_errors.load(Relaxed),
             bridge_hop_limited: self.bridge_hop_limited.load(Relaxed),
             bridge_gaps: self.bridge_gaps.load(Relaxed),
+            bridge_gaps_filled: self.bridge_gaps_filled.load(Relaxed),
+            bridge_batches: self.bridge_batches.load(Relaxed),
             parity_compared: self.parity_compared.load(Relaxed),
             parity_mismatches: self.parity_mismatches.load(Relaxed),
         }
@@ -97,7 +101,12 @@ pub struct StatsSnapshot {
     pub bridge_decode_errors: u64,
     pub bridge_send_errors: u64,
     pub bridge_hop_limited: u64,
+    /// Sequence numbers found missing (a gap), whether or not they came later.
     pub bridge_gaps: u64,
+    /// Missing sequence numbers that arrived later (resent).
+    pub bridge_gaps_filled: u64,
+    /// Frames sent that carried more than one event.
+    pub bridge_batches: u64,
     pub parity_compared: u64,
     pub parity_mismatches: u64,
 }

@@ -244,3 +244,42 @@ async fn legacy_only_bus_refuses_bridged_phases() {
     let err = bus.core().set_phase(Phase::Topics).unwrap_err();
     assert!(err.to_string().contains("needs a bridged bus"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batching_under_load_keeps_every_event_once_in_order() {
+    const N: usize = 20_000;
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("b.sock");
+    let mut broker = embedded();
+    broker.spawn_ipc_server(&socket, 10).unwrap();
+    broker.spawn().await.unwrap();
+    let bridged = BridgeBuilder::new()
+        .phase(Phase::Topics)
+        .connect(format!("ipc://{}", socket.display()))
+        .send_options(busbridge::bridge::SendOptions {
+            batch_max: 500,
+            ..Default::default()
+        })
+        .build()
+        .await
+        .unwrap();
+    let bus = bridged.crossbeam(HighPerformanceEventBusConfig::default());
+    let all = bus.subscribe(sub("all", SourceCaps::all())).await.unwrap();
+    for i in 0..N {
+        bus.publish(sample_event("load", i % 1000), i.to_string())
+            .await
+            .unwrap();
+    }
+    tokio::time::timeout(LIMIT, bridged.link().settled())
+        .await
+        .expect("every echo back");
+    let got: Vec<usize> = all
+        .try_iter()
+        .map(|e| e.correlation_id.parse().unwrap())
+        .collect();
+    assert_eq!(got, (0..N).collect::<Vec<_>>());
+    let stats = bridged.core().stats().snapshot();
+    assert!(stats.bridge_batches > 0, "events shared frames under load: {stats:?}");
+    assert!(stats.bridge_batches < N as u64);
+    bridged.shutdown().await;
+}

@@ -201,6 +201,21 @@ fn legacy_decoder_reads_other_records() {
 }
 
 #[test]
+fn batches_round_trip_in_order_in_both_codecs() {
+    let envs: Vec<_> = every_kind().into_iter().map(envelope).collect();
+    for kind in KINDS {
+        let codec = Codec::new(kind, 1 << 20);
+        let items = envs.iter().map(|e| codec.encode(e).unwrap()).collect();
+        let frame = codec.batch(items);
+        assert_eq!(codec.decode_frame(&frame).unwrap(), envs, "{kind:?}");
+        // A single envelope is a frame of one; a batch is not a single envelope.
+        let one = codec.encode(&envs[0]).unwrap();
+        assert_eq!(codec.decode_frame(&one).unwrap(), vec![envs[0].clone()]);
+        assert!(codec.decode(&frame).is_err());
+    }
+}
+
+#[test]
 fn null_platform_metadata_survives_json() {
     let mut env = envelope(process(1));
     if let CollectionEvent::Process(p) = &mut env.event {
@@ -298,6 +313,7 @@ proptest! {
     #[test]
     fn arbitrary_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..512)) {
         let _ = Codec::default().decode(&bytes);
+        let _ = Codec::default().decode_frame(&bytes);
     }
 
     #[test]

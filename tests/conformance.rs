@@ -34,6 +34,8 @@ mod bridged {
     pub enum Via {
         InProcess,
         UnixSocket,
+        /// Unix socket with batching on (up to 500 events a frame) and a JSON codec.
+        UnixBatchedJson,
         Tcp,
     }
 
@@ -64,7 +66,7 @@ mod bridged {
             let builder = BridgeBuilder::new().phase(Phase::Topics);
             let builder = match self.via {
                 Via::InProcess => builder.embedded(broker),
-                Via::UnixSocket => {
+                Via::UnixSocket | Via::UnixBatchedJson => {
                     let path = self
                         .dir
                         .path()
@@ -82,6 +84,15 @@ mod bridged {
                     std::mem::forget(broker);
                     b
                 }
+            };
+            let builder = match self.via {
+                Via::UnixBatchedJson => builder
+                    .codec(busbridge::codec::CodecKind::Json)
+                    .send_options(busbridge::bridge::SendOptions {
+                        batch_max: 500,
+                        ..Default::default()
+                    }),
+                _ => builder,
             };
             let bridged = Arc::new(builder.build().await.unwrap());
             self.buses.lock().push(bridged.clone());
@@ -110,4 +121,8 @@ conformance_suite!(
 conformance_suite!(
     busrt_tcp,
     super::bridged::Busrt::new(super::bridged::Via::Tcp)
+);
+conformance_suite!(
+    busrt_unix_batched_json,
+    super::bridged::Busrt::new(super::bridged::Via::UnixBatchedJson)
 );

@@ -529,6 +529,85 @@ impl Publisher {
     }
 }
 
+/// The broker's acknowledgement of a pipelined publish; on failure the message has already
+/// gone back to the outbox.
+pub type Ack = std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), ClientError>> + Send>>;
+
+impl Publisher {
+    /// Sends without waiting for the acknowledgement, so many can be in flight (a window).
+    /// Await the returned [`Ack`] later; if it fails the message was put back in the outbox
+    /// and will be resent after reconnecting (at least once). The topic is busrt's
+    /// (`events/process/new`), already validated.
+    pub async fn publish_pipelined(
+        &self,
+        busrt_topic: String,
+        payload: Vec<u8>,
+        qos: QoS,
+    ) -> Result<Ack, ClientError> {
+        let limit = self.shared.opts.max_message_size;
+        if payload.len() > limit {
+            return Err(ClientError::TooLarge {
+                size: payload.len(),
+                limit,
+            });
+        }
+        self.shared.counters.published.fetch_add(1, Relaxed);
+        let shared = self.shared.clone();
+        let confirmation = {
+            let mut guard = shared.conn.lock().await;
+            let queued = !shared.outbox.lock().is_empty();
+            let sent = match guard.as_mut().filter(|_| !queued) {
+                None => None,
+                Some(conn) => Some(
+                    timeout(
+                        shared.opts.timeout,
+                        conn.publish(&busrt_topic, payload.as_slice().into(), qos.busrt()),
+                    )
+                    .await,
+                ),
+            };
+            match sent {
+                Some(Ok(Ok(c))) => c,
+                other => {
+                    if other.is_some() {
+                        shared.lost.notify_one();
+                    }
+                    drop(guard);
+                    let r = match qos {
+                        QoS::Processed => shared.enqueue(Outgoing {
+                            topic: busrt_topic,
+                            payload,
+                        }),
+                        QoS::Realtime => {
+                            shared.counters.outbox_dropped.fetch_add(1, Relaxed);
+                            Ok(())
+                        }
+                    };
+                    return r.map(|()| Box::pin(async { Ok(()) }) as Ack);
+                }
+            }
+        };
+        Ok(Box::pin(async move {
+            match confirm("publish", confirmation, shared.opts.timeout).await {
+                Ok(()) => {
+                    if qos == QoS::Processed {
+                        shared.counters.acked.fetch_add(1, Relaxed);
+                    }
+                    Ok(())
+                }
+                Err(ClientError::Denied(e)) => Err(ClientError::Denied(e)),
+                Err(_) => {
+                    shared.lost.notify_one();
+                    shared.enqueue(Outgoing {
+                        topic: busrt_topic,
+                        payload,
+                    })
+                }
+            }
+        }))
+    }
+}
+
 impl Shared {
     fn stats(&self) -> ClientStats {
         let c = &self.counters;

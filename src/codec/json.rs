@@ -65,17 +65,48 @@ pub(super) fn encode(env: &Envelope) -> Result<Vec<u8>, CodecError> {
     })?)
 }
 
-pub(super) fn decode(bytes: &[u8]) -> Result<Envelope, CodecError> {
-    // Read the version first so a newer envelope gets a version error, not a field error.
-    #[derive(Deserialize)]
-    struct Version {
-        v: Option<u32>,
+/// Wraps already-encoded JSON envelopes into one batch object.
+pub(super) fn batch(items: Vec<Vec<u8>>) -> Vec<u8> {
+    let mut out = format!("{{\"v\":{ENVELOPE_VERSION},\"batch\":[").into_bytes();
+    for (i, item) in items.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(item);
     }
-    let version: Version = serde_json::from_slice(bytes)?;
-    match version.v {
-        None => return Err(CodecError::NotAnEnvelope("JSON object without `v`")),
-        Some(ENVELOPE_VERSION) => {}
-        Some(v) => return Err(CodecError::UnsupportedVersion(v)),
+    out.extend_from_slice(b"]}");
+    out
+}
+
+/// Reads the version first, so a newer envelope gets a version error, not a field error.
+#[derive(Deserialize)]
+struct Probe<'a> {
+    v: Option<u32>,
+    #[serde(borrow)]
+    batch: Option<Vec<&'a serde_json::value::RawValue>>,
+}
+
+fn probe(bytes: &[u8]) -> Result<Probe<'_>, CodecError> {
+    let p: Probe = serde_json::from_slice(bytes)?;
+    match p.v {
+        None => Err(CodecError::NotAnEnvelope("JSON object without `v`")),
+        Some(ENVELOPE_VERSION) => Ok(p),
+        Some(v) => Err(CodecError::UnsupportedVersion(v)),
+    }
+}
+
+/// The items of a batch frame, or `None` if the frame is a single envelope.
+pub(super) fn unbatch(bytes: &[u8]) -> Result<Option<Vec<Vec<u8>>>, CodecError> {
+    Ok(probe(bytes)?
+        .batch
+        .map(|items| items.iter().map(|r| r.get().as_bytes().to_vec()).collect()))
+}
+
+pub(super) fn decode(bytes: &[u8]) -> Result<Envelope, CodecError> {
+    if probe(bytes)?.batch.is_some() {
+        return Err(CodecError::NotAnEnvelope(
+            "a batch where one envelope was expected",
+        ));
     }
     let j: JsonEnvelope<'static> = serde_json::from_slice(bytes)?;
     let mut event = j.event.into_owned();

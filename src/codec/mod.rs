@@ -168,6 +168,28 @@ impl Codec {
         }
     }
 
+    /// Wraps envelopes encoded by this codec into one batch frame.
+    pub fn batch(&self, items: Vec<Vec<u8>>) -> Vec<u8> {
+        match self.kind {
+            CodecKind::Protobuf => proto::batch(items),
+            CodecKind::Json => json::batch(items),
+        }
+    }
+
+    /// Decodes a frame that holds one envelope or a batch of them (in order).
+    pub fn decode_frame(&self, bytes: &[u8]) -> Result<Vec<Envelope>, CodecError> {
+        self.check_size(bytes.len())?;
+        let items = match bytes.first() {
+            None => return Err(CodecError::Empty),
+            Some(b'{') => json::unbatch(bytes)?,
+            Some(_) => proto::unbatch(bytes)?,
+        };
+        match items {
+            None => Ok(vec![self.decode(bytes)?]),
+            Some(items) => items.iter().map(|i| self.decode(i)).collect(),
+        }
+    }
+
     fn check_size(&self, size: usize) -> Result<(), CodecError> {
         if size > self.max_size {
             Err(CodecError::TooLarge {

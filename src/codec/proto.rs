@@ -203,6 +203,46 @@ const KIND_NETWORK: u32 = 2;
 const KIND_FILESYSTEM: u32 = 3;
 const KIND_PERFORMANCE: u32 = 4;
 const KIND_TRIGGER: u32 = 5;
+const KIND_BATCH: u32 = 6;
+
+/// Several encoded envelopes in one busrt frame (batching). Not a legacy record: a legacy
+/// decoder cannot read it, so batching is off unless configured.
+#[derive(Clone, PartialEq, Message)]
+pub struct BatchRecord {
+    #[prost(bytes = "vec", repeated, tag = "1")]
+    pub items: Vec<Vec<u8>>,
+    #[prost(message, optional, tag = "100")]
+    pub header: Option<Header>,
+}
+
+/// Wraps already-encoded protobuf envelopes into one batch frame.
+pub(super) fn batch(items: Vec<Vec<u8>>) -> Vec<u8> {
+    BatchRecord {
+        items,
+        header: Some(Header {
+            version: ENVELOPE_VERSION,
+            kind: KIND_BATCH,
+            ..Default::default()
+        }),
+    }
+    .encode_to_vec()
+}
+
+/// The items of a batch frame, or `None` if the frame is a single envelope.
+pub(super) fn unbatch(bytes: &[u8]) -> Result<Option<Vec<Vec<u8>>>, CodecError> {
+    let h = HeaderProbe::decode(bytes)?
+        .header
+        .ok_or(CodecError::NotAnEnvelope(
+            "protobuf message without a header",
+        ))?;
+    if h.kind != KIND_BATCH {
+        return Ok(None);
+    }
+    if h.version != ENVELOPE_VERSION {
+        return Err(CodecError::UnsupportedVersion(h.version));
+    }
+    Ok(Some(BatchRecord::decode(bytes)?.items))
+}
 
 fn header(env: &Envelope, kind: u32) -> Result<Header, CodecError> {
     let (timestamp_ms, timestamp_nanos) = split(env.timestamp, MS, "timestamp")?;
@@ -486,6 +526,7 @@ pub(super) fn decode(bytes: &[u8]) -> Result<Envelope, CodecError> {
                 )?,
             })
         }
+        KIND_BATCH => return Err(invalid("header.kind", "a batch inside a batch")),
         n => return Err(invalid("header.kind", format!("unknown event kind {n}"))),
     };
     let priority = u8::try_from(h.priority).map_err(|_| invalid("header.priority", "above 255"))?;
