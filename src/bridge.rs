@@ -193,6 +193,11 @@ pub struct Link {
     owed: Mutex<OwedEchoes>,
     /// Signalled when no echo is owed any more.
     settled: tokio::sync::Notify,
+    /// Signalled whenever an owed echo is settled (room for another).
+    room: tokio::sync::Notify,
+    /// Most own events in flight: below the client's receive buffer, so no echo of ours can
+    /// be dropped there.
+    max_in_flight: usize,
     stats: Arc<Stats>,
     shadow_remote: AtomicU64,
     close: Mutex<Option<oneshot::Sender<()>>>,
@@ -247,9 +252,10 @@ impl Link {
 
     /// Routes one local publish as the phase says.
     pub(crate) async fn publish(&self, core: &Core, mut env: Envelope) -> Result<usize, BusError> {
+        // Bounded in flight: a publisher faster than the round trip waits here, not in memory.
+        self.wait_for_room().await;
         let phase = core.phase();
         env.origin = self.origin.clone();
-        env.seq = self.seq.fetch_add(1, Relaxed) + 1;
         let parity = core.parity();
         let aa = parity.config().aa && parity.is_enabled();
         let compare = phase.has_control() && (parity.is_enabled() || core.is_recording()) && !aa;
@@ -257,30 +263,32 @@ impl Link {
         // Decide under the lock so concurrent publishes see a consistent owed-echo state.
         let (direct, send) = {
             let mut owed = self.owed.lock();
-            if phase.legacy_authoritative() && owed.deliveries == 0 {
-                if compare {
-                    owed.by_seq.insert(
-                        env.seq,
-                        Owed {
-                            deliver: false,
-                            compare: true,
-                        },
-                    );
-                }
-                (true, phase.uses_busrt())
+            let (direct, send, owe) = if phase.legacy_authoritative() && owed.deliveries == 0 {
+                let owe = compare.then_some(Owed {
+                    deliver: false,
+                    compare: true,
+                });
+                (true, phase.uses_busrt(), owe)
             } else if phase.uses_busrt() || owed.deliveries > 0 {
-                owed.by_seq.insert(
-                    env.seq,
-                    Owed {
-                        deliver: true,
-                        compare,
-                    },
-                );
-                owed.deliveries += 1;
-                (false, true)
+                let owe = Owed {
+                    deliver: true,
+                    compare,
+                };
+                (false, true, Some(owe))
             } else {
-                (true, false)
+                (true, false, None)
+            };
+            // Only what goes to busrt is numbered, so receivers see no false gaps.
+            if send {
+                env.seq = self.seq.fetch_add(1, Relaxed) + 1;
             }
+            if let Some(o) = owe {
+                owed.by_seq.insert(env.seq, o);
+                if o.deliver {
+                    owed.deliveries += 1;
+                }
+            }
+            (direct, send)
         };
         let bytes = if send {
             match self.codec.encode(&env) {
@@ -336,6 +344,20 @@ impl Link {
         }
         if owed.by_seq.is_empty() {
             self.settled.notify_waiters();
+        }
+        self.room.notify_waiters();
+    }
+
+    /// Waits until fewer than `max_in_flight` own events are in flight.
+    async fn wait_for_room(&self) {
+        loop {
+            let room = self.room.notified();
+            tokio::pin!(room);
+            room.as_mut().enable();
+            if self.in_flight() < self.max_in_flight {
+                return;
+            }
+            room.await;
         }
     }
 
@@ -594,6 +616,8 @@ impl BridgeBuilder {
             outbound,
             owed: Mutex::new(OwedEchoes::default()),
             settled: tokio::sync::Notify::new(),
+            room: tokio::sync::Notify::new(),
+            max_in_flight: (client.queue_size() / 2).max(1),
             stats: core.stats().clone(),
             shadow_remote: AtomicU64::new(0),
             close: Mutex::new(Some(close_tx)),
@@ -721,5 +745,72 @@ impl Bridged {
         if let Some(mut b) = self.broker.lock().await.take() {
             b.shutdown_within(std::time::Duration::from_secs(2)).await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::scenario::sample_envelope;
+
+    /// Events already queued when the sender looks share frames; the receiver unbatches them
+    /// in order.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn queued_events_share_frames_and_unbatch_in_order() {
+        let mut broker = Broker::new();
+        broker.set_name(uuid::Uuid::new_v4().to_string());
+        broker.spawn().await.unwrap();
+        let uri = format!("inproc://{}", broker.name());
+        let mut sub = AsyncClient::connect(&uri).await.unwrap();
+        sub.subscribe("events.#", QoS::Processed).await.unwrap();
+        let publisher = AsyncClient::connect(&uri).await.unwrap();
+        let codec = Codec::default();
+        let (tx, rx) = tokio::sync::mpsc::channel(2000);
+        let envs: Vec<Envelope> = (0..1000)
+            .map(|i| {
+                let mut e = sample_envelope("batch", i * 5, "p");
+                e.seq = i as u64 + 1;
+                e
+            })
+            .collect();
+        for e in &envs {
+            tx.send(Outgoing {
+                seq: e.seq,
+                topic: topic_for_event(&e.event).to_busrt(),
+                bytes: codec.encode(e).unwrap(),
+            })
+            .await
+            .unwrap();
+        }
+        drop(tx);
+        let stats = Arc::new(Stats::default());
+        let opts = SendOptions {
+            batch_max: 300,
+            ..Default::default()
+        };
+        sender(
+            std::sync::Weak::new(),
+            rx,
+            publisher.publisher(),
+            QoS::Processed,
+            codec,
+            opts,
+            stats.clone(),
+        )
+        .await;
+        let mut got = Vec::new();
+        let mut frames = 0;
+        while got.len() < envs.len() {
+            let m = tokio::time::timeout(std::time::Duration::from_secs(10), sub.recv())
+                .await
+                .unwrap()
+                .unwrap();
+            frames += 1;
+            got.extend(codec.decode_frame(m.payload()).unwrap());
+        }
+        assert_eq!(got, envs);
+        assert_eq!(frames, 4, "1000 events in frames of at most 300");
+        assert_eq!(stats.snapshot().bridge_batches, 4);
+        assert_eq!(stats.snapshot().bridge_sent, 1000);
     }
 }

@@ -387,6 +387,11 @@ impl AsyncClient {
         &self.shared.name
     }
 
+    /// Messages `recv` can buffer before new ones are dropped (and counted).
+    pub fn queue_size(&self) -> usize {
+        self.shared.opts.queue_size
+    }
+
     /// The largest payload this client sends.
     pub fn max_message_size(&self) -> usize {
         self.shared.opts.max_message_size
@@ -857,6 +862,11 @@ async fn supervise(shared: Arc<Shared>, mut events: busrt::EventChannel) {
                         None => false,
                     };
                     if !alive { break; }
+                    // Still connected: a confirmation was lost, the message went back to the
+                    // outbox; send it now rather than at the next reconnect.
+                    if let Err(e) = shared.flush_outbox().await {
+                        tracing::warn!("outbox flush: {e}");
+                    }
                 }
                 _ = tick.tick() => {
                     let ping = async {
