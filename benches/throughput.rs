@@ -1,1 +1,53 @@
-fn main() {}
+//! Criterion benchmarks: the same paths as `busbridge bench`, side by side, so their ratios
+//! can be read from one `cargo bench` run.
+
+use busbridge::bench;
+use busbridge::client::QoS;
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use std::time::Duration;
+
+const EVENTS: usize = 20_000;
+
+fn paths(c: &mut Criterion) {
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let mut g = c.benchmark_group("fanout_20k_events");
+    g.throughput(Throughput::Elements(EVENTS as u64));
+    g.sample_size(10);
+    g.measurement_time(Duration::from_secs(5));
+    g.bench_function("reference_crossbeam_router", |b| {
+        b.iter(|| rt.block_on(bench::reference_router(EVENTS)))
+    });
+    g.bench_function("busbridge_phase0", |b| {
+        b.iter(|| rt.block_on(bench::phase0(EVENTS)))
+    });
+    g.bench_function("raw_busrt_inprocess", |b| {
+        b.iter(|| rt.block_on(bench::raw_busrt(EVENTS, false, 0)))
+    });
+    g.bench_function("raw_busrt_unix", |b| {
+        b.iter(|| rt.block_on(bench::raw_busrt(EVENTS, true, 0)))
+    });
+    g.bench_function("busbridge_phase2_unix", |b| {
+        b.iter(|| {
+            rt.block_on(bench::phase2(
+                EVENTS,
+                bench::Transport::Unix,
+                false,
+                QoS::Realtime,
+            ))
+        })
+    });
+    g.bench_function("busbridge_phase2_unix_batched", |b| {
+        b.iter(|| {
+            rt.block_on(bench::phase2(
+                EVENTS,
+                bench::Transport::Unix,
+                true,
+                QoS::Realtime,
+            ))
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, paths);
+criterion_main!(benches);

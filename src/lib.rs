@@ -81,6 +81,8 @@
 //!   Cargo features are additive, so they cannot select between exclusive phases.
 
 #[cfg(feature = "busrt")]
+pub mod bench;
+#[cfg(feature = "busrt")]
 pub mod bridge;
 #[cfg(feature = "busrt")]
 pub mod broker;

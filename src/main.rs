@@ -144,6 +144,16 @@ enum Command {
         #[arg(long, value_parser = humantime::parse_duration)]
         interval: Option<std::time::Duration>,
     },
+    /// Measure every path in one run (legacy crossbeam router, phase 0, raw busrt, phase 2,
+    /// RPC) and print the ratios against the targets.
+    #[cfg(feature = "legacy")]
+    Bench {
+        #[arg(long)]
+        json: bool,
+        /// Smaller samples: under a minute.
+        #[arg(long)]
+        quick: bool,
+    },
     /// Validate a configuration file and print it resolved.
     CheckConfig {
         file: PathBuf,
@@ -224,6 +234,8 @@ fn main() -> ExitCode {
                 })
                 .await
             }
+            #[cfg(feature = "legacy")]
+            Command::Bench { json, quick } => cli::bench::run(json, quick).await,
             Command::Rpc {
                 target,
                 method,

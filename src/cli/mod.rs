@@ -1,5 +1,7 @@
 //! Subcommands. `anyhow` is used here, at the edge, and nowhere in the library.
 
+#[cfg(feature = "legacy")]
+pub mod bench;
 pub mod broker;
 #[cfg(feature = "legacy")]
 pub mod demo;

@@ -1,0 +1,701 @@
+//! Measurements for `busbridge bench` and `benches/`: throughput, latency percentiles, CPU
+//! and memory of each path, and the ratios against the legacy crossbeam router and raw busrt
+//! measured in the same run on the same machine.
+//!
+//! Numbers are only compared with each other (ratios), never with fixed thresholds: machines
+//! differ and are shared.
+
+use crate::bridge::{BridgeBuilder, SendOptions};
+use crate::client::QoS;
+use crate::codec::Codec;
+use crate::event::{CollectionEvent, PerformanceEvent, SourceCaps};
+use crate::phase::Phase;
+use crate::rpc::RpcNode;
+use crate::subscription::{BusEvent, EventSubscription};
+use crate::Broker;
+use serde::Serialize;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct BenchOptions {
+    /// Events per throughput run.
+    pub events: usize,
+    /// RPC calls per run.
+    pub calls: usize,
+    /// Seconds of the steady 10,000 events/s run.
+    pub steady_secs: u64,
+    /// Seconds the slow subscriber stops reading.
+    pub stall_secs: u64,
+}
+
+impl BenchOptions {
+    /// Under a minute on a 2-core machine.
+    pub fn quick() -> Self {
+        Self {
+            events: 50_000,
+            calls: 5_000,
+            steady_secs: 2,
+            stall_secs: 2,
+        }
+    }
+    /// The full run: bigger samples, the 10 s stall the targets name.
+    pub fn full() -> Self {
+        Self {
+            events: 300_000,
+            calls: 30_000,
+            steady_secs: 10,
+            stall_secs: 10,
+        }
+    }
+}
+
+/// One measured path.
+#[derive(Debug, Clone, Serialize)]
+pub struct Measurement {
+    pub name: String,
+    pub events: u64,
+    pub seconds: f64,
+    pub events_per_sec: f64,
+    pub p50_us: f64,
+    pub p99_us: f64,
+    pub p999_us: f64,
+    pub cpu_secs_per_million: f64,
+    /// Process high-water mark after this run (the runs share a process).
+    pub peak_rss_mib: f64,
+}
+
+/// A target, as a ratio of two measurements of the same run.
+#[derive(Debug, Clone, Serialize)]
+pub struct Ratio {
+    pub name: String,
+    pub value: f64,
+    pub target: f64,
+    pub met: bool,
+}
+
+/// The steady-rate run.
+#[derive(Debug, Clone, Serialize)]
+pub struct Steady {
+    pub rate_per_sec: u64,
+    pub p50_us: f64,
+    pub p99_us: f64,
+    pub p999_us: f64,
+    /// CPU of the whole process (publisher bridge, subscriber bridge, broker) over wall time.
+    pub cpu_fraction_of_core: f64,
+}
+
+/// The stalled-subscriber run.
+#[derive(Debug, Clone, Serialize)]
+pub struct Stall {
+    pub stall_secs: u64,
+    pub published: u64,
+    pub queue_capacity: usize,
+    pub max_queue_len: usize,
+    pub dropped_counted: u64,
+    pub slowest_publish_us: f64,
+    pub rss_growth_mib: f64,
+}
+
+/// Everything one run measured.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub machine: String,
+    pub measurements: Vec<Measurement>,
+    pub ratios: Vec<Ratio>,
+    pub steady: Steady,
+    pub stall: Stall,
+}
+
+fn rusage() -> (f64, f64) {
+    // SAFETY: getrusage writes into the struct we own.
+    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut u) };
+    let cpu = u.ru_utime.tv_sec as f64
+        + u.ru_utime.tv_usec as f64 / 1e6
+        + u.ru_stime.tv_sec as f64
+        + u.ru_stime.tv_usec as f64 / 1e6;
+    (cpu, u.ru_maxrss as f64 / 1024.0)
+}
+
+fn current_rss_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|s| s.split_whitespace().nth(1)?.parse::<f64>().ok())
+        .map(|pages| pages * 4096.0 / (1024.0 * 1024.0))
+        .unwrap_or(0.0)
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+fn latency_us(e: &BusEvent) -> f64 {
+    SystemTime::now()
+        .duration_since(e.timestamp)
+        .unwrap_or_default()
+        .as_secs_f64()
+        * 1e6
+}
+
+/// Runs `f` and turns its latencies into a measurement.
+async fn measure<F, Fut>(name: &str, events: usize, f: F) -> Measurement
+where
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = Vec<f64>>,
+{
+    let (cpu0, _) = rusage();
+    let start = Instant::now();
+    let mut lat = f().await;
+    let seconds = start.elapsed().as_secs_f64();
+    let (cpu1, rss) = rusage();
+    lat.sort_by(|a, b| a.total_cmp(b));
+    let m = Measurement {
+        name: name.into(),
+        events: events as u64,
+        seconds,
+        events_per_sec: events as f64 / seconds,
+        p50_us: percentile(&lat, 0.5),
+        p99_us: percentile(&lat, 0.99),
+        p999_us: percentile(&lat, 0.999),
+        cpu_secs_per_million: (cpu1 - cpu0) / events as f64 * 1e6,
+        peak_rss_mib: rss,
+    };
+    tracing::info!(name, eps = m.events_per_sec, "measured");
+    m
+}
+
+/// The event every path carries (a performance sample, about 100 bytes encoded).
+pub fn bench_event(i: usize) -> CollectionEvent {
+    CollectionEvent::Performance(PerformanceEvent {
+        metric_name: "cpu.user.percent.core0.bench".into(),
+        value: i as f64,
+        unit: "percent".into(),
+        pid: Some(i as u32),
+        component: "procmond".into(),
+        timestamp: SystemTime::now(),
+    })
+}
+
+fn all() -> EventSubscription {
+    EventSubscription {
+        subscriber_id: "bench".into(),
+        capabilities: SourceCaps::all(),
+        event_filter: None,
+        correlation_filter: None,
+    }
+}
+
+/// Subscribers in the local fan-out runs.
+const FANOUT: usize = 2;
+
+/// (a) A reference fan-out router written as the legacy one was: one routing thread that
+/// stamps an event id and clones the event into each subscriber's crossbeam channel.
+#[cfg(feature = "legacy")]
+pub async fn reference_router(events: usize) -> Vec<f64> {
+    let (input, routed) = crossbeam_channel::unbounded::<(CollectionEvent, String, SystemTime)>();
+    let mut outs = Vec::new();
+    let mut readers = Vec::new();
+    for _ in 0..FANOUT {
+        let (tx, rx) = crossbeam_channel::unbounded::<BusEvent>();
+        outs.push(tx);
+        readers.push(std::thread::spawn(move || {
+            (0..events)
+                .map(|_| latency_us(&rx.recv().expect("routed")))
+                .collect::<Vec<_>>()
+        }));
+    }
+    let router = std::thread::spawn(move || {
+        for (event, correlation_id, timestamp) in routed.iter() {
+            let event_id = uuid::Uuid::new_v4().to_string();
+            for out in &outs {
+                let _ = out.send(BusEvent {
+                    event_id: event_id.clone(),
+                    priority: event.priority(),
+                    event: event.clone(),
+                    correlation_id: correlation_id.clone(),
+                    publisher_id: "bench".into(),
+                    timestamp,
+                });
+            }
+        }
+    });
+    for i in 0..events {
+        let _ = input.send((bench_event(i), String::new(), SystemTime::now()));
+    }
+    drop(input);
+    let mut lat = Vec::new();
+    for r in readers {
+        lat.extend(r.join().unwrap_or_default());
+    }
+    let _ = router.join();
+    lat
+}
+
+/// (b) busbridge phase 0: the crossbeam facade over the legacy router, same fan-out.
+#[cfg(feature = "legacy")]
+pub async fn phase0(events: usize) -> Vec<f64> {
+    use crate::legacy::crossbeam::*;
+    let bus = HighPerformanceEventBusImpl::new(HighPerformanceEventBusConfig::default())
+        .await
+        .expect("bus");
+    let mut readers = Vec::new();
+    for i in 0..FANOUT {
+        let mut s = all();
+        s.subscriber_id = format!("bench-{i}");
+        let rx = bus.subscribe(s).await.expect("subscribe");
+        readers.push(std::thread::spawn(move || {
+            (0..events)
+                .map(|_| latency_us(&rx.recv().expect("delivered")))
+                .collect::<Vec<_>>()
+        }));
+    }
+    for i in 0..events {
+        let _ = bus.publish(bench_event(i), String::new()).await;
+    }
+    let mut lat = Vec::new();
+    for r in readers {
+        lat.extend(r.join().unwrap_or_default());
+    }
+    lat
+}
+
+/// Payload of the raw busrt runs: the same bytes busbridge sends for the bench event.
+fn raw_payload() -> Vec<u8> {
+    Codec::default()
+        .encode(&crate::codec::Envelope::new(bench_event(0), "", "bench"))
+        .unwrap_or_default()
+}
+
+/// (c) raw busrt with its own clients; `window` acknowledgements in flight (0 = `QoS::No`).
+pub async fn raw_busrt(events: usize, unix: bool, window: usize) -> Vec<f64> {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("raw.sock").to_string_lossy().into_owned();
+    let mut broker = busrt::broker::Broker::new();
+    broker.set_queue_size(262_144);
+    let (mut publisher, mut subscriber): (
+        Box<dyn busrt::client::AsyncClient>,
+        Box<dyn busrt::client::AsyncClient>,
+    ) = if unix {
+        broker
+            .spawn_unix_server(&path, busrt::broker::ServerConfig::default())
+            .await
+            .expect("raw server");
+        let cfg = |n: &str| busrt::ipc::Config::new(&path, n).queue_size(262_144);
+        (
+            Box::new(
+                busrt::ipc::Client::connect(&cfg("p"))
+                    .await
+                    .expect("connect"),
+            ),
+            Box::new(
+                busrt::ipc::Client::connect(&cfg("s"))
+                    .await
+                    .expect("connect"),
+            ),
+        )
+    } else {
+        (
+            Box::new(broker.register_client("p").await.expect("client")),
+            Box::new(broker.register_client("s").await.expect("client")),
+        )
+    };
+    let rx = subscriber.take_event_channel().expect("channel");
+    if let Ok(Some(c)) = subscriber.subscribe("bench/#", busrt::QoS::Processed).await {
+        let _ = c.await;
+    }
+    let payload = raw_payload();
+    let reader = tokio::spawn(async move {
+        let mut lat = Vec::with_capacity(events);
+        let start = Instant::now();
+        while lat.len() < events {
+            if rx.recv().await.is_err() {
+                break;
+            }
+            lat.push(start.elapsed().as_secs_f64());
+        }
+        lat
+    });
+    let start = Instant::now();
+    let mut sent_at = Vec::with_capacity(events);
+    let mut acks = std::collections::VecDeque::new();
+    let qos = if window == 0 {
+        busrt::QoS::No
+    } else {
+        busrt::QoS::Processed
+    };
+    for _ in 0..events {
+        sent_at.push(start.elapsed().as_secs_f64());
+        if let Ok(Some(c)) = publisher
+            .publish("bench/metric", payload.as_slice().into(), qos)
+            .await
+        {
+            acks.push_back(c);
+            if acks.len() >= window {
+                if let Some(a) = acks.pop_front() {
+                    let _ = a.await;
+                }
+            }
+        }
+    }
+    for a in acks {
+        let _ = a.await;
+    }
+    let recv = reader.await.unwrap_or_default();
+    drop(subscriber);
+    recv.iter()
+        .zip(sent_at)
+        .map(|(r, s)| (r - s).max(0.0) * 1e6)
+        .collect()
+}
+
+/// Where a bridged run's broker is.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Transport {
+    InProcess,
+    Unix,
+    Tcp,
+}
+
+/// (d) busbridge phase 2: one bridged bus publishes, another delivers to its subscriber.
+pub async fn phase2(events: usize, transport: Transport, batch: bool, qos: QoS) -> Vec<f64> {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut broker = Broker::new();
+    broker.set_name(format!("bench-{}", uuid::Uuid::new_v4().simple()));
+    let socket = dir.path().join("bench.sock");
+    broker.spawn_ipc_server(&socket, 100).expect("listener");
+    broker
+        .spawn_tcp_server("127.0.0.1:0", 100)
+        .expect("listener");
+    broker.spawn().await.expect("broker");
+    let uri = match transport {
+        Transport::InProcess => format!("inproc://{}", broker.name()),
+        Transport::Unix => format!("ipc://{}", socket.display()),
+        Transport::Tcp => format!("tcp://{}", broker.tcp_addrs()[0]),
+    };
+    let send = SendOptions {
+        batch_max: if batch { 500 } else { 1 },
+        ..Default::default()
+    };
+    let build = |name: &str| {
+        BridgeBuilder::new()
+            .phase(Phase::BusrtOnly)
+            .connect(&uri)
+            .name(name)
+            .qos(qos)
+            .send_options(send)
+            .client_options(crate::client::ClientOptions {
+                queue_size: 262_144,
+                ..Default::default()
+            })
+            .build()
+    };
+    let publisher = build("bench-pub").await.expect("bridge");
+    let subscriber = build("bench-sub").await.expect("bridge");
+    let sub_bus = subscriber.event_bus(crate::bus::EventBusConfig {
+        channel_capacity: events + 1,
+        ..Default::default()
+    });
+    let rx = sub_bus.subscribe(all()).await.expect("subscribe");
+    // The publisher's own bus has no subscriber; its own echoes are settled, not delivered.
+    let pub_bus = publisher.event_bus(Default::default());
+    let reader = tokio::task::spawn_blocking(move || {
+        let mut lat = Vec::with_capacity(events);
+        while lat.len() < events {
+            match rx.recv_timeout(Duration::from_secs(30)) {
+                Ok(e) => lat.push(latency_us(&e)),
+                Err(_) => break,
+            }
+        }
+        lat
+    });
+    for i in 0..events {
+        let _ = pub_bus.publish(bench_event(i), String::new()).await;
+    }
+    let lat = reader.await.unwrap_or_default();
+    publisher.shutdown().await;
+    subscriber.shutdown().await;
+    broker.shutdown_within(Duration::from_secs(1)).await;
+    lat
+}
+
+/// (e) RPC calls: `concurrency` callers sharing `calls`.
+pub async fn rpc_calls(calls: usize, concurrency: usize) -> Vec<f64> {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let socket = dir.path().join("rpc.sock");
+    let mut broker = Broker::new();
+    broker.set_name(format!("bench-rpc-{}", uuid::Uuid::new_v4().simple()));
+    broker.spawn_ipc_server(&socket, 100).expect("listener");
+    broker.spawn().await.expect("broker");
+    let uri = format!("ipc://{}", socket.display());
+    let server = RpcNode::connect(&uri, "bench-server")
+        .await
+        .expect("server");
+    server
+        .rpc_register_raw("echo", |b| async move { Ok(b) })
+        .await
+        .expect("register");
+    let client = Arc::new(
+        RpcNode::connect(&uri, "bench-client")
+            .await
+            .expect("client"),
+    );
+    let per = calls / concurrency.max(1);
+    let mut tasks = Vec::new();
+    for _ in 0..concurrency.max(1) {
+        let client = client.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::with_capacity(per);
+            for _ in 0..per {
+                let t = Instant::now();
+                if client
+                    .rpc_call_to("bench-server", "echo", b"{}".to_vec())
+                    .await
+                    .is_ok()
+                {
+                    lat.push(t.elapsed().as_secs_f64() * 1e6);
+                }
+            }
+            lat
+        }));
+    }
+    let mut lat = Vec::new();
+    for t in tasks {
+        lat.extend(t.await.unwrap_or_default());
+    }
+    lat
+}
+
+/// A steady 10,000 events/s over a Unix socket (no batching): latency and CPU.
+pub async fn steady(secs: u64) -> Steady {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let socket = dir.path().join("steady.sock");
+    let mut broker = Broker::new();
+    broker.set_name(format!("bench-steady-{}", uuid::Uuid::new_v4().simple()));
+    broker.spawn_ipc_server(&socket, 10).expect("listener");
+    broker.spawn().await.expect("broker");
+    let uri = format!("ipc://{}", socket.display());
+    let build = |n: &str| {
+        BridgeBuilder::new()
+            .phase(Phase::BusrtOnly)
+            .connect(&uri)
+            .name(n)
+            .build()
+    };
+    let (p, s) = (
+        build("steady-pub").await.expect("bridge"),
+        build("steady-sub").await.expect("bridge"),
+    );
+    let rx = s
+        .event_bus(Default::default())
+        .subscribe(all())
+        .await
+        .expect("subscribe");
+    let pub_bus = p.event_bus(Default::default());
+    let total = (secs * 10_000) as usize;
+    let reader = tokio::task::spawn_blocking(move || {
+        let mut lat = Vec::with_capacity(total);
+        while lat.len() < total {
+            match rx.recv_timeout(Duration::from_secs(30)) {
+                Ok(e) => lat.push(latency_us(&e)),
+                Err(_) => break,
+            }
+        }
+        lat
+    });
+    let (cpu0, _) = rusage();
+    let start = Instant::now();
+    // 10 events each millisecond: the timer is the pace of the load, not a synchronisation.
+    let mut tick = tokio::time::interval(Duration::from_millis(1));
+    let mut sent = 0;
+    while sent < total {
+        tick.tick().await;
+        for _ in 0..10 {
+            let _ = pub_bus.publish(bench_event(sent), String::new()).await;
+            sent += 1;
+        }
+    }
+    let mut lat = reader.await.unwrap_or_default();
+    let wall = start.elapsed().as_secs_f64();
+    let (cpu1, _) = rusage();
+    lat.sort_by(|a, b| a.total_cmp(b));
+    p.shutdown().await;
+    s.shutdown().await;
+    Steady {
+        rate_per_sec: 10_000,
+        p50_us: percentile(&lat, 0.5),
+        p99_us: percentile(&lat, 0.99),
+        p999_us: percentile(&lat, 0.999),
+        cpu_fraction_of_core: (cpu1 - cpu0) / wall,
+    }
+}
+
+/// A subscriber that stops reading for `secs` under 100,000 events/s (`DropOldest`, queue
+/// of 10,000): queue bound, counted drops, publisher never blocked.
+#[cfg(feature = "legacy")]
+pub async fn stall(secs: u64) -> Stall {
+    use crate::legacy::crossbeam::*;
+    let capacity = 10_000;
+    let bus = HighPerformanceEventBusImpl::new(HighPerformanceEventBusConfig {
+        channel_capacity: capacity,
+        backpressure_strategy: crate::subscription::BackpressureStrategy::DropOldest,
+        ..Default::default()
+    })
+    .await
+    .expect("bus");
+    let rx = bus.subscribe(all()).await.expect("subscribe");
+    let rss0 = current_rss_mib();
+    let total = secs * 100_000;
+    let mut tick = tokio::time::interval(Duration::from_millis(1));
+    let (mut slowest, mut max_len, mut sent) = (0f64, 0usize, 0u64);
+    while sent < total {
+        tick.tick().await;
+        for _ in 0..100 {
+            let t = Instant::now();
+            let _ = bus.publish(bench_event(sent as usize), String::new()).await;
+            slowest = slowest.max(t.elapsed().as_secs_f64() * 1e6);
+            sent += 1;
+        }
+        max_len = max_len.max(rx.len());
+    }
+    let dropped = bus.get_statistics().await.events_dropped;
+    Stall {
+        stall_secs: secs,
+        published: sent,
+        queue_capacity: capacity,
+        max_queue_len: max_len,
+        dropped_counted: dropped,
+        slowest_publish_us: slowest,
+        rss_growth_mib: current_rss_mib() - rss0,
+    }
+}
+
+fn ratio(name: &str, num: &Measurement, den: &Measurement, target: f64) -> Ratio {
+    let value = num.events_per_sec / den.events_per_sec;
+    Ratio {
+        name: name.into(),
+        value,
+        target,
+        met: value >= target,
+    }
+}
+
+/// Runs every measurement and computes the ratios.
+#[cfg(feature = "legacy")]
+pub async fn run(opts: &BenchOptions) -> Report {
+    let n = opts.events;
+    let mut m = Vec::new();
+    m.push(measure("reference crossbeam router", n, || reference_router(n)).await);
+    m.push(measure("busbridge phase 0", n, || phase0(n)).await);
+    m.push(
+        measure("raw busrt in-process, QoS::No", n, || {
+            raw_busrt(n, false, 0)
+        })
+        .await,
+    );
+    m.push(measure("raw busrt unix, QoS::No", n, || raw_busrt(n, true, 0)).await);
+    m.push(
+        measure("raw busrt unix, Processed x256", n, || {
+            raw_busrt(n, true, 256)
+        })
+        .await,
+    );
+    for (name, transport, batch, qos) in [
+        (
+            "busbridge phase 2 in-process, realtime",
+            Transport::InProcess,
+            false,
+            QoS::Realtime,
+        ),
+        (
+            "busbridge phase 2 unix, realtime",
+            Transport::Unix,
+            false,
+            QoS::Realtime,
+        ),
+        (
+            "busbridge phase 2 unix, realtime, batched",
+            Transport::Unix,
+            true,
+            QoS::Realtime,
+        ),
+        (
+            "busbridge phase 2 unix, processed",
+            Transport::Unix,
+            false,
+            QoS::Processed,
+        ),
+        (
+            "busbridge phase 2 unix, processed, batched",
+            Transport::Unix,
+            true,
+            QoS::Processed,
+        ),
+        (
+            "busbridge phase 2 tcp, realtime",
+            Transport::Tcp,
+            false,
+            QoS::Realtime,
+        ),
+        (
+            "busbridge phase 2 tcp, realtime, batched",
+            Transport::Tcp,
+            true,
+            QoS::Realtime,
+        ),
+    ] {
+        m.push(measure(name, n, || phase2(n, transport, batch, qos)).await);
+    }
+    let calls = opts.calls;
+    m.push(measure("rpc calls, 1 in flight", calls, || rpc_calls(calls, 1)).await);
+    m.push(measure("rpc calls, 16 in flight", calls, || rpc_calls(calls, 16)).await);
+    let by = |name: &str| {
+        m.iter()
+            .find(|x| x.name == name)
+            .cloned()
+            .expect("measured")
+    };
+    let ratios = vec![
+        ratio(
+            "phase 0 / reference crossbeam router",
+            &by("busbridge phase 0"),
+            &by("reference crossbeam router"),
+            0.95,
+        ),
+        ratio(
+            "phase 2 unix batched / raw busrt unix QoS::No",
+            &by("busbridge phase 2 unix, realtime, batched"),
+            &by("raw busrt unix, QoS::No"),
+            2.0,
+        ),
+        ratio(
+            "phase 2 unix unbatched / raw busrt unix QoS::No",
+            &by("busbridge phase 2 unix, realtime"),
+            &by("raw busrt unix, QoS::No"),
+            0.8,
+        ),
+        ratio(
+            "phase 2 unix processed / raw busrt unix Processed x256",
+            &by("busbridge phase 2 unix, processed"),
+            &by("raw busrt unix, Processed x256"),
+            0.8,
+        ),
+    ];
+    let steady = steady(opts.steady_secs).await;
+    let stall = stall(opts.stall_secs).await;
+    Report {
+        machine: format!(
+            "{} cores, {}",
+            std::thread::available_parallelism().map_or(0, |n| n.get()),
+            std::env::consts::ARCH
+        ),
+        measurements: m,
+        ratios,
+        steady,
+        stall,
+    }
+}

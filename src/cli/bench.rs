@@ -1,0 +1,62 @@
+//! `busbridge bench`: every path measured in one run, with the ratios the targets name.
+
+use busbridge::bench::{self, BenchOptions};
+use std::process::ExitCode;
+
+pub async fn run(json: bool, quick: bool) -> anyhow::Result<ExitCode> {
+    let opts = if quick {
+        BenchOptions::quick()
+    } else {
+        BenchOptions::full()
+    };
+    let report = bench::run(&opts).await;
+    if json {
+        println!("{}", serde_json::to_string(&report)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!(
+        "busbridge bench ({}), {} events per run\n",
+        report.machine, opts.events
+    );
+    println!(
+        "{:<48} {:>12} {:>9} {:>9} {:>9} {:>12} {:>9}",
+        "path", "events/s", "p50 us", "p99 us", "p999 us", "cpu s/M ev", "rss MiB"
+    );
+    for m in &report.measurements {
+        println!(
+            "{:<48} {:>12.0} {:>9.1} {:>9.1} {:>9.1} {:>12.2} {:>9.1}",
+            m.name,
+            m.events_per_sec,
+            m.p50_us,
+            m.p99_us,
+            m.p999_us,
+            m.cpu_secs_per_million,
+            m.peak_rss_mib
+        );
+    }
+    println!("\nratios (same run)");
+    for r in &report.ratios {
+        println!(
+            "  {:<58} {:>6.2}  target >= {:<5} {}",
+            r.name,
+            r.value,
+            r.target,
+            if r.met { "met" } else { "MISSED" }
+        );
+    }
+    let s = &report.steady;
+    println!(
+        "\nsteady {} events/s over a Unix socket: p50 {:.0} us, p99 {:.0} us, p999 {:.0} us; process CPU {:.1}% of a core",
+        s.rate_per_sec,
+        s.p50_us,
+        s.p99_us,
+        s.p999_us,
+        s.cpu_fraction_of_core * 100.0
+    );
+    let st = &report.stall;
+    println!(
+        "subscriber stalled {} s under 100,000 events/s (DropOldest, queue {}): max queue {}, dropped and counted {}, slowest publish {:.0} us, RSS growth {:.1} MiB",
+        st.stall_secs, st.queue_capacity, st.max_queue_len, st.dropped_counted, st.slowest_publish_us, st.rss_growth_mib
+    );
+    Ok(ExitCode::SUCCESS)
+}
