@@ -68,6 +68,8 @@ pub enum BrokerError {
     NameTaken(String),
     #[error("busrt: {0}")]
     Busrt(#[from] busrt::Error),
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
     #[error("I/O: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -79,6 +81,8 @@ pub struct BrokerStats {
     pub connections_active: usize,
     pub refused_connection_limit: u64,
     pub refused_peer_credentials: u64,
+    /// TLS handshakes that failed, or a busrt name that was not the certificate's identity.
+    pub refused_tls: u64,
     pub frames_received: u64,
     pub frames_sent: u64,
     pub bytes_received: u64,
@@ -103,6 +107,7 @@ pub struct Broker {
     access: BTreeMap<String, AccessRule>,
     ipc: Vec<Listener<PathBuf>>,
     tcp: Vec<Listener<String>>,
+    tls: Vec<Listener<(String, Arc<rustls::ServerConfig>)>>,
     running: Option<Arc<Running>>,
 }
 
@@ -113,6 +118,7 @@ struct Counters {
     active: AtomicUsize,
     refused_limit: AtomicU64,
     refused_peer: AtomicU64,
+    refused_tls: AtomicU64,
 }
 
 /// The live part of a started broker.
@@ -128,6 +134,7 @@ pub(crate) struct Running {
     tasks: Mutex<Vec<JoinHandle<()>>>,
     socket_paths: Vec<PathBuf>,
     tcp_addrs: Vec<SocketAddr>,
+    tls_addrs: Vec<SocketAddr>,
     name: String,
 }
 
@@ -172,6 +179,9 @@ impl Broker {
         if let Some(addr) = &config.transport.tcp_listen {
             broker.spawn_tcp_server(addr, config.transport.max_connections)?;
         }
+        if let (Some(addr), Some(tls)) = (&config.transport.tls_listen, &config.tls) {
+            broker.spawn_tls_server(addr, config.transport.max_connections, tls)?;
+        }
         Ok(broker)
     }
 
@@ -187,6 +197,7 @@ impl Broker {
             access: config.access.clone(),
             ipc: Vec::new(),
             tcp: Vec::new(),
+            tls: Vec::new(),
             running: None,
         }
     }
@@ -226,6 +237,24 @@ impl Broker {
         }
         self.tcp.push(Listener {
             spec: addr.to_owned(),
+            max_connections,
+        });
+        Ok(())
+    }
+
+    /// Adds a mutual-TLS listener (started by `spawn`): clients must present a certificate
+    /// signed by `tls.ca`, and their busrt name must be the certificate's identity.
+    pub fn spawn_tls_server(
+        &mut self,
+        addr: &str,
+        max_connections: u32,
+        tls: &crate::tls::TlsConfig,
+    ) -> Result<(), BrokerError> {
+        addr.parse::<SocketAddr>()
+            .map_err(|_| BrokerError::BadAddress(addr.to_owned()))?;
+        let config = crate::tls::server_config(tls)?;
+        self.tls.push(Listener {
+            spec: (addr.to_owned(), config),
             max_connections,
         });
         Ok(())
@@ -314,6 +343,17 @@ impl Broker {
                     })?;
             tcp.push((listener, l.clone()));
         }
+        let mut tls = Vec::new();
+        for l in &self.tls {
+            let listener =
+                TcpListener::bind(&l.spec.0)
+                    .await
+                    .map_err(|source| BrokerError::Bind {
+                        addr: l.spec.0.clone(),
+                        source,
+                    })?;
+            tls.push((listener, l.clone()));
+        }
         let (closing, _) = watch::channel(false);
         let running = Arc::new(Running {
             busrt: tokio::sync::Mutex::new(busrt_broker),
@@ -324,6 +364,10 @@ impl Broker {
             tasks: Mutex::new(Vec::new()),
             socket_paths: unix.iter().map(|(_, l)| l.spec.clone()).collect(),
             tcp_addrs: tcp
+                .iter()
+                .filter_map(|(t, _)| t.local_addr().ok())
+                .collect(),
+            tls_addrs: tls
                 .iter()
                 .filter_map(|(t, _)| t.local_addr().ok())
                 .collect(),
@@ -358,6 +402,15 @@ impl Broker {
                 l.max_connections,
             )));
         }
+        for (listener, l) in tls {
+            tasks.push(tokio::spawn(serve_tls(
+                running.clone(),
+                listener,
+                l.max_connections,
+                l.spec.1.clone(),
+                self.timeout,
+            )));
+        }
         running.tasks.lock().extend(tasks);
         for p in &running.socket_paths {
             tracing::info!(socket = %p.display(), "broker listening");
@@ -385,6 +438,14 @@ impl Broker {
             .unwrap_or_default()
     }
 
+    /// Where the TLS listeners are bound (after `spawn`).
+    pub fn tls_addrs(&self) -> Vec<SocketAddr> {
+        self.running
+            .as_ref()
+            .map(|r| r.tls_addrs.clone())
+            .unwrap_or_default()
+    }
+
     /// The name `inproc://` uses.
     pub fn name(&self) -> &str {
         &self.name
@@ -401,6 +462,7 @@ impl Broker {
             connections_active: r.counters.active.load(Relaxed),
             refused_connection_limit: r.counters.refused_limit.load(Relaxed),
             refused_peer_credentials: r.counters.refused_peer.load(Relaxed),
+            refused_tls: r.counters.refused_tls.load(Relaxed),
             frames_received: b.r_frames,
             frames_sent: b.w_frames,
             bytes_received: b.r_bytes,
@@ -622,4 +684,136 @@ async fn serve_tcp(running: Arc<Running>, listener: TcpListener, max: u32) {
             tracing::error!("cannot serve connection: {e}");
         }
     }
+}
+
+async fn serve_tls(
+    running: Arc<Running>,
+    listener: TcpListener,
+    max: u32,
+    config: Arc<rustls::ServerConfig>,
+    handshake_timeout: Duration,
+) {
+    let acceptor = tokio_rustls::TlsAcceptor::from(config);
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!("accept failed: {e}");
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let Some(slot) = Slot::acquire(&running, max) else {
+            tracing::warn!(%peer, max, "connection refused: connection limit reached");
+            continue;
+        };
+        let acceptor = acceptor.clone();
+        let running = running.clone();
+        tokio::spawn(async move {
+            let tls = match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
+                Ok(Ok(tls)) => tls,
+                Ok(Err(e)) => {
+                    running.counters.refused_tls.fetch_add(1, Relaxed);
+                    tracing::warn!(%peer, "TLS handshake refused: {e}");
+                    return;
+                }
+                Err(_) => {
+                    running.counters.refused_tls.fetch_add(1, Relaxed);
+                    tracing::warn!(%peer, "TLS handshake timed out");
+                    return;
+                }
+            };
+            let identity = tls
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|c| c.first())
+                .and_then(crate::tls::identity);
+            let Some(identity) = identity else {
+                running.counters.refused_tls.fetch_add(1, Relaxed);
+                tracing::warn!(%peer, "client certificate has no usable identity");
+                return;
+            };
+            if let Err(e) = relay_identified(&running, tls, slot, identity, handshake_timeout).await
+            {
+                tracing::error!("cannot serve connection: {e}");
+            }
+        });
+    }
+}
+
+/// Like [`relay`], but reads busrt's handshake on the way and refuses a client name that is
+/// not the certificate's identity (the secondary suffix `%%N` aside).
+async fn relay_identified<S>(
+    running: &Arc<Running>,
+    mut external: S,
+    slot: Slot,
+    identity: String,
+    handshake_timeout: Duration,
+) -> Result<(), BrokerError>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (mut ours, theirs) = UnixStream::pair()?;
+    running
+        .busrt
+        .lock()
+        .await
+        .spawn_server_connection(theirs, running.server_config.clone())?;
+    let running = running.clone();
+    let mut closing = running.closing.subscribe();
+    tokio::spawn(async move {
+        let _slot = slot;
+        let handshake = async {
+            let mut greeting = [0u8; 3];
+            ours.read_exact(&mut greeting).await?;
+            external.write_all(&greeting).await?;
+            external.flush().await?;
+            let mut answer = [0u8; 3];
+            external.read_exact(&mut answer).await?;
+            ours.write_all(&answer).await?;
+            let mut ok = [0u8; 1];
+            ours.read_exact(&mut ok).await?;
+            external.write_all(&ok).await?;
+            external.flush().await?;
+            let mut len = [0u8; 2];
+            external.read_exact(&mut len).await?;
+            let mut name = vec![0u8; u16::from_le_bytes(len) as usize];
+            external.read_exact(&mut name).await?;
+            let name = String::from_utf8_lossy(&name).into_owned();
+            let primary = name.split("%%").next().unwrap_or_default();
+            if primary != identity {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::PermissionDenied,
+                    format!("busrt name `{name}` is not the certificate identity `{identity}`"),
+                ));
+            }
+            ours.write_all(&len).await?;
+            ours.write_all(name.as_bytes()).await?;
+            Ok::<_, std::io::Error>(())
+        };
+        match tokio::time::timeout(handshake_timeout, handshake).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                running.counters.refused_tls.fetch_add(1, Relaxed);
+                tracing::warn!("TLS client refused: {e}");
+                return;
+            }
+            Err(_) => {
+                running.counters.refused_tls.fetch_add(1, Relaxed);
+                tracing::warn!("TLS client handshake timed out");
+                return;
+            }
+        }
+        tokio::select! {
+            r = tokio::io::copy_bidirectional_with_sizes(&mut external, &mut ours, 65536, 65536) => {
+                if let Err(e) = r {
+                    tracing::debug!("connection closed: {e}");
+                }
+            }
+            _ = closing.wait_for(|c| *c) => {}
+        }
+    });
+    Ok(())
 }

@@ -61,6 +61,8 @@ pub struct Config {
     pub bus: BusConfig,
     /// Per-client access rules, by client name (see [`AccessRule`]).
     pub access: BTreeMap<String, AccessRule>,
+    /// The broker's certificate, key and client CA for `transport.tls_listen`.
+    pub tls: Option<TlsConfig>,
 }
 
 /// Where and how the broker listens.
@@ -78,6 +80,8 @@ pub struct TransportConfig {
     pub tcp_listen: Option<String>,
     /// Allow plaintext TCP on a non-loopback address (off: refused).
     pub allow_plaintext_remote: bool,
+    /// Optional mutual-TLS listener, `host:port` (needs `[tls]`).
+    pub tls_listen: Option<String>,
     /// Uids allowed on the Unix socket besides the broker's own and root.
     pub allowed_uids: Vec<u32>,
 }
@@ -126,6 +130,8 @@ pub struct ClientConfig {
     /// Default RPC call timeout.
     #[serde(with = "humantime_serde")]
     pub rpc_timeout: Duration,
+    /// This client's certificate, key and the CA of the broker's, for `tls://`.
+    pub tls: Option<TlsConfig>,
 }
 
 /// What happens to an acknowledged publish when the outbox is full.
@@ -137,6 +143,18 @@ pub enum OutboxOverflow {
     Error,
     /// The oldest waiting message is dropped and counted.
     DropOldest,
+}
+
+/// PEM files of one side of a mutually authenticated connection.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// This side's certificate chain.
+    pub cert: PathBuf,
+    /// This side's private key.
+    pub key: PathBuf,
+    /// The CA that must have signed the other side's certificate.
+    pub ca: PathBuf,
 }
 
 /// Local delivery.
@@ -172,6 +190,7 @@ impl Default for TransportConfig {
             max_connections: 100,
             tcp_listen: None,
             allow_plaintext_remote: false,
+            tls_listen: None,
             allowed_uids: Vec::new(),
         }
     }
@@ -201,6 +220,7 @@ impl Default for ClientConfig {
             outbox_overflow: Default::default(),
             queue_size: 65_536,
             rpc_timeout: Duration::from_secs(5),
+            tls: None,
         }
     }
 }
@@ -300,6 +320,12 @@ impl Config {
             return Err(invalid(
                 "broker.max_message_size",
                 "must be between 1024 and 4294967295 bytes",
+            ));
+        }
+        if self.transport.tls_listen.is_some() && self.tls.is_none() {
+            return Err(invalid(
+                "tls",
+                "transport.tls_listen needs a [tls] section (cert, key, ca)",
             ));
         }
         if let Some(addr) = &self.transport.tcp_listen {

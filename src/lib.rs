@@ -108,6 +108,8 @@ pub mod scenario;
 pub mod sequence;
 pub mod stats;
 pub mod subscription;
+#[cfg(feature = "busrt")]
+pub mod tls;
 pub mod topic;
 pub mod trace;
 

@@ -94,8 +94,10 @@ pub enum ClientError {
     Closed,
     #[error("the name `{0}` is already in use on the broker: every bridge and client needs its own name")]
     NameInUse(String),
-    #[error("tls:// connections need the `tls` support of a later release")]
-    TlsUnsupported,
+    #[error("tls:// needs a client certificate: set client.tls (cert, key, ca)")]
+    TlsNotConfigured,
+    #[error("TLS: {0}")]
+    Tls(String),
     #[error("busrt: {0}")]
     Busrt(String),
 }
@@ -133,6 +135,8 @@ pub struct ClientOptions {
     /// Received messages buffered for `recv`; beyond it they are dropped and counted.
     pub queue_size: usize,
     pub max_message_size: usize,
+    /// Certificate, key and CA for `tls://` endpoints.
+    pub tls: Option<crate::tls::TlsConfig>,
 }
 
 impl Default for ClientOptions {
@@ -157,6 +161,7 @@ impl ClientOptions {
             outbox_overflow: c.outbox_overflow,
             queue_size: c.queue_size,
             max_message_size,
+            tls: c.tls.clone(),
         }
     }
 
@@ -323,7 +328,34 @@ pub(crate) async fn open_busrt(
                 .queue_size(opts.queue_size.max(1024));
             BusrtConn::Ipc(busrt::ipc::Client::connect(&config).await.map_err(failed)?)
         }
-        Endpoint::Tls(_) => return Err(ClientError::TlsUnsupported),
+        Endpoint::Tls(addr) => {
+            let tls = opts.tls.as_ref().ok_or(ClientError::TlsNotConfigured)?;
+            let tls_err = |e: &dyn std::fmt::Display| ClientError::Tls(format!("{endpoint}: {e}"));
+            let config = crate::tls::client_config(tls).map_err(|e| tls_err(&e))?;
+            let server = crate::tls::server_name(addr).ok_or_else(|| tls_err(&"bad host name"))?;
+            let tcp = tokio::net::TcpStream::connect(addr.as_str())
+                .await
+                .map_err(|e| tls_err(&e))?;
+            let _ = tcp.set_nodelay(true);
+            let mut stream = tokio_rustls::TlsConnector::from(config)
+                .connect(server, tcp)
+                .await
+                .map_err(|e| tls_err(&e))?;
+            // busrt's client speaks to a Unix stream: relay it through TLS.
+            let (mut near, far) = tokio::net::UnixStream::pair().map_err(|e| tls_err(&e))?;
+            tokio::spawn(async move {
+                let _ = tokio::io::copy_bidirectional(&mut stream, &mut near).await;
+            });
+            // busrt only uses a given stream for paths that look like Unix sockets.
+            let config = busrt::ipc::Config::new(&format!("{addr}.sock"), name)
+                .timeout(opts.timeout)
+                .queue_size(opts.queue_size.max(1024));
+            BusrtConn::Ipc(
+                busrt::ipc::Client::connect_stream(far, &config)
+                    .await
+                    .map_err(failed)?,
+            )
+        }
     };
     Ok(conn)
 }
@@ -920,7 +952,7 @@ pub async fn connect_with_retry_opts(
             Ok(c) => return Ok(c),
             Err(
                 e @ (ClientError::Endpoint(_)
-                | ClientError::TlsUnsupported
+                | ClientError::TlsNotConfigured
                 | ClientError::NameInUse(_)),
             ) => return Err(e),
             Err(e) if backoff.attempt() < max_retries => {
