@@ -39,6 +39,17 @@ pub const DEFAULT_HOP_LIMIT: u32 = 8;
 /// Missing sequence numbers remembered per origin (to accept them if they come late).
 const MAX_MISSING: usize = 100_000;
 
+/// Topic on which a receiver asks an origin to send a gap again.
+pub const RESEND_TOPIC: &str = "control.bridge.resend";
+
+/// "Send `from..=to` of `origin` again."
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+struct ResendRequest {
+    origin: String,
+    from: u64,
+    to: u64,
+}
+
 /// Sends queued events: batches what is queued now (up to `batch_max`, one topic a frame, so
 /// an idle bus sends each event at once), keeps up to `window` acknowledgements in flight.
 async fn sender(
@@ -170,6 +181,8 @@ pub struct SendOptions {
     pub window: usize,
     /// Encoded events waiting for the sender; a full queue makes `publish` wait.
     pub queue: usize,
+    /// Recently sent events kept to answer resend requests.
+    pub replay: usize,
 }
 
 impl Default for SendOptions {
@@ -178,6 +191,7 @@ impl Default for SendOptions {
             batch_max: 1,
             window: 256,
             queue: 65_536,
+            replay: 100_000,
         }
     }
 }
@@ -190,6 +204,12 @@ pub struct Link {
     codec: Codec,
     hop_limit: u32,
     outbound: tokio::sync::mpsc::Sender<Outgoing>,
+    /// The last events sent (seq, busrt topic, bytes), for resend requests.
+    replay: Mutex<VecDeque<(u64, String, Vec<u8>)>>,
+    replay_capacity: usize,
+    /// For resends and resend requests.
+    publisher: Publisher,
+    qos: QoS,
     owed: Mutex<OwedEchoes>,
     /// Signalled when no echo is owed any more.
     settled: tokio::sync::Notify,
@@ -327,6 +347,13 @@ impl Link {
                 topic: topic_for_event(&env.event).to_busrt(),
                 bytes,
             };
+            if self.replay_capacity > 0 {
+                let mut replay = self.replay.lock();
+                if replay.len() >= self.replay_capacity {
+                    replay.pop_front();
+                }
+                replay.push_back((out.seq, out.topic.clone(), out.bytes.clone()));
+            }
             if self.outbound.send(out).await.is_err() {
                 self.forget(env.seq);
                 return Err(BusError::ShutDown);
@@ -358,6 +385,59 @@ impl Link {
                 return;
             }
             room.await;
+        }
+    }
+
+    fn request_resend(&self, origin: &str, from: u64, to: u64) {
+        Stats::add(&self.stats.bridge_resend_requests, 1);
+        let request = ResendRequest {
+            origin: origin.to_owned(),
+            from,
+            to,
+        };
+        let publisher = self.publisher.clone();
+        tokio::spawn(async move {
+            let body = serde_json::to_vec(&request).unwrap_or_default();
+            if let Err(e) = publisher.publish(RESEND_TOPIC, body, QoS::Processed).await {
+                tracing::warn!("resend request failed: {e}");
+            }
+        });
+    }
+
+    /// Answers a resend request for this origin from the replay buffer; what is no longer
+    /// there is counted and reported with its range.
+    async fn resend(&self, payload: &[u8]) {
+        let Ok(r) = serde_json::from_slice::<ResendRequest>(payload) else {
+            Stats::add(&self.stats.bridge_decode_errors, 1);
+            return;
+        };
+        if r.origin != self.origin || r.to < r.from {
+            return;
+        }
+        let items: Vec<_> = self
+            .replay
+            .lock()
+            .iter()
+            .filter(|(seq, _, _)| (r.from..=r.to).contains(seq))
+            .cloned()
+            .collect();
+        let wanted = r.to - r.from + 1;
+        let lost = wanted - items.len() as u64;
+        if lost > 0 {
+            Stats::add(&self.stats.bridge_resend_unavailable, lost);
+            tracing::error!(
+                from = r.from,
+                to = r.to,
+                lost,
+                "events asked for are no longer in the replay buffer"
+            );
+        }
+        for (_, topic, bytes) in items {
+            let topic = topic.replace('/', ".");
+            match self.publisher.publish(&topic, bytes, self.qos).await {
+                Ok(()) => Stats::add(&self.stats.bridge_resent, 1),
+                Err(e) => tracing::warn!("resend failed: {e}"),
+            }
         }
     }
 
@@ -407,7 +487,8 @@ impl Link {
             }
             Seen::Gap { missing } => {
                 Stats::add(&self.stats.bridge_gaps, missing);
-                tracing::warn!(origin = %env.origin, missing, before = env.seq, "sequence gap");
+                tracing::warn!(origin = %env.origin, missing, before = env.seq, "sequence gap; asking for a resend");
+                self.request_resend(&env.origin, env.seq - missing, env.seq - 1);
             }
             Seen::FilledGap => Stats::add(&self.stats.bridge_gaps_filled, 1),
             Seen::New => {}
@@ -509,6 +590,7 @@ impl BridgeBuilder {
             batch_max: config.bus.batch_max,
             window: config.bus.publish_window,
             queue: config.bus.outbound_queue,
+            replay: config.bus.replay_buffer,
         };
         if let Some(name) = &config.client.name {
             b = b.name(name);
@@ -593,6 +675,7 @@ impl BridgeBuilder {
             opts.name = Some(n);
         }
         let client = AsyncClient::connect_with(&uri, opts).await?;
+        client.subscribe(RESEND_TOPIC, QoS::Processed).await?;
         for pattern in crate::topic::all_event_patterns() {
             client
                 .subscribe(&pattern.to_dotted(), QoS::Processed)
@@ -614,6 +697,10 @@ impl BridgeBuilder {
             codec,
             hop_limit: self.hop_limit,
             outbound,
+            replay: Mutex::new(VecDeque::new()),
+            replay_capacity: self.send.replay,
+            publisher: client.publisher(),
+            qos: self.qos,
             owed: Mutex::new(OwedEchoes::default()),
             settled: tokio::sync::Notify::new(),
             room: tokio::sync::Notify::new(),
@@ -665,7 +752,11 @@ async fn bridge_loop(
             m = client.recv() => {
                 let Ok(m) = m else { break };
                 let Some(core) = core.upgrade() else { break };
-                link.inbound(&core, &mut seen, &m).await;
+                if m.topic() == RESEND_TOPIC {
+                    link.resend(m.payload()).await;
+                } else {
+                    link.inbound(&core, &mut seen, &m).await;
+                }
             }
             _ = &mut close => break,
         }

@@ -172,6 +172,8 @@ pub struct BusConfig {
     pub publish_window: usize,
     /// Encoded events waiting to be sent; when full, `publish` waits.
     pub outbound_queue: usize,
+    /// Recently sent events kept to answer resend requests (0: none).
+    pub replay_buffer: usize,
 }
 
 /// What one client may do; topics are dotted patterns.
@@ -234,6 +236,7 @@ impl Default for BusConfig {
             batch_max: 1,
             publish_window: 256,
             outbound_queue: 65_536,
+            replay_buffer: 100_000,
         }
     }
 }

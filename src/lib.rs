@@ -80,7 +80,7 @@
 //! - **Phase 4 is a build without `legacy`**, and the phase is otherwise a run-time setting:
 //!   Cargo features are additive, so they cannot select between exclusive phases.
 
-#[cfg(feature = "busrt")]
+#[cfg(all(feature = "busrt", feature = "legacy"))]
 pub mod bench;
 #[cfg(feature = "busrt")]
 pub mod bridge;

@@ -33,6 +33,9 @@ pub struct Stats {
     pub(crate) bridge_gaps: AtomicU64,
     pub(crate) bridge_gaps_filled: AtomicU64,
     pub(crate) bridge_batches: AtomicU64,
+    pub(crate) bridge_resend_requests: AtomicU64,
+    pub(crate) bridge_resent: AtomicU64,
+    pub(crate) bridge_resend_unavailable: AtomicU64,
     pub(crate) parity_compared: AtomicU64,
     pub(crate) parity_mismatches: AtomicU64,
 }
@@ -76,6 +79,9 @@ impl Stats {
             bridge_gaps: self.bridge_gaps.load(Relaxed),
             bridge_gaps_filled: self.bridge_gaps_filled.load(Relaxed),
             bridge_batches: self.bridge_batches.load(Relaxed),
+            bridge_resend_requests: self.bridge_resend_requests.load(Relaxed),
+            bridge_resent: self.bridge_resent.load(Relaxed),
+            bridge_resend_unavailable: self.bridge_resend_unavailable.load(Relaxed),
             parity_compared: self.parity_compared.load(Relaxed),
             parity_mismatches: self.parity_mismatches.load(Relaxed),
         }
@@ -107,6 +113,12 @@ pub struct StatsSnapshot {
     pub bridge_gaps_filled: u64,
     /// Frames sent that carried more than one event.
     pub bridge_batches: u64,
+    /// Gaps this bus asked an origin to send again.
+    pub bridge_resend_requests: u64,
+    /// Events this bus sent again on request.
+    pub bridge_resent: u64,
+    /// Events asked for that had left the replay buffer: lost, reported with their range.
+    pub bridge_resend_unavailable: u64,
     pub parity_compared: u64,
     pub parity_mismatches: u64,
 }

@@ -45,6 +45,7 @@ pub fn check_config(file: &Path, json: bool) -> anyhow::Result<ExitCode> {
 
 /// Phase-3 control parity: an in-process collector served over busrt RPC at `uri`, asked
 /// directly and through RPC for the read-only operations. Returns (compared, mismatches).
+#[cfg(feature = "legacy")]
 pub async fn rpc_parity(
     uri: &str,
     core: std::sync::Arc<busbridge::bus::Core>,
