@@ -773,6 +773,12 @@ pub struct Bridged {
 }
 
 impl Bridged {
+    /// Builds and starts the bus the configuration describes (what the facades' `bridged`
+    /// constructors use).
+    pub async fn start(config: &Config) -> Result<Arc<Self>, BridgeError> {
+        Ok(Arc::new(BridgeBuilder::from_config(config)?.build().await?))
+    }
+
     /// The core (shared by every facade made from this bus).
     pub fn core(&self) -> &Arc<Core> {
         &self.core

@@ -425,11 +425,7 @@ impl EventBus {
         config: EventBusConfig,
         bridge: &crate::config::Config,
     ) -> Result<Self, crate::bridge::BridgeError> {
-        let bridged = Arc::new(
-            crate::bridge::BridgeBuilder::from_config(bridge)?
-                .build()
-                .await?,
-        );
+        let bridged = crate::bridge::Bridged::start(bridge).await?;
         let mut bus = Self::with_core(bridged.core().clone(), config);
         bus.bridge = Some(bridged);
         Ok(bus)

@@ -90,7 +90,10 @@ async fn broker_killed_mid_stream_every_event_arrives_once() {
         .unwrap();
     let unique: BTreeSet<usize> = got.iter().copied().collect();
     let s = subscriber.core().stats().snapshot();
-    eprintln!("subscriber {s:?}\npublisher {:?}", publisher.core().stats().snapshot());
+    eprintln!(
+        "subscriber {s:?}\npublisher {:?}",
+        publisher.core().stats().snapshot()
+    );
     assert_eq!(got.len(), N, "received == published; stats {s:?}");
     assert_eq!(unique.len(), N, "no duplicates");
     assert!(!extra, "nothing beyond the published events");

@@ -553,16 +553,9 @@ impl Publisher {
         qos: QoS,
     ) -> Result<(), ClientError> {
         let topic = Topic::parse(topic)?.to_busrt();
-        let payload = payload.into();
-        let limit = self.shared.opts.max_message_size;
-        if payload.len() > limit {
-            return Err(ClientError::TooLarge {
-                size: payload.len(),
-                limit,
-            });
-        }
-        self.shared.counters.published.fetch_add(1, Relaxed);
-        self.shared.send(topic, payload, qos).await
+        self.publish_pipelined(topic, payload.into(), qos)
+            .await?
+            .await
     }
 }
 
@@ -708,55 +701,6 @@ impl Shared {
         outbox.push_back(msg);
         self.counters.outbox_queued.fetch_add(1, Relaxed);
         Ok(())
-    }
-
-    async fn send(&self, topic: String, payload: Vec<u8>, qos: QoS) -> Result<(), ClientError> {
-        let confirmation = {
-            let mut guard = self.conn.lock().await;
-            let queued = !self.outbox.lock().is_empty();
-            let Some(conn) = guard.as_mut().filter(|_| !queued) else {
-                drop(guard);
-                return match qos {
-                    QoS::Processed => self.enqueue(Outgoing { topic, payload }),
-                    QoS::Realtime => {
-                        self.counters.outbox_dropped.fetch_add(1, Relaxed);
-                        Ok(())
-                    }
-                };
-            };
-            let sent = timeout(
-                self.opts.timeout,
-                conn.publish(&topic, payload.as_slice().into(), qos.busrt()),
-            )
-            .await;
-            match sent {
-                Ok(Ok(c)) => c,
-                failed => {
-                    self.lost.notify_one();
-                    drop(guard);
-                    if qos == QoS::Realtime {
-                        self.counters.outbox_dropped.fetch_add(1, Relaxed);
-                        return Ok(());
-                    }
-                    tracing::debug!(?failed, "publish failed; queued in the outbox");
-                    return self.enqueue(Outgoing { topic, payload });
-                }
-            }
-        };
-        match confirm("publish", confirmation, self.opts.timeout).await {
-            Ok(()) => {
-                if qos == QoS::Processed {
-                    self.counters.acked.fetch_add(1, Relaxed);
-                }
-                Ok(())
-            }
-            Err(ClientError::Denied(e)) => Err(ClientError::Denied(e)),
-            Err(_) => {
-                // Lost in flight: resend after reconnecting (at least once).
-                self.lost.notify_one();
-                self.enqueue(Outgoing { topic, payload })
-            }
-        }
     }
 
     /// Sends what waits in the outbox, in order; stops at the first failure.

@@ -126,11 +126,7 @@ impl HighPerformanceEventBusImpl {
         config: HighPerformanceEventBusConfig,
         bridge: &crate::config::Config,
     ) -> anyhow::Result<Self> {
-        let bridged = Arc::new(
-            crate::bridge::BridgeBuilder::from_config(bridge)?
-                .build()
-                .await?,
-        );
+        let bridged = crate::bridge::Bridged::start(bridge).await?;
         let mut bus = Self::with_core(bridged.core().clone(), config);
         bus.bridge = Some(bridged);
         Ok(bus)
