@@ -209,6 +209,8 @@ pub struct Link {
     replay_capacity: usize,
     /// For resends and resend requests.
     publisher: Publisher,
+    /// The bridge's connection state.
+    state: tokio::sync::watch::Receiver<crate::client::ConnectionState>,
     qos: QoS,
     owed: Mutex<OwedEchoes>,
     /// Signalled when no echo is owed any more.
@@ -243,6 +245,11 @@ impl Link {
     /// Remote events seen in phase 1 that went to the shadow path only.
     pub fn shadow_remote(&self) -> u64 {
         self.shadow_remote.load(Relaxed)
+    }
+
+    /// Watch the bridge's connection to the broker.
+    pub fn state(&self) -> tokio::sync::watch::Receiver<crate::client::ConnectionState> {
+        self.state.clone()
     }
 
     /// Own events sent and not yet back from busrt.
@@ -700,6 +707,7 @@ impl BridgeBuilder {
             replay: Mutex::new(VecDeque::new()),
             replay_capacity: self.send.replay,
             publisher: client.publisher(),
+            state: client.state(),
             qos: self.qos,
             owed: Mutex::new(OwedEchoes::default()),
             settled: tokio::sync::Notify::new(),

@@ -162,3 +162,97 @@ async fn slow_subscriber_with_blocking_loses_nothing() {
     let s = bridged.core().stats().snapshot();
     assert_eq!((s.events_dropped(), s.bridge_gaps), (0, 0), "{s:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tcp_partition_then_heal_every_event_arrives_once() {
+    use common::proxy::{Gate, Proxy};
+    const N: usize = 3000;
+    let mut broker = busbridge::Broker::new();
+    broker.set_name(uuid::Uuid::new_v4().to_string());
+    broker.set_timeout(Duration::from_secs(1));
+    broker.spawn_tcp_server("127.0.0.1:0", 10).unwrap();
+    broker.spawn().await.unwrap();
+    let target = broker.tcp_addrs()[0].to_string();
+    let proxy = Proxy::tcp(target.clone()).await;
+    let opts = |name: &str| ClientOptions {
+        keepalive: Duration::from_millis(200),
+        timeout: Duration::from_millis(500),
+        ..fast(name)
+    };
+    let publisher = BridgeBuilder::new()
+        .phase(Phase::Topics)
+        .connect(format!("tcp://{target}"))
+        .client_options(opts("part-pub"))
+        .build()
+        .await
+        .unwrap();
+    // The subscriber's side of the network goes through a proxy the test controls.
+    let subscriber = BridgeBuilder::new()
+        .phase(Phase::Topics)
+        .connect(&proxy.listen)
+        .client_options(opts("part-sub"))
+        .build()
+        .await
+        .unwrap();
+    let pub_bus = publisher.crossbeam(Default::default());
+    let rx = subscriber
+        .crossbeam(Default::default())
+        .subscribe(EventSubscription {
+            subscriber_id: "all".into(),
+            capabilities: SourceCaps::all(),
+            event_filter: None,
+            correlation_filter: None,
+        })
+        .await
+        .unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut got = Vec::with_capacity(N);
+        let deadline = std::time::Instant::now() + LIMIT;
+        while got.len() < N {
+            match rx.recv_deadline(deadline) {
+                Ok(e) => got.push(e.correlation_id.parse::<usize>().unwrap()),
+                Err(_) => break,
+            }
+        }
+        let extra = rx.recv_timeout(Duration::from_millis(300)).is_ok();
+        (got, extra)
+    });
+    let mut tick = tokio::time::interval(Duration::from_millis(1));
+    for i in 0..N {
+        if i % 5 == 0 {
+            tick.tick().await;
+        }
+        if i == N / 3 {
+            proxy.set(Gate::Blackhole);
+        }
+        if i == N / 2 {
+            // Keep the partition until the subscriber's bridge has noticed it (keepalive).
+            let mut state = subscriber.link().state();
+            tokio::time::timeout(
+                LIMIT,
+                state
+                    .wait_for(|s| matches!(s, busbridge::client::ConnectionState::Reconnecting(_))),
+            )
+            .await
+            .expect("the partition was detected")
+            .unwrap();
+            proxy.set(Gate::Open);
+        }
+        pub_bus
+            .publish(
+                busbridge::scenario::sample_event("part", i % 1000),
+                i.to_string(),
+            )
+            .await
+            .unwrap();
+    }
+    let (got, extra) = tokio::task::spawn_blocking(move || reader.join().unwrap())
+        .await
+        .unwrap();
+    let s = subscriber.core().stats().snapshot();
+    let unique: BTreeSet<usize> = got.iter().copied().collect();
+    assert_eq!(got.len(), N, "received == published; stats {s:?}");
+    assert_eq!(unique.len(), N, "no duplicates");
+    assert!(!extra);
+    assert_eq!(s.bridge_resend_unavailable, 0);
+}

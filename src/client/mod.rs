@@ -41,6 +41,9 @@ use tokio::sync::{mpsc, watch, Notify};
 use tokio::task::JoinHandle;
 use tokio::time::timeout;
 
+/// A topic no one subscribes to: the keepalive round trip unsubscribes from it.
+const KEEPALIVE_TOPIC: &str = "busbridge/keepalive";
+
 /// Delivery quality of a publish or subscription.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, serde::Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
@@ -845,10 +848,20 @@ async fn supervise(shared: Arc<Shared>, mut events: busrt::EventChannel) {
                     }
                 }
                 _ = tick.tick() => {
+                    // busrt's ping is one-way: a write into a dead network still succeeds.
+                    // An acknowledged no-op (unsubscribing from a topic nobody uses) is a
+                    // round trip, so a silent partition is noticed too.
                     let ping = async {
-                        match shared.conn.lock().await.as_mut() {
-                            Some(c) => c.ping().await.is_ok(),
-                            None => false,
+                        let sent = match shared.conn.lock().await.as_mut() {
+                            Some(c) => c.unsubscribe(KEEPALIVE_TOPIC, busrt::QoS::Processed).await,
+                            None => return false,
+                        };
+                        match sent {
+                            Ok(c) => matches!(
+                                confirm("keepalive", c, shared.opts.timeout).await,
+                                Ok(()) | Err(ClientError::Denied(_))
+                            ),
+                            Err(_) => false,
                         }
                     };
                     if !matches!(timeout(shared.opts.timeout, ping).await, Ok(true)) {
