@@ -38,7 +38,9 @@
 //!
 //! Features only add code; the migration phase ([`phase::Phase`]) is chosen at run time.
 //! Phase 4 is the build without `legacy`: `--no-default-features --features busrt` has no
-//! crossbeam crate, and [`EventBus`] with [`queue::Receiver`] serves the same call sites.
+//! crossbeam-channel, and [`EventBus`] with [`queue::Receiver`] serves the same call sites.
+//! (`crossbeam-utils` stays in that tree as a dependency of busrt itself, through
+//! async-channel and concurrent-queue: it is not a channel and busbridge does not use it.)
 //!
 //! ## Modules
 //!
@@ -48,7 +50,12 @@
 //!   [`queue`]: busbridge's own bounded receiver. [`stats`]: counters.
 //! - [`phase`]: the migration phase switch. [`bridge`]: the bridge loop. [`parity`]: the
 //!   parity engine. [`trace`]: record and replay.
-//! - [`broker`], [`client`], [`endpoint`]: the busrt transport.
+//! - [`broker`], [`client`], [`endpoint`], [`tls`]: the busrt transport and mutual TLS.
+//!   [`sequence`]: per-origin duplicate and gap tracking.
+//! - [`rpc`]: typed RPC and the `CollectorControl` lifecycle operations; [`collector`]: a real
+//!   process collector; [`procscan`]: this machine's processes as events.
+//! - [`scenario`]: deterministic sample events and subscriptions; [`bench`]: the measurements
+//!   behind `busbridge bench`.
 //!
 //! ## Design notes
 //!
@@ -79,6 +86,15 @@
 //!   field numbers, so a legacy decoder reads them unchanged.
 //! - **Phase 4 is a build without `legacy`**, and the phase is otherwise a run-time setting:
 //!   Cargo features are additive, so they cannot select between exclusive phases.
+//! - **Batching is greedy and off by default.** The sender takes what is queued when it is
+//!   ready (up to `bus.batch_max`, one topic per frame), so an idle bus sends each event at once
+//!   and no event ever waits for a timer (the 100 ms flush bound is met trivially). It is off
+//!   by default because a batch frame is not a legacy record that old consumers can decode.
+//! - **Keepalive is an acknowledged round trip.** busrt's `ping` is one-way and succeeds into
+//!   a dead network; an acknowledged no-op is what notices a silent partition.
+//! - **Gaps are filled by receiver-driven resend** from a bounded replay buffer at the origin,
+//!   rather than by persisting events: a busrt broker keeps nothing, and the publisher is the
+//!   only one that still has the bytes.
 
 #[cfg(all(feature = "busrt", feature = "legacy"))]
 pub mod bench;
