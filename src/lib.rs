@@ -54,7 +54,7 @@
 //!   [`sequence`]: per-origin duplicate and gap tracking.
 //! - [`rpc`]: typed RPC and the `CollectorControl` lifecycle operations; [`collector`]: a real
 //!   process collector; [`procscan`]: this machine's processes as events.
-//! - [`scenario`]: deterministic sample events and subscriptions; [`bench`]: the measurements
+//! - [`scenario`]: deterministic sample events and subscriptions; [`bench`](mod@bench): the measurements
 //!   behind `busbridge bench`.
 //!
 //! ## Design notes
