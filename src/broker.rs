@@ -613,25 +613,39 @@ pub(crate) async fn relay<S>(
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let (mut ours, theirs) = UnixStream::pair()?;
+    let mut ours = busrt_side(running).await?;
+    let closing = running.closing.subscribe();
+    tokio::spawn(async move {
+        let _slot = slot;
+        pump(&mut external, &mut ours, closing).await;
+    });
+    Ok(())
+}
+
+/// A new busrt server connection; the returned end is ours to relay into.
+async fn busrt_side(running: &Arc<Running>) -> Result<UnixStream, BrokerError> {
+    let (ours, theirs) = UnixStream::pair()?;
     running
         .busrt
         .lock()
         .await
         .spawn_server_connection(theirs, running.server_config.clone())?;
-    let mut closing = running.closing.subscribe();
-    tokio::spawn(async move {
-        let _slot = slot;
-        tokio::select! {
-            r = tokio::io::copy_bidirectional_with_sizes(&mut external, &mut ours, 65536, 65536) => {
-                if let Err(e) = r {
-                    tracing::debug!("connection closed: {e}");
-                }
+    Ok(ours)
+}
+
+/// Copies both ways until either side closes or the broker force-closes connections.
+async fn pump<S>(external: &mut S, ours: &mut UnixStream, mut closing: watch::Receiver<bool>)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    tokio::select! {
+        r = tokio::io::copy_bidirectional_with_sizes(external, ours, 65536, 65536) => {
+            if let Err(e) = r {
+                tracing::debug!("connection closed: {e}");
             }
-            _ = closing.wait_for(|c| *c) => {}
         }
-    });
-    Ok(())
+        _ = closing.wait_for(|c| *c) => {}
+    }
 }
 
 async fn serve_unix(running: Arc<Running>, listener: UnixListener, max: u32, uids: Vec<u32>) {
@@ -755,14 +769,9 @@ where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let (mut ours, theirs) = UnixStream::pair()?;
-    running
-        .busrt
-        .lock()
-        .await
-        .spawn_server_connection(theirs, running.server_config.clone())?;
+    let mut ours = busrt_side(running).await?;
+    let closing = running.closing.subscribe();
     let running = running.clone();
-    let mut closing = running.closing.subscribe();
     tokio::spawn(async move {
         let _slot = slot;
         let handshake = async {
@@ -806,14 +815,7 @@ where
                 return;
             }
         }
-        tokio::select! {
-            r = tokio::io::copy_bidirectional_with_sizes(&mut external, &mut ours, 65536, 65536) => {
-                if let Err(e) = r {
-                    tracing::debug!("connection closed: {e}");
-                }
-            }
-            _ = closing.wait_for(|c| *c) => {}
-        }
+        pump(&mut external, &mut ours, closing).await;
     });
     Ok(())
 }

@@ -45,27 +45,10 @@ async fn broker_killed_mid_stream_every_event_arrives_once() {
     let pub_bus = publisher.crossbeam(Default::default());
     let rx = subscriber
         .crossbeam(Default::default())
-        .subscribe(EventSubscription {
-            subscriber_id: "all".into(),
-            capabilities: SourceCaps::all(),
-            event_filter: None,
-            correlation_filter: None,
-        })
+        .subscribe(common::sub_all("all"))
         .await
         .unwrap();
-    let reader = std::thread::spawn(move || {
-        let mut got = Vec::with_capacity(N);
-        let deadline = std::time::Instant::now() + LIMIT;
-        while got.len() < N {
-            match rx.recv_deadline(deadline) {
-                Ok(e) => got.push(e.correlation_id.parse::<usize>().unwrap()),
-                Err(_) => break,
-            }
-        }
-        // Anything more would be a duplicate.
-        let extra = rx.recv_timeout(Duration::from_millis(300)).is_ok();
-        (got, extra)
-    });
+    let reader = common::read_numbered(rx, N, LIMIT);
     // A few thousand events a second: 5 every millisecond tick.
     let mut tick = tokio::time::interval(Duration::from_millis(1));
     for i in 0..N {
@@ -197,26 +180,10 @@ async fn tcp_partition_then_heal_every_event_arrives_once() {
     let pub_bus = publisher.crossbeam(Default::default());
     let rx = subscriber
         .crossbeam(Default::default())
-        .subscribe(EventSubscription {
-            subscriber_id: "all".into(),
-            capabilities: SourceCaps::all(),
-            event_filter: None,
-            correlation_filter: None,
-        })
+        .subscribe(common::sub_all("all"))
         .await
         .unwrap();
-    let reader = std::thread::spawn(move || {
-        let mut got = Vec::with_capacity(N);
-        let deadline = std::time::Instant::now() + LIMIT;
-        while got.len() < N {
-            match rx.recv_deadline(deadline) {
-                Ok(e) => got.push(e.correlation_id.parse::<usize>().unwrap()),
-                Err(_) => break,
-            }
-        }
-        let extra = rx.recv_timeout(Duration::from_millis(300)).is_ok();
-        (got, extra)
-    });
+    let reader = common::read_numbered(rx, N, LIMIT);
     let mut tick = tokio::time::interval(Duration::from_millis(1));
     for i in 0..N {
         if i % 5 == 0 {

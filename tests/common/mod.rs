@@ -265,3 +265,35 @@ pub fn arb_event() -> impl Strategy<Value = CollectionEvent> {
 
 pub mod procs;
 pub mod proxy;
+
+/// A subscription to every event.
+pub fn sub_all(id: &str) -> busbridge::EventSubscription {
+    busbridge::EventSubscription {
+        subscriber_id: id.into(),
+        capabilities: SourceCaps::all(),
+        event_filter: None,
+        correlation_filter: None,
+    }
+}
+
+/// Reads `n` events on a thread (bounded by `limit`), as their correlation ids parsed as
+/// numbers, then whether anything more arrived (a duplicate).
+#[cfg(feature = "legacy")]
+pub fn read_numbered(
+    rx: crossbeam_channel::Receiver<busbridge::BusEvent>,
+    n: usize,
+    limit: Duration,
+) -> std::thread::JoinHandle<(Vec<usize>, bool)> {
+    std::thread::spawn(move || {
+        let mut got = Vec::with_capacity(n);
+        let deadline = std::time::Instant::now() + limit;
+        while got.len() < n {
+            match rx.recv_deadline(deadline) {
+                Ok(e) => got.push(e.correlation_id.parse::<usize>().unwrap()),
+                Err(_) => break,
+            }
+        }
+        let extra = rx.recv_timeout(Duration::from_millis(300)).is_ok();
+        (got, extra)
+    })
+}
