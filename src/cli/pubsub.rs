@@ -57,18 +57,22 @@ pub async fn publish(
     }
 }
 
-/// One message as a JSON object: the envelope decoded when it is one.
+/// One message as a JSON object: the envelope (or a batch's envelopes) decoded when it is
+/// busbridge's, else the payload as text or hex.
 pub fn message_json(topic: &str, sender: &str, payload: &[u8]) -> Value {
     let codec = Codec::new(CodecKind::Json, usize::MAX);
     let mut out = json!({ "topic": topic, "sender": sender });
-    match Codec::default().decode(payload) {
-        Ok(envelope) => {
-            let as_json = codec
-                .encode(&envelope)
-                .ok()
-                .and_then(|b| serde_json::from_slice::<Value>(&b).ok());
-            out["envelope"] = as_json.unwrap_or(Value::Null);
-        }
+    let as_json = |envelope| {
+        codec
+            .encode(envelope)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+            .unwrap_or(Value::Null)
+    };
+    match Codec::default().decode_frame(payload) {
+        Ok(envelopes) if envelopes.len() == 1 => out["envelope"] = as_json(&envelopes[0]),
+        // A batch frame: every envelope, in order.
+        Ok(envelopes) => out["envelopes"] = Value::Array(envelopes.iter().map(as_json).collect()),
         Err(_) => match std::str::from_utf8(payload) {
             Ok(s) => out["payload"] = Value::String(s.to_owned()),
             Err(_) => {
@@ -111,6 +115,7 @@ pub async fn subscribe(
         } else {
             let body = line
                 .get("envelope")
+                .or_else(|| line.get("envelopes"))
                 .or_else(|| line.get("payload"))
                 .or_else(|| line.get("payload_hex"))
                 .cloned()
