@@ -179,14 +179,13 @@ impl Codec {
     /// Decodes a frame that holds one envelope or a batch of them (in order).
     pub fn decode_frame(&self, bytes: &[u8]) -> Result<Vec<Envelope>, CodecError> {
         self.check_size(bytes.len())?;
-        let items = match bytes.first() {
-            None => return Err(CodecError::Empty),
-            Some(b'{') => json::unbatch(bytes)?,
-            Some(_) => proto::unbatch(bytes)?,
-        };
-        match items {
-            None => Ok(vec![self.decode(bytes)?]),
-            Some(items) => items.iter().map(|i| self.decode(i)).collect(),
+        match bytes.first() {
+            None => Err(CodecError::Empty),
+            Some(b'{') => match json::unbatch(bytes)? {
+                None => Ok(vec![json::decode(bytes)?]),
+                Some(items) => items.iter().map(|i| self.decode(i)).collect(),
+            },
+            Some(_) => proto::decode_frame(bytes),
         }
     }
 

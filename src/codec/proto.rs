@@ -228,20 +228,29 @@ pub(super) fn batch(items: Vec<Vec<u8>>) -> Vec<u8> {
     .encode_to_vec()
 }
 
-/// The items of a batch frame, or `None` if the frame is a single envelope.
-pub(super) fn unbatch(bytes: &[u8]) -> Result<Option<Vec<Vec<u8>>>, CodecError> {
-    let h = HeaderProbe::decode(bytes)?
+/// The header of a busbridge protobuf message, read without decoding the record.
+fn probe(bytes: &[u8]) -> Result<Header, CodecError> {
+    HeaderProbe::decode(bytes)?
         .header
         .ok_or(CodecError::NotAnEnvelope(
             "protobuf message without a header",
-        ))?;
+        ))
+}
+
+/// Decodes a frame holding one envelope or a batch, reading the header once.
+pub(super) fn decode_frame(bytes: &[u8]) -> Result<Vec<Envelope>, CodecError> {
+    let h = probe(bytes)?;
     if h.kind != KIND_BATCH {
-        return Ok(None);
+        return Ok(vec![decode_with(bytes, h)?]);
     }
     if h.version != ENVELOPE_VERSION {
         return Err(CodecError::UnsupportedVersion(h.version));
     }
-    Ok(Some(BatchRecord::decode(bytes)?.items))
+    BatchRecord::decode(bytes)?
+        .items
+        .iter()
+        .map(|item| decode(item))
+        .collect()
 }
 
 fn header(env: &Envelope, kind: u32) -> Result<Header, CodecError> {
@@ -389,11 +398,11 @@ fn invalid(field: &'static str, reason: impl Into<String>) -> CodecError {
 
 /// Decodes a busbridge protobuf message: the header first, then the record it names.
 pub(super) fn decode(bytes: &[u8]) -> Result<Envelope, CodecError> {
-    let h = HeaderProbe::decode(bytes)?
-        .header
-        .ok_or(CodecError::NotAnEnvelope(
-            "protobuf message without a header",
-        ))?;
+    decode_with(bytes, probe(bytes)?)
+}
+
+/// Decodes the record a probed header names.
+fn decode_with(bytes: &[u8], h: Header) -> Result<Envelope, CodecError> {
     if h.version != ENVELOPE_VERSION {
         return Err(CodecError::UnsupportedVersion(h.version));
     }
