@@ -24,7 +24,7 @@ use crate::codec::{Codec, CodecKind, Envelope};
 use crate::config::Config;
 use crate::parity::ParityConfig;
 use crate::phase::Phase;
-use crate::sequence::{Seen, SeqTracker};
+use crate::sequence::{InOrder, Pushed};
 use crate::stats::Stats;
 use crate::topic::topic_for_event;
 use parking_lot::Mutex;
@@ -38,6 +38,22 @@ pub const DEFAULT_HOP_LIMIT: u32 = 8;
 
 /// Missing sequence numbers remembered per origin (to accept them if they come late).
 const MAX_MISSING: usize = 100_000;
+
+/// How long events behind a sequence gap wait for the resend before they are delivered
+/// anyway (and the gap counted as lost).
+pub const GAP_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Most events held behind gaps per origin before the wait is given up.
+const MAX_HELD: usize = 100_000;
+
+/// One origin's stream as this bus receives it.
+struct Origin {
+    stream: InOrder<Envelope>,
+    /// Since when events have been held behind a gap.
+    holding_since: Option<tokio::time::Instant>,
+}
+
+type Origins = HashMap<String, Origin>;
 
 /// Topic on which a receiver asks an origin to send a gap again.
 pub const RESEND_TOPIC: &str = "control.bridge.resend";
@@ -449,7 +465,7 @@ impl Link {
     }
 
     /// Handles one frame from busrt (one envelope or a batch).
-    async fn inbound(&self, core: &Core, seen: &mut HashMap<String, SeqTracker>, msg: &Message) {
+    async fn inbound(&self, core: &Core, seen: &mut Origins, msg: &Message) {
         match self.codec.decode_frame(msg.payload()) {
             Ok(envelopes) => {
                 for env in envelopes {
@@ -470,7 +486,7 @@ impl Link {
     async fn inbound_envelope(
         &self,
         core: &Core,
-        seen: &mut HashMap<String, SeqTracker>,
+        seen: &mut Origins,
         msg: &Message,
         env: Envelope,
     ) {
@@ -484,22 +500,70 @@ impl Link {
             Stats::add(&self.stats.bridge_echo_suppressed, 1);
             return;
         }
-        let tracker = seen
-            .entry(env.origin.clone())
-            .or_insert_with(|| SeqTracker::new(MAX_MISSING));
-        match tracker.observe(env.seq) {
-            Seen::Duplicate => {
+        let origin = env.origin.clone();
+        let state = seen.entry(origin.clone()).or_insert_with(|| Origin {
+            stream: InOrder::new(MAX_MISSING),
+            holding_since: None,
+        });
+        let ready = match state.stream.push(env.seq, env) {
+            Pushed::Duplicate => {
                 Stats::add(&self.stats.bridge_duplicates, 1);
                 return;
             }
-            Seen::Gap { missing } => {
-                Stats::add(&self.stats.bridge_gaps, missing);
-                tracing::warn!(origin = %env.origin, missing, before = env.seq, "sequence gap; asking for a resend");
-                self.request_resend(&env.origin, env.seq - missing, env.seq - 1);
+            Pushed::Accepted { gap, filled, ready } => {
+                if let Some((from, to)) = gap {
+                    Stats::add(&self.stats.bridge_gaps, to - from + 1);
+                    tracing::warn!(%origin, from, to, "sequence gap; asking for a resend");
+                    self.request_resend(&origin, from, to);
+                }
+                if filled {
+                    Stats::add(&self.stats.bridge_gaps_filled, 1);
+                }
+                ready
             }
-            Seen::FilledGap => Stats::add(&self.stats.bridge_gaps_filled, 1),
-            Seen::New => {}
+        };
+        let mut ready = ready;
+        if state.stream.held() > MAX_HELD {
+            ready.extend(self.give_up(state));
         }
+        state.holding_since = match (state.stream.held(), state.holding_since) {
+            (0, _) => None,
+            (_, Some(t)) => Some(t),
+            (_, None) => Some(tokio::time::Instant::now()),
+        };
+        for env in ready {
+            self.dispatch(core, env).await;
+        }
+    }
+
+    /// Stops waiting for an origin's gaps: they are lost (counted), held events are released.
+    fn give_up(&self, state: &mut Origin) -> Vec<Envelope> {
+        let (lost, ready) = state.stream.give_up();
+        state.holding_since = None;
+        if lost > 0 {
+            Stats::add(&self.stats.bridge_gaps_lost, lost);
+            tracing::error!(lost, "sequence gap not filled in time; events lost");
+        }
+        ready
+    }
+
+    /// Releases what has waited longer than [`GAP_WAIT`] behind a gap.
+    async fn expire_holds(&self, core: &Core, seen: &mut Origins) {
+        let now = tokio::time::Instant::now();
+        let mut ready = Vec::new();
+        for state in seen.values_mut() {
+            if state.holding_since.is_some_and(|t| now >= t + GAP_WAIT) {
+                ready.extend(self.give_up(state));
+            }
+        }
+        for env in ready {
+            self.dispatch(core, env).await;
+        }
+    }
+
+    /// Delivers (or compares) one accepted envelope as the phase says.
+    async fn dispatch(&self, core: &Core, env: Envelope) {
+        let own = env.origin == self.origin;
         Stats::add(&self.stats.bridge_received, 1);
         let router = core.router();
         if own {
@@ -766,10 +830,22 @@ async fn bridge_loop(
                     link.inbound(&core, &mut seen, &m).await;
                 }
             }
+            _ = wait_for_expiry(&seen) => {
+                let Some(core) = core.upgrade() else { break };
+                link.expire_holds(&core, &mut seen).await;
+            }
             _ = &mut close => break,
         }
     }
     let _ = tokio::time::timeout(std::time::Duration::from_secs(5), client.disconnect()).await;
+}
+
+/// Resolves when the oldest hold behind a gap reaches [`GAP_WAIT`]; never if nothing waits.
+async fn wait_for_expiry(seen: &Origins) {
+    match seen.values().filter_map(|o| o.holding_since).min() {
+        Some(t) => tokio::time::sleep_until(t + GAP_WAIT).await,
+        None => std::future::pending().await,
+    }
 }
 
 /// A running bridged bus: make facades from it, switch its phase, read its parity.

@@ -92,6 +92,99 @@ impl SeqTracker {
     pub fn forgotten(&self) -> u64 {
         self.forgotten
     }
+
+    /// The oldest number still missing.
+    pub fn first_missing(&self) -> Option<u64> {
+        self.missing.first().copied()
+    }
+
+    /// Stops waiting for every missing number; returns how many there were.
+    pub fn give_up(&mut self) -> u64 {
+        let n = self.missing.len() as u64;
+        self.missing.clear();
+        n
+    }
+}
+
+/// What [`InOrder::push`] made of an item.
+#[derive(Debug, PartialEq)]
+pub enum Pushed<T> {
+    /// Seen before: dropped.
+    Duplicate,
+    /// Accepted. `gap` names numbers found missing by this item (ask for them again);
+    /// `ready` are the items now deliverable, in sequence order.
+    Accepted {
+        gap: Option<(u64, u64)>,
+        filled: bool,
+        ready: Vec<T>,
+    },
+}
+
+/// Delivers one origin's items once and in sequence order: items behind a gap are held until
+/// the gap is filled or [`give_up`](InOrder::give_up) is called.
+///
+/// ```
+/// use busbridge::sequence::{InOrder, Pushed};
+/// let mut s = InOrder::new(1024);
+/// assert_eq!(s.push(1, 'a'), Pushed::Accepted { gap: None, filled: false, ready: vec!['a'] });
+/// assert_eq!(s.push(3, 'c'), Pushed::Accepted { gap: Some((2, 2)), filled: false, ready: vec![] });
+/// assert_eq!(s.push(2, 'b'), Pushed::Accepted { gap: None, filled: true, ready: vec!['b', 'c'] });
+/// assert_eq!(s.push(2, 'b'), Pushed::Duplicate);
+/// ```
+#[derive(Debug)]
+pub struct InOrder<T> {
+    tracker: SeqTracker,
+    held: std::collections::BTreeMap<u64, T>,
+}
+
+impl<T> InOrder<T> {
+    /// Remembers at most `max_missing` outstanding numbers.
+    pub fn new(max_missing: usize) -> Self {
+        Self {
+            tracker: SeqTracker::new(max_missing),
+            held: Default::default(),
+        }
+    }
+
+    /// Takes one item with its sequence number.
+    pub fn push(&mut self, seq: u64, item: T) -> Pushed<T> {
+        let (gap, filled) = match self.tracker.observe(seq) {
+            Seen::Duplicate => return Pushed::Duplicate,
+            Seen::Gap { missing } => (Some((seq - missing, seq - 1)), false),
+            Seen::FilledGap => (None, true),
+            Seen::New => (None, false),
+        };
+        self.held.insert(seq, item);
+        Pushed::Accepted {
+            gap,
+            filled,
+            ready: self.release(),
+        }
+    }
+
+    fn release(&mut self) -> Vec<T> {
+        let limit = self.tracker.first_missing().unwrap_or(u64::MAX);
+        let mut ready = Vec::new();
+        while let Some(entry) = self.held.first_entry() {
+            if *entry.key() >= limit {
+                break;
+            }
+            ready.push(entry.remove());
+        }
+        ready
+    }
+
+    /// Items held behind a gap.
+    pub fn held(&self) -> usize {
+        self.held.len()
+    }
+
+    /// Stops waiting: the missing numbers are lost (their count is returned), everything
+    /// held is released in order.
+    pub fn give_up(&mut self) -> (u64, Vec<T>) {
+        let lost = self.tracker.give_up();
+        (lost, self.release())
+    }
 }
 
 #[cfg(test)]
@@ -119,6 +212,25 @@ mod tests {
             "forgotten gaps are treated as seen"
         );
         assert_eq!(t.observe(9), Seen::FilledGap);
+    }
+
+    #[test]
+    fn held_items_wait_for_the_gap_then_come_in_order() {
+        let mut s = InOrder::new(100);
+        s.push(1, 1);
+        assert!(
+            matches!(s.push(4, 4), Pushed::Accepted { gap: Some((2, 3)), ref ready, .. } if ready.is_empty())
+        );
+        assert!(
+            matches!(s.push(5, 5), Pushed::Accepted { gap: None, ref ready, .. } if ready.is_empty())
+        );
+        assert!(
+            matches!(s.push(3, 3), Pushed::Accepted { filled: true, ref ready, .. } if ready.is_empty())
+        );
+        assert_eq!(s.held(), 3);
+        assert_eq!(s.give_up(), (1, vec![3, 4, 5]));
+        assert_eq!(s.push(2, 2), Pushed::Duplicate, "given up is given up");
+        assert!(matches!(s.push(6, 6), Pushed::Accepted { ref ready, .. } if ready == &vec![6]));
     }
 
     #[test]

@@ -32,6 +32,7 @@ pub struct Stats {
     pub(crate) bridge_hop_limited: AtomicU64,
     pub(crate) bridge_gaps: AtomicU64,
     pub(crate) bridge_gaps_filled: AtomicU64,
+    pub(crate) bridge_gaps_lost: AtomicU64,
     pub(crate) bridge_batches: AtomicU64,
     pub(crate) bridge_resend_requests: AtomicU64,
     pub(crate) bridge_resent: AtomicU64,
@@ -78,6 +79,7 @@ impl Stats {
             bridge_hop_limited: self.bridge_hop_limited.load(Relaxed),
             bridge_gaps: self.bridge_gaps.load(Relaxed),
             bridge_gaps_filled: self.bridge_gaps_filled.load(Relaxed),
+            bridge_gaps_lost: self.bridge_gaps_lost.load(Relaxed),
             bridge_batches: self.bridge_batches.load(Relaxed),
             bridge_resend_requests: self.bridge_resend_requests.load(Relaxed),
             bridge_resent: self.bridge_resent.load(Relaxed),
@@ -111,6 +113,8 @@ pub struct StatsSnapshot {
     pub bridge_gaps: u64,
     /// Missing sequence numbers that arrived later (resent).
     pub bridge_gaps_filled: u64,
+    /// Missing sequence numbers given up on after the bridge's gap wait: lost.
+    pub bridge_gaps_lost: u64,
     /// Frames sent that carried more than one event.
     pub bridge_batches: u64,
     /// Gaps this bus asked an origin to send again.

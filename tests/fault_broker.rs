@@ -79,6 +79,7 @@ async fn broker_killed_mid_stream_every_event_arrives_once() {
     );
     assert_eq!(got.len(), N, "received == published; stats {s:?}");
     assert_eq!(unique.len(), N, "no duplicates");
+    assert_eq!(got, (0..N).collect::<Vec<_>>(), "in publish order");
     assert!(!extra, "nothing beyond the published events");
     assert_eq!(s.bridge_resend_unavailable, 0);
     assert_eq!(
@@ -220,6 +221,7 @@ async fn tcp_partition_then_heal_every_event_arrives_once() {
     let unique: BTreeSet<usize> = got.iter().copied().collect();
     assert_eq!(got.len(), N, "received == published; stats {s:?}");
     assert_eq!(unique.len(), N, "no duplicates");
+    assert_eq!(got, (0..N).collect::<Vec<_>>(), "in publish order");
     assert!(!extra);
     assert_eq!(s.bridge_resend_unavailable, 0);
 }
