@@ -147,15 +147,15 @@ fn finish(
     seqs: Vec<u64>,
     result: Result<(), ClientError>,
 ) {
+    let Some(link) = link.upgrade() else { return };
     if let Err(e) = result {
         Stats::add(&stats.bridge_send_errors, seqs.len() as u64);
         tracing::warn!(events = seqs.len(), "send failed: {e}");
-        if let Some(link) = link.upgrade() {
-            for seq in seqs {
-                link.forget(seq);
-            }
+        for seq in &seqs {
+            link.forget(*seq);
         }
     }
+    link.sent(seqs.len());
 }
 
 /// Why a bridge could not be built.
@@ -227,6 +227,13 @@ pub struct Link {
     publisher: Publisher,
     /// The bridge's connection state.
     state: tokio::sync::watch::Receiver<crate::client::ConnectionState>,
+    /// Whether the bridge is subscribed to the event topics (from the first local subscriber
+    /// on; a bus without local subscribers does not receive its own events back).
+    listening: std::sync::atomic::AtomicBool,
+    listen_lock: tokio::sync::Mutex<()>,
+    /// Events handed to the sender and not yet confirmed (or failed).
+    unsent: std::sync::atomic::AtomicUsize,
+    sent_all: tokio::sync::Notify,
     qos: QoS,
     owed: Mutex<OwedEchoes>,
     /// Signalled when no echo is owed any more.
@@ -261,6 +268,45 @@ impl Link {
     /// Remote events seen in phase 1 that went to the shadow path only.
     pub fn shadow_remote(&self) -> u64 {
         self.shadow_remote.load(Relaxed)
+    }
+
+    /// Subscribes the bridge to the event topics, once (called when the bus gets a local
+    /// subscriber); returns when the broker has confirmed.
+    pub(crate) async fn listen(&self) -> Result<(), ClientError> {
+        if self.listening.load(Relaxed) {
+            return Ok(());
+        }
+        let _guard = self.listen_lock.lock().await;
+        if self.listening.load(Relaxed) {
+            return Ok(());
+        }
+        for pattern in crate::topic::all_event_patterns() {
+            self.publisher
+                .subscribe(&pattern.to_dotted(), QoS::Processed)
+                .await?;
+        }
+        self.listening.store(true, Relaxed);
+        Ok(())
+    }
+
+    /// Waits until every event handed to the sender has been confirmed by the broker (or
+    /// has failed and been counted). Wrap it in a timeout.
+    pub async fn flushed(&self) {
+        loop {
+            let notified = self.sent_all.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.unsent.load(Relaxed) == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    fn sent(&self, n: usize) {
+        if self.unsent.fetch_sub(n, Relaxed) == n {
+            self.sent_all.notify_waiters();
+        }
     }
 
     /// Watch the bridge's connection to the broker.
@@ -306,21 +352,25 @@ impl Link {
         // Decide under the lock so concurrent publishes see a consistent owed-echo state.
         let (direct, send) = {
             let mut owed = self.owed.lock();
-            let (direct, send, owe) = if phase.legacy_authoritative() && owed.deliveries == 0 {
-                let owe = compare.then_some(Owed {
-                    deliver: false,
-                    compare: true,
-                });
-                (true, phase.uses_busrt(), owe)
-            } else if phase.uses_busrt() || owed.deliveries > 0 {
-                let owe = Owed {
-                    deliver: true,
-                    compare,
+            // Echoes come back only once the bridge listens (it starts to when the bus gets its
+            // first local subscriber); before that there is nobody to deliver to.
+            let listening = self.listening.load(Relaxed);
+            let (direct, send, owe) =
+                if !listening || (phase.legacy_authoritative() && owed.deliveries == 0) {
+                    let owe = (compare && listening).then_some(Owed {
+                        deliver: false,
+                        compare: true,
+                    });
+                    (true, phase.uses_busrt(), owe)
+                } else if phase.uses_busrt() || owed.deliveries > 0 {
+                    let owe = Owed {
+                        deliver: true,
+                        compare,
+                    };
+                    (false, true, Some(owe))
+                } else {
+                    (true, false, None)
                 };
-                (false, true, Some(owe))
-            } else {
-                (true, false, None)
-            };
             // Only what goes to busrt is numbered, so receivers see no false gaps.
             if send {
                 env.seq = self.seq.fetch_add(1, Relaxed) + 1;
@@ -377,7 +427,9 @@ impl Link {
                 }
                 replay.push_back((out.seq, out.topic.clone(), out.bytes.clone()));
             }
+            self.unsent.fetch_add(1, Relaxed);
             if self.outbound.send(out).await.is_err() {
+                self.sent(1);
                 self.forget(env.seq);
                 return Err(BusError::ShutDown);
             }
@@ -747,11 +799,6 @@ impl BridgeBuilder {
         }
         let client = AsyncClient::connect_with(&uri, opts).await?;
         client.subscribe(RESEND_TOPIC, QoS::Processed).await?;
-        for pattern in crate::topic::all_event_patterns() {
-            client
-                .subscribe(&pattern.to_dotted(), QoS::Processed)
-                .await?;
-        }
         let name = client.name().to_owned();
         let mut core_opts = self.core;
         if core_opts.publisher_id == CoreOptions::default().publisher_id {
@@ -772,6 +819,10 @@ impl BridgeBuilder {
             replay_capacity: self.send.replay,
             publisher: client.publisher(),
             state: client.state(),
+            listening: std::sync::atomic::AtomicBool::new(false),
+            listen_lock: tokio::sync::Mutex::new(()),
+            unsent: std::sync::atomic::AtomicUsize::new(0),
+            sent_all: tokio::sync::Notify::new(),
             qos: self.qos,
             owed: Mutex::new(OwedEchoes::default()),
             settled: tokio::sync::Notify::new(),

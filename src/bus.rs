@@ -178,8 +178,9 @@ impl Core {
         }
     }
 
-    /// Adds a subscriber to the router (and to the trace, if recording).
-    pub fn subscribe(
+    /// Adds a subscriber to the router (and to the trace, if recording); a bridged bus starts
+    /// receiving its event topics from its first subscriber on.
+    pub async fn subscribe(
         &self,
         id: impl Into<String>,
         filter: Filter,
@@ -190,7 +191,12 @@ impl Core {
         if let Some(r) = self.recorder.read().as_ref() {
             r.subscribe(&id, &filter);
         }
-        Ok(self.router.subscribe(id, filter, policy, sink)?)
+        self.router.subscribe(id, filter, policy, sink)?;
+        #[cfg(feature = "busrt")]
+        if let Some(link) = self.link.get() {
+            link.listen().await?;
+        }
+        Ok(())
     }
 
     /// The parity engine of this bus.
@@ -454,12 +460,14 @@ impl EventBus {
         subscription: EventSubscription,
     ) -> Result<Receiver<BusEvent>, BusError> {
         let (tx, rx) = queue::channel(self.config.channel_capacity);
-        self.core.subscribe(
-            subscription.subscriber_id.clone(),
-            filter_of(&subscription),
-            self.config.backpressure_strategy.into(),
-            Box::new(QueueSink(tx, |e| BusEvent::from(e))),
-        )?;
+        self.core
+            .subscribe(
+                subscription.subscriber_id.clone(),
+                filter_of(&subscription),
+                self.config.backpressure_strategy.into(),
+                Box::new(QueueSink(tx, |e| BusEvent::from(e))),
+            )
+            .await?;
         Ok(rx)
     }
 

@@ -202,9 +202,12 @@ impl CollectorControl for ProcessCollector {
         self.set_collecting(false);
         drop(self.scanning.lock().await);
         let flushed = match self.core.link() {
-            Some(link) => tokio::time::timeout(request.deadline, link.settled())
-                .await
-                .is_ok(),
+            Some(link) => tokio::time::timeout(request.deadline, async {
+                link.flushed().await;
+                link.settled().await;
+            })
+            .await
+            .is_ok(),
             None => true,
         };
         self.stopping.store(true, Relaxed);

@@ -74,7 +74,8 @@
 //! - **Phase 2 delivers local events through busrt.** A local publish reaches local subscribers
 //!   when it comes back from the broker, so busrt really is the route being verified. The bridge
 //!   remembers which of its own events are owed a delivery by their echo; that is what makes
-//!   phase switches lossless and order-preserving.
+//!   phase switches lossless and order-preserving. A bridge subscribes to the event topics
+//!   only once it has a local subscriber, so a bus that only publishes gets no echoes.
 //! - **Every external connection goes through busbridge's own accept loop** and is relayed to
 //!   busrt over a socket pair (`spawn_server_connection`). busrt has no connection limit, no
 //!   peer-credential check and no TLS on TCP; owning the accept is the only way to add them

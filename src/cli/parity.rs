@@ -321,7 +321,8 @@ pub async fn replay(path: &PathBuf) -> anyhow::Result<ParityReport> {
             filter.clone(),
             Policy::Block,
             Box::new(QueueSink(tx, |e: &Envelope| e.clone())),
-        )?;
+        )
+        .await?;
         receivers.push((id.clone(), rx));
     }
     for env in &trace.publishes {

@@ -122,7 +122,7 @@ pub async fn collector(
     }
     // The shutdown reply is written before the connection goes: close flushes with a ping.
     node.close().await;
-    let _ = tokio::time::timeout(Duration::from_secs(5), bridged.link().settled()).await;
+    let _ = tokio::time::timeout(Duration::from_secs(5), bridged.link().flushed()).await;
     bridged.shutdown().await;
     scan.abort();
     println!("stopped");

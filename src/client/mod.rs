@@ -457,24 +457,7 @@ impl AsyncClient {
     /// Subscribes to a dotted pattern (`events.process.*`); kept across reconnects. With
     /// `Processed` the broker confirms, so an access rule that forbids it is an error here.
     pub async fn subscribe(&self, pattern: &str, qos: QoS) -> Result<(), ClientError> {
-        let busrt_pattern = Pattern::parse(pattern)?.to_busrt();
-        self.shared
-            .subscriptions
-            .lock()
-            .insert(busrt_pattern.clone());
-        let result = self.shared.with_conn("subscribe", |conn| {
-            let p = busrt_pattern.clone();
-            Box::pin(async move { conn.subscribe(&p, qos.busrt()).await })
-        });
-        match result.await {
-            Err(ClientError::Denied(e)) => {
-                self.shared.subscriptions.lock().remove(&busrt_pattern);
-                Err(ClientError::Denied(e))
-            }
-            // Not connected now: the subscription is made on reconnect.
-            Err(ClientError::Closed) if !self.shared.closing.load(Relaxed) => Ok(()),
-            other => other,
-        }
+        self.publisher().subscribe(pattern, qos).await
     }
 
     /// Removes a subscription.
@@ -544,6 +527,28 @@ impl Drop for AsyncClient {
 }
 
 impl Publisher {
+    /// Subscribes the client this handle belongs to (see [`AsyncClient::subscribe`]).
+    pub async fn subscribe(&self, pattern: &str, qos: QoS) -> Result<(), ClientError> {
+        let busrt_pattern = Pattern::parse(pattern)?.to_busrt();
+        self.shared
+            .subscriptions
+            .lock()
+            .insert(busrt_pattern.clone());
+        let result = self.shared.with_conn("subscribe", |conn| {
+            let p = busrt_pattern.clone();
+            Box::pin(async move { conn.subscribe(&p, qos.busrt()).await })
+        });
+        match result.await {
+            Err(ClientError::Denied(e)) => {
+                self.shared.subscriptions.lock().remove(&busrt_pattern);
+                Err(ClientError::Denied(e))
+            }
+            // Not connected now: the subscription is made on reconnect.
+            Err(ClientError::Closed) if !self.shared.closing.load(Relaxed) => Ok(()),
+            other => other,
+        }
+    }
+
     /// Publishes `payload` to a dotted topic, bytes exactly as given.
     ///
     /// `Processed`: returns once the broker acknowledged it, or once it is queued in the

@@ -174,12 +174,14 @@ impl HighPerformanceEventBus for HighPerformanceEventBusImpl {
             capacity: self.config.channel_capacity.max(1),
             discard_from: (strategy == BackpressureStrategy::DropOldest).then(|| rx.clone()),
         };
-        self.core.subscribe(
-            subscription.subscriber_id.clone(),
-            filter_of(&subscription),
-            strategy.into(),
-            Box::new(sink),
-        )?;
+        self.core
+            .subscribe(
+                subscription.subscriber_id.clone(),
+                filter_of(&subscription),
+                strategy.into(),
+                Box::new(sink),
+            )
+            .await?;
         Ok(rx)
     }
 

@@ -314,12 +314,14 @@ impl EventBus for LocalEventBus {
     ) -> anyhow::Result<mpsc::Receiver<BusEvent>> {
         let filter = filter_of(&subscription)?;
         let (tx, rx) = mpsc::channel(self.config.max_buffer_size.max(1));
-        self.core.subscribe(
-            subscription.subscriber_id,
-            filter,
-            Policy::BlockFor(self.config.delivery_timeout),
-            Box::new(TokioSink(tx)),
-        )?;
+        self.core
+            .subscribe(
+                subscription.subscriber_id,
+                filter,
+                Policy::BlockFor(self.config.delivery_timeout),
+                Box::new(TokioSink(tx)),
+            )
+            .await?;
         Ok(rx)
     }
 
