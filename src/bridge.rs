@@ -55,6 +55,19 @@ struct Origin {
 
 type Origins = HashMap<String, Origin>;
 
+/// Topic on which an idle origin announces the highest sequence number it has sent.
+pub const HEARTBEAT_TOPIC: &str = "control.bridge.heartbeat";
+
+/// How long a sender is idle before it announces its highest sequence number.
+pub const HEARTBEAT: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// "`origin` has sent up to `highest`."
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+struct Heartbeat {
+    origin: String,
+    highest: u64,
+}
+
 /// Topic on which a receiver asks an origin to send a gap again.
 pub const RESEND_TOPIC: &str = "control.bridge.resend";
 
@@ -78,6 +91,7 @@ async fn sender(
     stats: Arc<Stats>,
 ) {
     let mut carry: Option<Outgoing> = None;
+    let (mut highest_sent, mut last_beat) = (0u64, 0u64);
     let mut in_flight: VecDeque<(Vec<u64>, Ack)> = VecDeque::new();
     loop {
         let first = match carry.take() {
@@ -89,7 +103,23 @@ async fn sender(
                         finish(&link, &stats, seqs, ack.await);
                     }
                 }
-                match queue.recv().await {
+                // Idle: tell receivers the highest sequence sent, so one that missed the tail of
+                // a stream (lost at a broker while it reconnected) notices and asks for it.
+                let next = if highest_sent > last_beat {
+                    match tokio::time::timeout(HEARTBEAT, queue.recv()).await {
+                        Ok(next) => next,
+                        Err(_) => {
+                            if let Some(l) = link.upgrade() {
+                                l.heartbeat(highest_sent).await;
+                            }
+                            last_beat = highest_sent;
+                            queue.recv().await
+                        }
+                    }
+                } else {
+                    queue.recv().await
+                };
+                match next {
                     Some(o) => o,
                     None => break,
                 }
@@ -115,6 +145,7 @@ async fn sender(
         }
         let topic = group[0].topic.clone();
         let seqs: Vec<u64> = group.iter().map(|o| o.seq).collect();
+        highest_sent = highest_sent.max(seqs.iter().copied().max().unwrap_or(0));
         let n = group.len() as u64;
         let frame = if group.len() == 1 {
             group.pop().map(|o| o.bytes).unwrap_or_default()
@@ -280,6 +311,9 @@ impl Link {
         if self.listening.load(Relaxed) {
             return Ok(());
         }
+        self.publisher
+            .subscribe(HEARTBEAT_TOPIC, QoS::Processed)
+            .await?;
         for pattern in crate::topic::all_event_patterns() {
             self.publisher
                 .subscribe(&pattern.to_dotted(), QoS::Processed)
@@ -460,6 +494,41 @@ impl Link {
                 return;
             }
             room.await;
+        }
+    }
+
+    async fn heartbeat(&self, highest: u64) {
+        let body = serde_json::to_vec(&Heartbeat {
+            origin: self.origin.clone(),
+            highest,
+        })
+        .unwrap_or_default();
+        if let Err(e) = self
+            .publisher
+            .publish(HEARTBEAT_TOPIC, body, QoS::Realtime)
+            .await
+        {
+            tracing::debug!("heartbeat failed: {e}");
+        }
+    }
+
+    /// A heartbeat from another origin: anything up to its highest that never arrived is a
+    /// gap (the tail of its stream was lost), asked for again.
+    fn on_heartbeat(&self, seen: &mut Origins, payload: &[u8]) {
+        let Ok(h) = serde_json::from_slice::<Heartbeat>(payload) else {
+            Stats::add(&self.stats.bridge_decode_errors, 1);
+            return;
+        };
+        if h.origin == self.origin {
+            return;
+        }
+        let Some(state) = seen.get_mut(&h.origin) else {
+            return; // never heard of it: nothing to compare with
+        };
+        if let Some((from, to)) = state.stream.expect_up_to(h.highest) {
+            Stats::add(&self.stats.bridge_gaps, to - from + 1);
+            tracing::warn!(origin = %h.origin, from, to, "tail of a stream missing; asking for a resend");
+            self.request_resend(&h.origin, from, to);
         }
     }
 
@@ -877,6 +946,8 @@ async fn bridge_loop(
                 let Some(core) = core.upgrade() else { break };
                 if m.topic() == RESEND_TOPIC {
                     link.resend(m.payload()).await;
+                } else if m.topic() == HEARTBEAT_TOPIC {
+                    link.on_heartbeat(&mut seen, m.payload());
                 } else {
                     link.inbound(&core, &mut seen, &m).await;
                 }

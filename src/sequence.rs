@@ -93,6 +93,24 @@ impl SeqTracker {
         self.forgotten
     }
 
+    /// Learns that numbers up to `highest` exist; those beyond what was seen become missing.
+    /// Returns the new missing range, if any.
+    pub fn expect_up_to(&mut self, highest: u64) -> Option<(u64, u64)> {
+        if self.highest == 0 || highest <= self.highest {
+            return None;
+        }
+        let from = self.highest + 1;
+        for s in from..=highest {
+            if self.missing.len() >= self.max_missing {
+                self.forgotten += 1;
+                self.missing.pop_first();
+            }
+            self.missing.insert(s);
+        }
+        self.highest = highest;
+        Some((from, highest))
+    }
+
     /// The oldest number still missing.
     pub fn first_missing(&self) -> Option<u64> {
         self.missing.first().copied()
@@ -174,6 +192,11 @@ impl<T> InOrder<T> {
         ready
     }
 
+    /// Learns the origin's highest number (a heartbeat); returns what is now missing.
+    pub fn expect_up_to(&mut self, highest: u64) -> Option<(u64, u64)> {
+        self.tracker.expect_up_to(highest)
+    }
+
     /// Items held behind a gap.
     pub fn held(&self) -> usize {
         self.held.len()
@@ -231,6 +254,20 @@ mod tests {
         assert_eq!(s.give_up(), (1, vec![3, 4, 5]));
         assert_eq!(s.push(2, 2), Pushed::Duplicate, "given up is given up");
         assert!(matches!(s.push(6, 6), Pushed::Accepted { ref ready, .. } if ready == &vec![6]));
+    }
+
+    #[test]
+    fn a_heartbeat_reveals_a_lost_tail() {
+        let mut s = InOrder::new(100);
+        s.push(1, 1);
+        s.push(2, 2);
+        assert_eq!(s.expect_up_to(2), None);
+        assert_eq!(s.expect_up_to(4), Some((3, 4)));
+        assert!(
+            matches!(s.push(3, 3), Pushed::Accepted { filled: true, ref ready, .. } if ready == &vec![3])
+        );
+        assert!(matches!(s.push(5, 5), Pushed::Accepted { ref ready, .. } if ready.is_empty()));
+        assert!(matches!(s.push(4, 4), Pushed::Accepted { ref ready, .. } if ready == &vec![4, 5]));
     }
 
     #[test]

@@ -205,15 +205,8 @@ async fn tcp_partition_then_heal_every_event_arrives_once() {
             .expect("the partition was detected")
             .unwrap();
             proxy.set(Gate::Open);
-            // What was published meanwhile was lost at the broker; the events after the
-            // subscriber is back reveal the gap, which is then sent again.
-            tokio::time::timeout(
-                LIMIT,
-                state.wait_for(|s| *s == busbridge::client::ConnectionState::Connected),
-            )
-            .await
-            .expect("the subscriber came back")
-            .unwrap();
+            // The rest of the stream may well be published before the subscriber is back: the
+            // publisher's heartbeat then reveals the lost tail, which is sent again.
         }
         pub_bus
             .publish(
