@@ -128,10 +128,14 @@ async fn calls_to_a_vanished_or_silent_target_return_within_their_timeout() {
     gone.close().await;
     let r = tokio::time::timeout(LIMIT, agent.rpc_call_to("gone", "ping", vec![])).await;
     let err = r.expect("returned within the call timeout").unwrap_err();
+    // Depending on how far the broker got with the departure: no such target, the broker
+    // could not deliver (also "no such target"), or no answer within the timeout.
     assert!(
         matches!(
             err,
-            RpcCallError::NoSuchTarget(_) | RpcCallError::Timeout(_)
+            RpcCallError::NoSuchTarget(_)
+                | RpcCallError::Timeout(_)
+                | RpcCallError::Disconnected(_)
         ),
         "{err:?}"
     );

@@ -106,7 +106,15 @@ fn map_rpc_error(target: &str, method: &str, e: RpcError) -> RpcCallError {
         busrt::rpc::RPC_ERROR_CODE_INVALID_METHOD_PARAMS => RpcCallError::InvalidParams(message),
         busrt::rpc::RPC_ERROR_CODE_INTERNAL => RpcCallError::Handler(message),
         // Transport errors are -32000 minus busrt's error kind.
-        -32113 => RpcCallError::NoSuchTarget(target.into()),
+        // Not registered, or registered but gone before the frame was delivered.
+        c if c == -32000 - i16::from(busrt::ERR_CLIENT_NOT_REGISTERED)
+            || c == -32000 - i16::from(busrt::ERR_NOT_DELIVERED) =>
+        {
+            RpcCallError::NoSuchTarget(target.into())
+        }
+        c if c == -32000 - i16::from(busrt::ERR_TIMEOUT) => RpcCallError::Disconnected(format!(
+            "the broker timed out delivering to `{target}`: {message}"
+        )),
         c if (-32255..=-32000).contains(&c) => RpcCallError::Disconnected(message),
         code => RpcCallError::Remote { code, message },
     }
