@@ -875,7 +875,7 @@ impl BridgeBuilder {
         }
         let core = Arc::new(Core::new(core_opts));
         let (close_tx, close_rx) = oneshot::channel();
-        let codec = Codec::new(self.codec, client_max_size(&client));
+        let codec = Codec::new(self.codec, client.max_message_size());
         let (outbound, queue) = tokio::sync::mpsc::channel(self.send.queue.max(1));
         let link = Arc::new(Link {
             origin: format!("{name}#{}", uuid::Uuid::new_v4().simple()),
@@ -925,10 +925,6 @@ impl BridgeBuilder {
             task: Mutex::new(Some(task)),
         })
     }
-}
-
-fn client_max_size(client: &AsyncClient) -> usize {
-    client.max_message_size()
 }
 
 /// The inbound half: frames from busrt into the core, until the bus closes.

@@ -680,7 +680,12 @@ async fn serve_unix(running: Arc<Running>, listener: UnixListener, max: u32, uid
     }
 }
 
-async fn serve_tcp(running: Arc<Running>, listener: TcpListener, max: u32) {
+/// Waits for the next TCP connection that gets a slot under the connection limit.
+async fn accept_tcp(
+    running: &Arc<Running>,
+    listener: &TcpListener,
+    max: u32,
+) -> (tokio::net::TcpStream, SocketAddr, Slot) {
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(s) => s,
@@ -690,10 +695,16 @@ async fn serve_tcp(running: Arc<Running>, listener: TcpListener, max: u32) {
             }
         };
         let _ = stream.set_nodelay(true);
-        let Some(slot) = Slot::acquire(&running, max) else {
-            tracing::warn!(%peer, max, "connection refused: connection limit reached");
-            continue;
-        };
+        match Slot::acquire(running, max) {
+            Some(slot) => return (stream, peer, slot),
+            None => tracing::warn!(%peer, max, "connection refused: connection limit reached"),
+        }
+    }
+}
+
+async fn serve_tcp(running: Arc<Running>, listener: TcpListener, max: u32) {
+    loop {
+        let (stream, _, slot) = accept_tcp(&running, &listener, max).await;
         if let Err(e) = relay(&running, stream, slot).await {
             tracing::error!("cannot serve connection: {e}");
         }
@@ -709,18 +720,7 @@ async fn serve_tls(
 ) {
     let acceptor = tokio_rustls::TlsAcceptor::from(config);
     loop {
-        let (stream, peer) = match listener.accept().await {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::warn!("accept failed: {e}");
-                continue;
-            }
-        };
-        let _ = stream.set_nodelay(true);
-        let Some(slot) = Slot::acquire(&running, max) else {
-            tracing::warn!(%peer, max, "connection refused: connection limit reached");
-            continue;
-        };
+        let (stream, peer, slot) = accept_tcp(&running, &listener, max).await;
         let acceptor = acceptor.clone();
         let running = running.clone();
         tokio::spawn(async move {

@@ -109,15 +109,7 @@ async fn slow_subscriber_with_blocking_loses_nothing() {
         backpressure_strategy: BackpressureStrategy::Blocking,
         ..Default::default()
     });
-    let rx = bus
-        .subscribe(EventSubscription {
-            subscriber_id: "slow".into(),
-            capabilities: SourceCaps::all(),
-            event_filter: None,
-            correlation_filter: None,
-        })
-        .await
-        .unwrap();
+    let rx = bus.subscribe(common::sub_all("slow")).await.unwrap();
     let reader = std::thread::spawn(move || {
         let mut got = Vec::with_capacity(N);
         while got.len() < N {

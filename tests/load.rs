@@ -102,15 +102,7 @@ async fn ten_minute_soak_keeps_memory_flat() {
         .unwrap();
     let bus = bridged.crossbeam(HighPerformanceEventBusConfig::default());
     bridged.core().parity().set_enabled(false);
-    let rx = bus
-        .subscribe(EventSubscription {
-            subscriber_id: "soak".into(),
-            capabilities: SourceCaps::all(),
-            event_filter: None,
-            correlation_filter: None,
-        })
-        .await
-        .unwrap();
+    let rx = bus.subscribe(common::sub_all("soak")).await.unwrap();
     let reader = std::thread::spawn(move || rx.iter().count());
     let mut tick = tokio::time::interval(Duration::from_millis(1));
     let mut samples = Vec::new();

@@ -28,60 +28,64 @@ impl Proxy {
 
     /// Unix socket at `listen` forwarding to the Unix socket `target`.
     pub fn unix(listen: PathBuf, target: PathBuf) -> Self {
-        let listener = UnixListener::bind(&listen).unwrap();
-        let (gate, _) = watch::channel(Gate::Open);
-        let gate = Arc::new(gate);
-        let g = gate.clone();
-        let task = tokio::spawn(async move {
-            loop {
-                let Ok((client, _)) = listener.accept().await else {
-                    continue;
-                };
-                let target = target.clone();
-                let rx = g.subscribe();
-                tokio::spawn(async move {
-                    if *rx.borrow() == Gate::Closed {
-                        return;
-                    }
-                    if let Ok(server) = UnixStream::connect(&target).await {
-                        pipe(client, server, rx).await;
-                    }
-                });
+        let listener = Arc::new(UnixListener::bind(&listen).unwrap());
+        Self::start(format!("ipc://{}", listen.display()), move |gate| {
+            let (listener, target) = (listener.clone(), target.clone());
+            async move {
+                let (client, _) = listener.accept().await?;
+                forward(client, UnixStream::connect(target), gate);
+                Ok(())
             }
-        });
-        Self {
-            gate,
-            listen: format!("ipc://{}", listen.display()),
-            task,
-        }
+        })
     }
 
     /// TCP on loopback (port chosen by the OS) forwarding to `target`.
     pub async fn tcp(target: String) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let listener = Arc::new(TcpListener::bind("127.0.0.1:0").await.unwrap());
         let listen = format!("tcp://{}", listener.local_addr().unwrap());
+        Self::start(listen, move |gate| {
+            let (listener, target) = (listener.clone(), target.clone());
+            async move {
+                let (client, _) = listener.accept().await?;
+                forward(client, tokio::net::TcpStream::connect(target), gate);
+                Ok(())
+            }
+        })
+    }
+
+    /// Runs `accept_one` in a loop, each accepted client forwarded under the gate.
+    fn start<F, Fut>(listen: String, accept_one: F) -> Self
+    where
+        F: Fn(watch::Receiver<Gate>) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = std::io::Result<()>> + Send,
+    {
         let (gate, _) = watch::channel(Gate::Open);
         let gate = Arc::new(gate);
         let g = gate.clone();
         let task = tokio::spawn(async move {
             loop {
-                let Ok((client, _)) = listener.accept().await else {
-                    continue;
-                };
-                let target = target.clone();
-                let rx = g.subscribe();
-                tokio::spawn(async move {
-                    if *rx.borrow() == Gate::Closed {
-                        return;
-                    }
-                    if let Ok(server) = tokio::net::TcpStream::connect(&target).await {
-                        pipe(client, server, rx).await;
-                    }
-                });
+                let _ = accept_one(g.subscribe()).await;
             }
         });
         Self { gate, listen, task }
     }
+}
+
+/// Connects to the target and pipes, unless the gate is closed.
+fn forward<C, S, F>(client: C, connect: F, gate: watch::Receiver<Gate>)
+where
+    C: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    F: std::future::Future<Output = std::io::Result<S>> + Send + 'static,
+{
+    tokio::spawn(async move {
+        if *gate.borrow() == Gate::Closed {
+            return;
+        }
+        if let Ok(server) = connect.await {
+            pipe(client, server, gate).await;
+        }
+    });
 }
 
 impl Drop for Proxy {
