@@ -28,6 +28,10 @@ pub struct BenchOptions {
     pub steady_secs: u64,
     /// Seconds the slow subscriber stops reading.
     pub stall_secs: u64,
+    /// Run only the paths whose name contains this (for profiling one path).
+    pub only: Option<String>,
+    /// Each path runs this many times, interleaved with the others; the median counts.
+    pub rounds: usize,
 }
 
 impl BenchOptions {
@@ -38,6 +42,8 @@ impl BenchOptions {
             calls: 5_000,
             steady_secs: 2,
             stall_secs: 2,
+            only: None,
+            rounds: 3,
         }
     }
     /// The full run: bigger samples, the 10 s stall the targets name.
@@ -47,6 +53,8 @@ impl BenchOptions {
             calls: 30_000,
             steady_secs: 10,
             stall_secs: 10,
+            only: None,
+            rounds: 5,
         }
     }
 }
@@ -104,8 +112,9 @@ pub struct Report {
     pub machine: String,
     pub measurements: Vec<Measurement>,
     pub ratios: Vec<Ratio>,
-    pub steady: Steady,
-    pub stall: Stall,
+    /// `None` when filtered out with `only`.
+    pub steady: Option<Steady>,
+    pub stall: Option<Stall>,
 }
 
 fn rusage() -> (f64, f64) {
@@ -574,6 +583,32 @@ pub async fn stall(secs: u64) -> Stall {
     }
 }
 
+/// One path of the run.
+#[cfg(feature = "legacy")]
+enum Path {
+    Reference,
+    Phase0,
+    /// Over a Unix socket (else in process), acknowledgements in flight (0 = `QoS::No`).
+    Raw(bool, usize),
+    /// Transport, batching, QoS.
+    Phase2(Transport, bool, QoS),
+    /// Calls in flight.
+    Rpc(usize),
+}
+
+#[cfg(feature = "legacy")]
+impl Path {
+    async fn run(&self, n: usize) -> Vec<f64> {
+        match *self {
+            Path::Reference => reference_router(n).await,
+            Path::Phase0 => phase0(n).await,
+            Path::Raw(unix, window) => raw_busrt(n, unix, window).await,
+            Path::Phase2(transport, batch, qos) => phase2(n, transport, batch, qos).await,
+            Path::Rpc(concurrency) => rpc_calls(n, concurrency).await,
+        }
+    }
+}
+
 fn ratio(name: &str, num: &Measurement, den: &Measurement, target: f64) -> Ratio {
     let value = num.events_per_sec / den.events_per_sec;
     Ratio {
@@ -588,105 +623,109 @@ fn ratio(name: &str, num: &Measurement, den: &Measurement, target: f64) -> Ratio
 #[cfg(feature = "legacy")]
 pub async fn run(opts: &BenchOptions) -> Report {
     let n = opts.events;
-    let mut m = Vec::new();
-    m.push(measure("reference crossbeam router", n, || reference_router(n)).await);
-    m.push(measure("busbridge phase 0", n, || phase0(n)).await);
-    m.push(
-        measure("raw busrt in-process, QoS::No", n, || {
-            raw_busrt(n, false, 0)
-        })
-        .await,
-    );
-    m.push(measure("raw busrt unix, QoS::No", n, || raw_busrt(n, true, 0)).await);
-    m.push(
-        measure("raw busrt unix, Processed x256", n, || {
-            raw_busrt(n, true, 256)
-        })
-        .await,
-    );
-    for (name, transport, batch, qos) in [
+    let calls = opts.calls;
+    let wanted = |name: &str| opts.only.as_deref().is_none_or(|o| name.contains(o));
+    let (rt, pr) = (QoS::Realtime, QoS::Processed);
+    let paths: Vec<(&str, usize, Path)> = vec![
+        ("reference crossbeam router", n, Path::Reference),
+        ("busbridge phase 0", n, Path::Phase0),
+        ("raw busrt in-process, QoS::No", n, Path::Raw(false, 0)),
+        ("raw busrt unix, QoS::No", n, Path::Raw(true, 0)),
+        ("raw busrt unix, Processed x256", n, Path::Raw(true, 256)),
         (
             "busbridge phase 2 in-process, realtime",
-            Transport::InProcess,
-            false,
-            QoS::Realtime,
+            n,
+            Path::Phase2(Transport::InProcess, false, rt),
         ),
         (
             "busbridge phase 2 unix, realtime",
-            Transport::Unix,
-            false,
-            QoS::Realtime,
+            n,
+            Path::Phase2(Transport::Unix, false, rt),
         ),
         (
             "busbridge phase 2 unix, realtime, batched",
-            Transport::Unix,
-            true,
-            QoS::Realtime,
+            n,
+            Path::Phase2(Transport::Unix, true, rt),
         ),
         (
             "busbridge phase 2 unix, processed",
-            Transport::Unix,
-            false,
-            QoS::Processed,
+            n,
+            Path::Phase2(Transport::Unix, false, pr),
         ),
         (
             "busbridge phase 2 unix, processed, batched",
-            Transport::Unix,
-            true,
-            QoS::Processed,
+            n,
+            Path::Phase2(Transport::Unix, true, pr),
         ),
         (
             "busbridge phase 2 tcp, realtime",
-            Transport::Tcp,
-            false,
-            QoS::Realtime,
+            n,
+            Path::Phase2(Transport::Tcp, false, rt),
         ),
         (
             "busbridge phase 2 tcp, realtime, batched",
-            Transport::Tcp,
-            true,
-            QoS::Realtime,
+            n,
+            Path::Phase2(Transport::Tcp, true, rt),
         ),
-    ] {
-        m.push(measure(name, n, || phase2(n, transport, batch, qos)).await);
+        ("rpc calls, 1 in flight", calls, Path::Rpc(1)),
+        ("rpc calls, 16 in flight", calls, Path::Rpc(16)),
+    ];
+    let paths: Vec<_> = paths.into_iter().filter(|(name, ..)| wanted(name)).collect();
+    // Rounds interleave the paths so a noisy moment hits all of them alike; each path
+    // reports its median round.
+    let mut rounds: Vec<Vec<Measurement>> = vec![Vec::new(); paths.len()];
+    for _ in 0..opts.rounds.max(1) {
+        for ((name, count, path), seen) in paths.iter().zip(&mut rounds) {
+            seen.push(measure(name, *count, || path.run(*count)).await);
+        }
     }
-    let calls = opts.calls;
-    m.push(measure("rpc calls, 1 in flight", calls, || rpc_calls(calls, 1)).await);
-    m.push(measure("rpc calls, 16 in flight", calls, || rpc_calls(calls, 16)).await);
-    let by = |name: &str| {
-        m.iter()
-            .find(|x| x.name == name)
-            .cloned()
-            .expect("measured")
-    };
-    let ratios = vec![
-        ratio(
+    let m: Vec<Measurement> = rounds
+        .into_iter()
+        .map(|mut seen| {
+            seen.sort_by(|a, b| a.events_per_sec.total_cmp(&b.events_per_sec));
+            seen.swap_remove(seen.len() / 2)
+        })
+        .collect();
+    let by = |name: &str| m.iter().find(|x| x.name == name);
+    let ratios = [
+        (
             "phase 0 / reference crossbeam router",
-            &by("busbridge phase 0"),
-            &by("reference crossbeam router"),
+            "busbridge phase 0",
+            "reference crossbeam router",
             0.95,
         ),
-        ratio(
+        (
             "phase 2 unix batched / raw busrt unix QoS::No",
-            &by("busbridge phase 2 unix, realtime, batched"),
-            &by("raw busrt unix, QoS::No"),
+            "busbridge phase 2 unix, realtime, batched",
+            "raw busrt unix, QoS::No",
             2.0,
         ),
-        ratio(
+        (
             "phase 2 unix unbatched / raw busrt unix QoS::No",
-            &by("busbridge phase 2 unix, realtime"),
-            &by("raw busrt unix, QoS::No"),
+            "busbridge phase 2 unix, realtime",
+            "raw busrt unix, QoS::No",
             0.8,
         ),
-        ratio(
+        (
             "phase 2 unix processed / raw busrt unix Processed x256",
-            &by("busbridge phase 2 unix, processed"),
-            &by("raw busrt unix, Processed x256"),
+            "busbridge phase 2 unix, processed",
+            "raw busrt unix, Processed x256",
             0.8,
         ),
-    ];
-    let steady = steady(opts.steady_secs).await;
-    let stall = stall(opts.stall_secs).await;
+    ]
+    .into_iter()
+    .filter_map(|(name, num, den, target)| Some(ratio(name, by(num)?, by(den)?, target)))
+    .collect();
+    let steady = if wanted("steady") {
+        Some(steady(opts.steady_secs).await)
+    } else {
+        None
+    };
+    let stall = if wanted("stall") {
+        Some(stall(opts.stall_secs).await)
+    } else {
+        None
+    };
     Report {
         machine: format!(
             "{} cores, {}",

@@ -153,7 +153,9 @@ async fn sender(
             Stats::add(&stats.bridge_batches, 1);
             codec.batch(group.into_iter().map(|o| o.bytes).collect())
         };
-        match publisher.publish_pipelined(topic, frame, qos).await {
+        // More already queued: let busrt buffer this frame; the last one of the burst flushes.
+        let more = carry.is_some() || !queue.is_empty();
+        match publisher.publish_pipelined(topic, frame, qos, more).await {
             Ok(ack) => {
                 Stats::add(&stats.bridge_sent, n);
                 in_flight.push_back((seqs, ack));

@@ -3,12 +3,13 @@
 use busbridge::bench::{self, BenchOptions};
 use std::process::ExitCode;
 
-pub async fn run(json: bool, quick: bool) -> anyhow::Result<ExitCode> {
-    let opts = if quick {
+pub async fn run(json: bool, quick: bool, only: Option<String>) -> anyhow::Result<ExitCode> {
+    let mut opts = if quick {
         BenchOptions::quick()
     } else {
         BenchOptions::full()
     };
+    opts.only = only;
     let report = bench::run(&opts).await;
     if json {
         println!("{}", serde_json::to_string(&report)?);
@@ -44,8 +45,8 @@ pub async fn run(json: bool, quick: bool) -> anyhow::Result<ExitCode> {
             if r.met { "met" } else { "MISSED" }
         );
     }
-    let s = &report.steady;
-    println!(
+    if let Some(s) = &report.steady {
+        println!(
         "\nsteady {} events/s over a Unix socket: p50 {:.0} us, p99 {:.0} us, p999 {:.0} us; process CPU {:.1}% of a core",
         s.rate_per_sec,
         s.p50_us,
@@ -53,10 +54,12 @@ pub async fn run(json: bool, quick: bool) -> anyhow::Result<ExitCode> {
         s.p999_us,
         s.cpu_fraction_of_core * 100.0
     );
-    let st = &report.stall;
-    println!(
+    }
+    if let Some(st) = &report.stall {
+        println!(
         "subscriber stalled {} s under 100,000 events/s (DropOldest, queue {}): max queue {}, dropped and counted {}, slowest publish {:.0} us, RSS growth {:.1} MiB",
         st.stall_secs, st.queue_capacity, st.max_queue_len, st.dropped_counted, st.slowest_publish_us, st.rss_growth_mib
     );
+    }
     Ok(ExitCode::SUCCESS)
 }

@@ -58,9 +58,17 @@ pub enum QoS {
 
 impl QoS {
     fn busrt(self) -> busrt::QoS {
-        match self {
-            QoS::Processed => busrt::QoS::RealtimeProcessed,
-            QoS::Realtime => busrt::QoS::Realtime,
+        self.busrt_flushing(true)
+    }
+
+    /// busrt's QoS for a frame; `flush = false` lets busrt buffer the frame until the next
+    /// flushing one (or its buffer TTL), so a burst costs one write instead of one per frame.
+    fn busrt_flushing(self, flush: bool) -> busrt::QoS {
+        match (self, flush) {
+            (QoS::Processed, true) => busrt::QoS::RealtimeProcessed,
+            (QoS::Processed, false) => busrt::QoS::Processed,
+            (QoS::Realtime, true) => busrt::QoS::Realtime,
+            (QoS::Realtime, false) => busrt::QoS::No,
         }
     }
 }
@@ -561,7 +569,7 @@ impl Publisher {
         qos: QoS,
     ) -> Result<(), ClientError> {
         let topic = Topic::parse(topic)?.to_busrt();
-        self.publish_pipelined(topic, payload.into(), qos)
+        self.publish_pipelined(topic, payload.into(), qos, false)
             .await?
             .await
     }
@@ -575,12 +583,16 @@ impl Publisher {
     /// Sends without waiting for the acknowledgement, so many can be in flight (a window).
     /// Await the returned [`Ack`] later; if it fails the message was put back in the outbox
     /// and will be resent after reconnecting (at least once). The topic is busrt's
-    /// (`events/process/new`), already validated.
+    /// (`events/process/new`), already validated. `more_follows`: the caller sends another
+    /// frame right after this one, so this one need not be flushed on its own (the last
+    /// frame of a burst must pass `false`; busrt flushes a buffered frame after its buffer
+    /// TTL in any case).
     pub async fn publish_pipelined(
         &self,
         busrt_topic: String,
         payload: Vec<u8>,
         qos: QoS,
+        more_follows: bool,
     ) -> Result<Ack, ClientError> {
         let limit = self.shared.opts.max_message_size;
         if payload.len() > limit {
@@ -599,7 +611,11 @@ impl Publisher {
                 Some(conn) => Some(
                     timeout(
                         shared.opts.timeout,
-                        conn.publish(&busrt_topic, payload.as_slice().into(), qos.busrt()),
+                        conn.publish(
+                            &busrt_topic,
+                            payload.as_slice().into(),
+                            qos.busrt_flushing(!more_follows),
+                        ),
                     )
                     .await,
                 ),
