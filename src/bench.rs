@@ -670,7 +670,10 @@ pub async fn run(opts: &BenchOptions) -> Report {
         ("rpc calls, 1 in flight", calls, Path::Rpc(1)),
         ("rpc calls, 16 in flight", calls, Path::Rpc(16)),
     ];
-    let paths: Vec<_> = paths.into_iter().filter(|(name, ..)| wanted(name)).collect();
+    let paths: Vec<_> = paths
+        .into_iter()
+        .filter(|(name, ..)| wanted(name))
+        .collect();
     // Rounds interleave the paths so a noisy moment hits all of them alike; each path
     // reports its median round.
     let mut rounds: Vec<Vec<Measurement>> = vec![Vec::new(); paths.len()];

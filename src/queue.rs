@@ -60,6 +60,8 @@ struct Shared<T> {
     item: Condvar,
     /// Wakes async receivers.
     item_async: Notify,
+    /// Async receivers waiting now: a send notifies only when there is one.
+    async_waiting: AtomicUsize,
     /// Wakes senders waiting for room.
     room: Notify,
     senders: AtomicUsize,
@@ -71,12 +73,35 @@ impl<T> Shared<T> {
         self.senders.load(Ordering::Acquire) == 0
     }
     fn pop(&self) -> Option<T> {
-        let item = self.queue.lock().pop_front();
-        if item.is_some() {
+        let mut q = self.queue.lock();
+        let was_full = q.len() >= self.capacity;
+        let item = q.pop_front();
+        drop(q);
+        // Senders wait for room only when the queue is full.
+        if was_full {
             self.room.notify_waiters();
         }
         item
     }
+}
+
+/// How long a blocking receiver looks for the next item before it sleeps: spinning, then
+/// yielding, as crossbeam's `Backoff::snooze` does. A busy stream then costs no futex wake-up
+/// per item; an idle one parks after a few microseconds.
+fn snooze_until<T>(mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    for step in 0..10u32 {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        if step < 6 {
+            for _ in 0..1 << step {
+                std::hint::spin_loop();
+            }
+        } else {
+            std::thread::yield_now();
+        }
+    }
+    f()
 }
 
 /// Creates a channel holding at most `capacity` items (at least 1).
@@ -87,6 +112,7 @@ pub fn channel<T>(capacity: usize) -> (Sender<T>, Receiver<T>) {
         capacity,
         item: Condvar::new(),
         item_async: Notify::new(),
+        async_waiting: AtomicUsize::new(0),
         room: Notify::new(),
         senders: AtomicUsize::new(1),
         receivers: AtomicUsize::new(1),
@@ -118,7 +144,9 @@ impl<T> Sender<T> {
             q.push_back(item);
         }
         self.shared.item.notify_one();
-        self.shared.item_async.notify_waiters();
+        if self.shared.async_waiting.load(Ordering::Acquire) > 0 {
+            self.shared.item_async.notify_waiters();
+        }
         Ok(())
     }
 
@@ -216,11 +244,17 @@ impl<T> Receiver<T> {
     }
 
     fn recv_deadline(&self, deadline: Option<Instant>) -> Result<T, RecvTimeoutError> {
+        if let Some(item) = snooze_until(|| self.shared.pop()) {
+            return Ok(item);
+        }
         let mut q = self.shared.queue.lock();
         loop {
+            let was_full = q.len() >= self.shared.capacity;
             if let Some(item) = q.pop_front() {
                 drop(q);
-                self.shared.room.notify_waiters();
+                if was_full {
+                    self.shared.room.notify_waiters();
+                }
                 return Ok(item);
             }
             if self.shared.disconnected_senders() {
@@ -244,9 +278,17 @@ impl<T> Receiver<T> {
     /// Waits asynchronously for an item; `None` once the channel is empty and disconnected.
     pub async fn recv_async(&self) -> Option<T> {
         loop {
+            match self.try_recv() {
+                Ok(item) => return Some(item),
+                Err(TryRecvError::Disconnected) => return None,
+                Err(TryRecvError::Empty) => {}
+            }
             let notified = self.shared.item_async.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
+            // Counted before the re-check, so a send after it sees a waiter and notifies.
+            self.shared.async_waiting.fetch_add(1, Ordering::AcqRel);
+            let _waiting = Waiting(&self.shared.async_waiting);
             match self.try_recv() {
                 Ok(item) => return Some(item),
                 Err(TryRecvError::Disconnected) => return None,
@@ -278,6 +320,15 @@ impl<T> Receiver<T> {
     /// The channel's capacity.
     pub fn capacity(&self) -> Option<usize> {
         Some(self.shared.capacity)
+    }
+}
+
+/// Decrements a waiter count when the wait ends (or its future is dropped).
+struct Waiting<'a>(&'a AtomicUsize);
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -358,5 +409,55 @@ mod tests {
         assert_eq!(rx.recv_async().await, Some(1));
         assert!(waiter.await.unwrap().is_ok());
         assert_eq!(rx.recv_async().await, Some(2));
+    }
+
+    /// Sends from another thread racing an async receiver's wait: no wake-up is lost (the
+    /// sender notifies only when it sees a waiter).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn async_receiver_never_misses_a_send() {
+        let (tx, rx) = channel(16);
+        let n = 20_000u32;
+        let sender = std::thread::spawn(move || {
+            for i in 0..n {
+                while let Err(TrySendError::Full(_)) = tx.try_send(i) {
+                    std::thread::yield_now();
+                }
+            }
+        });
+        let mut next = 0;
+        let got = tokio::time::timeout(Duration::from_secs(30), async {
+            while let Some(i) = rx.recv_async().await {
+                assert_eq!(i, next);
+                next += 1;
+            }
+        })
+        .await;
+        assert!(got.is_ok(), "receiver stalled at {next}");
+        assert_eq!(next, n);
+        sender.join().unwrap();
+    }
+
+    /// A blocked sender is woken when a blocking receiver makes room.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn full_queue_drains_through_blocking_receiver() {
+        let (tx, rx) = channel(2);
+        let n = 10_000u32;
+        let reader = std::thread::spawn(move || rx.iter().collect::<Vec<u32>>());
+        for i in 0..n {
+            loop {
+                match tx.try_send(i) {
+                    Ok(()) => break,
+                    Err(TrySendError::Full(_)) => {
+                        assert!(
+                            tx.ready(Some(Duration::from_secs(30))).await,
+                            "no room at {i}"
+                        )
+                    }
+                    Err(TrySendError::Disconnected(_)) => panic!("receiver gone"),
+                }
+            }
+        }
+        drop(tx);
+        assert_eq!(reader.join().unwrap(), (0..n).collect::<Vec<_>>());
     }
 }
