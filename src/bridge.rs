@@ -22,6 +22,7 @@ use crate::bus::{BusError, Core, CoreOptions};
 use crate::client::{Ack, AsyncClient, ClientError, ClientOptions, Message, Publisher, QoS};
 use crate::codec::{Codec, CodecKind, Envelope};
 use crate::config::Config;
+use crate::durable::Positions;
 use crate::parity::ParityConfig;
 use crate::phase::Phase;
 use crate::sequence::{InOrder, Pushed};
@@ -53,6 +54,29 @@ struct Origin {
     holding_since: Option<tokio::time::Instant>,
 }
 
+impl Origin {
+    /// An origin first heard of: a durable subscriber expects it from its first event, any
+    /// other bus from wherever it joins the stream.
+    fn first_heard(durable: bool) -> Self {
+        if durable {
+            Self::after(0)
+        } else {
+            Self {
+                stream: InOrder::new(MAX_MISSING),
+                holding_since: None,
+            }
+        }
+    }
+
+    /// Resuming after `position` (a durable subscriber's stored position).
+    fn after(position: u64) -> Self {
+        Self {
+            stream: InOrder::after(position, MAX_MISSING),
+            holding_since: None,
+        }
+    }
+}
+
 type Origins = HashMap<String, Origin>;
 
 /// Topic on which an idle origin announces the highest sequence number it has sent.
@@ -70,6 +94,17 @@ struct Heartbeat {
 
 /// Topic on which a receiver asks an origin to send a gap again.
 pub const RESEND_TOPIC: &str = "control.bridge.resend";
+
+/// Topic on which a resuming subscriber asks every origin for its highest sequence number
+/// (answered with a heartbeat at once), so a tail it missed while down is found even if the
+/// origin is idle.
+pub const HELLO_TOPIC: &str = "control.bridge.hello";
+
+/// "`origin` is resuming: tell me how far you have got."
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+struct Hello {
+    origin: String,
+}
 
 /// "Send `from..=to` of `origin` again."
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
@@ -158,6 +193,9 @@ async fn sender(
         match publisher.publish_pipelined(topic, frame, qos, more).await {
             Ok(ack) => {
                 Stats::add(&stats.bridge_sent, n);
+                if let Some(l) = link.upgrade() {
+                    l.sent_high.fetch_max(highest_sent, Relaxed);
+                }
                 in_flight.push_back((seqs, ack));
             }
             Err(e) => finish(&link, &stats, seqs, Err(e)),
@@ -278,6 +316,10 @@ pub struct Link {
     max_in_flight: usize,
     stats: Arc<Stats>,
     shadow_remote: AtomicU64,
+    /// Highest sequence number handed to busrt (what a hello is answered with).
+    sent_high: AtomicU64,
+    /// A durable subscriber: origins first heard of are expected from sequence 1.
+    durable: bool,
     close: Mutex<Option<oneshot::Sender<()>>>,
 }
 
@@ -322,6 +364,15 @@ impl Link {
                 .await?;
         }
         self.listening.store(true, Relaxed);
+        if self.durable {
+            let hello = serde_json::to_vec(&Hello {
+                origin: self.origin.clone(),
+            })
+            .unwrap_or_default();
+            self.publisher
+                .publish(HELLO_TOPIC, hello, QoS::Processed)
+                .await?;
+        }
         Ok(())
     }
 
@@ -524,13 +575,30 @@ impl Link {
         if h.origin == self.origin {
             return;
         }
+        // Never heard of it: nothing to compare with, unless this subscriber wants every
+        // origin's stream from its start.
+        if self.durable && !seen.contains_key(&h.origin) {
+            seen.insert(h.origin.clone(), Origin::first_heard(true));
+        }
         let Some(state) = seen.get_mut(&h.origin) else {
-            return; // never heard of it: nothing to compare with
+            return;
         };
         if let Some((from, to)) = state.stream.expect_up_to(h.highest) {
             Stats::add(&self.stats.bridge_gaps, to - from + 1);
             tracing::warn!(origin = %h.origin, from, to, "tail of a stream missing; asking for a resend");
             self.request_resend(&h.origin, from, to);
+        }
+    }
+
+    /// A resuming subscriber said hello: tell it at once how far this origin has got.
+    async fn on_hello(&self, payload: &[u8]) {
+        let Ok(h) = serde_json::from_slice::<Hello>(payload) else {
+            Stats::add(&self.stats.bridge_decode_errors, 1);
+            return;
+        };
+        let high = self.sent_high.load(Relaxed);
+        if h.origin != self.origin && high > 0 {
+            self.heartbeat(high).await;
         }
     }
 
@@ -624,10 +692,10 @@ impl Link {
             return;
         }
         let origin = env.origin.clone();
-        let state = seen.entry(origin.clone()).or_insert_with(|| Origin {
-            stream: InOrder::new(MAX_MISSING),
-            holding_since: None,
-        });
+        let durable = self.durable;
+        let state = seen
+            .entry(origin.clone())
+            .or_insert_with(|| Origin::first_heard(durable));
         let ready = match state.stream.push(env.seq, env) {
             Pushed::Duplicate => {
                 Stats::add(&self.stats.bridge_duplicates, 1);
@@ -744,6 +812,7 @@ pub struct BridgeBuilder {
     hop_limit: u32,
     core: CoreOptions,
     send: SendOptions,
+    resume: Option<Positions>,
 }
 
 impl Default for BridgeBuilder {
@@ -766,6 +835,7 @@ impl BridgeBuilder {
             hop_limit: DEFAULT_HOP_LIMIT,
             core: CoreOptions::default(),
             send: SendOptions::default(),
+            resume: None,
         }
     }
 
@@ -846,6 +916,13 @@ impl BridgeBuilder {
         self.core = core;
         self
     }
+    /// Makes this a durable subscriber resuming after `positions` (see [`crate::durable`]):
+    /// what was processed is dropped, what follows is asked for again and delivered once, in
+    /// order; origins not in `positions` are expected from their first event.
+    pub fn resume(mut self, positions: Positions) -> Self {
+        self.resume = Some(positions);
+        self
+    }
     pub fn parity(mut self, parity: ParityConfig) -> Self {
         self.core.parity = parity;
         self
@@ -870,6 +947,7 @@ impl BridgeBuilder {
         }
         let client = AsyncClient::connect_with(&uri, opts).await?;
         client.subscribe(RESEND_TOPIC, QoS::Processed).await?;
+        client.subscribe(HELLO_TOPIC, QoS::Processed).await?;
         let name = client.name().to_owned();
         let mut core_opts = self.core;
         if core_opts.publisher_id == CoreOptions::default().publisher_id {
@@ -901,6 +979,8 @@ impl BridgeBuilder {
             max_in_flight: (client.queue_size() / 2).max(1),
             stats: core.stats().clone(),
             shadow_remote: AtomicU64::new(0),
+            sent_high: AtomicU64::new(0),
+            durable: self.resume.is_some(),
             close: Mutex::new(Some(close_tx)),
         });
         core.attach(link.clone());
@@ -919,6 +999,7 @@ impl BridgeBuilder {
             link.clone(),
             client,
             close_rx,
+            self.resume.unwrap_or_default(),
         ));
         Ok(Bridged {
             core,
@@ -935,8 +1016,12 @@ async fn bridge_loop(
     link: Arc<Link>,
     mut client: AsyncClient,
     mut close: oneshot::Receiver<()>,
+    resume: Positions,
 ) {
-    let mut seen = HashMap::new();
+    let mut seen: Origins = resume
+        .iter()
+        .map(|(origin, pos)| (origin.to_owned(), Origin::after(pos)))
+        .collect();
     loop {
         tokio::select! {
             m = client.recv() => {
@@ -946,6 +1031,8 @@ async fn bridge_loop(
                     link.resend(m.payload()).await;
                 } else if m.topic() == HEARTBEAT_TOPIC {
                     link.on_heartbeat(&mut seen, m.payload());
+                } else if m.topic() == HELLO_TOPIC {
+                    link.on_hello(m.payload()).await;
                 } else {
                     link.inbound(&core, &mut seen, &m).await;
                 }

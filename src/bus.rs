@@ -459,16 +459,33 @@ impl EventBus {
         &self,
         subscription: EventSubscription,
     ) -> Result<Receiver<BusEvent>, BusError> {
+        self.subscribe_as(subscription, |e| BusEvent::from(e)).await
+    }
+
+    async fn subscribe_as<T: Send + 'static>(
+        &self,
+        subscription: EventSubscription,
+        convert: fn(&crate::codec::Envelope) -> T,
+    ) -> Result<Receiver<T>, BusError> {
         let (tx, rx) = queue::channel(self.config.channel_capacity);
         self.core
             .subscribe(
                 subscription.subscriber_id.clone(),
                 filter_of(&subscription),
                 self.config.backpressure_strategy.into(),
-                Box::new(QueueSink(tx, |e| BusEvent::from(e))),
+                Box::new(QueueSink(tx, convert)),
             )
             .await?;
         Ok(rx)
+    }
+
+    /// Subscribes to whole envelopes: each event with its origin and sequence number, what a
+    /// durable subscriber records as its position (see [`crate::durable`]).
+    pub async fn subscribe_envelopes(
+        &self,
+        subscription: EventSubscription,
+    ) -> Result<Receiver<crate::codec::Envelope>, BusError> {
+        self.subscribe_as(subscription, Clone::clone).await
     }
 
     /// The statistics.

@@ -96,6 +96,9 @@
 //! - **Gaps are filled by receiver-driven resend** from a bounded replay buffer at the origin,
 //!   rather than by persisting events: a busrt broker keeps nothing, and the publisher is the
 //!   only one that still has the bytes.
+//! - **A restarted subscriber resumes from positions it stores with its output**
+//!   ([`durable`]): the legacy API has no acknowledgements, so only the subscriber knows what it
+//!   processed; the bridge turns its positions into resend requests.
 
 #[cfg(all(feature = "busrt", feature = "legacy"))]
 pub mod bench;
@@ -110,6 +113,7 @@ pub mod codec;
 #[cfg(feature = "busrt")]
 pub mod collector;
 pub mod config;
+pub mod durable;
 pub mod endpoint;
 pub mod event;
 #[cfg(feature = "legacy")]

@@ -137,6 +137,19 @@ enum Command {
         #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
         timeout: std::time::Duration,
     },
+    /// A durable subscriber: append every event to FILE (JSON lines with origin and sequence);
+    /// restarted, it resumes after the last line, so FILE holds each event once.
+    Journal {
+        file: PathBuf,
+        #[arg(long, default_value = cli::pubsub::DEFAULT_CONNECT)]
+        connect: String,
+        /// Host the broker on this Unix socket instead of connecting to one.
+        #[arg(long)]
+        embedded: Option<PathBuf>,
+        /// Exit once FILE holds this many events.
+        #[arg(long)]
+        count: Option<u64>,
+    },
     /// Run a process collector that serves the lifecycle operations over RPC.
     Collector {
         #[arg(long, default_value = "procmond")]
@@ -252,6 +265,20 @@ fn main() -> ExitCode {
                 connect,
                 timeout,
             } => cli::rpc::call(target, method, params, connect, timeout).await,
+            Command::Journal {
+                file,
+                connect,
+                embedded,
+                count,
+            } => {
+                cli::journal::run(cli::journal::JournalArgs {
+                    file,
+                    connect,
+                    embedded,
+                    count,
+                })
+                .await
+            }
             Command::Collector {
                 name,
                 connect,

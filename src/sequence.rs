@@ -31,6 +31,8 @@ pub enum Seen {
 /// Tracks one origin's sequence numbers.
 #[derive(Debug, Clone)]
 pub struct SeqTracker {
+    /// False until the first number: without a known start, the first one seen is the start.
+    started: bool,
     highest: u64,
     missing: BTreeSet<u64>,
     max_missing: usize,
@@ -42,6 +44,7 @@ impl SeqTracker {
     /// Remembers at most `max_missing` outstanding gaps (the oldest are forgotten first).
     pub fn new(max_missing: usize) -> Self {
         Self {
+            started: false,
             highest: 0,
             missing: BTreeSet::new(),
             max_missing,
@@ -49,9 +52,27 @@ impl SeqTracker {
         }
     }
 
+    /// A tracker that has seen everything up to `position` (a durable subscriber resuming;
+    /// 0 = nothing yet, so the stream is expected from its first number, 1).
+    ///
+    /// ```
+    /// use busbridge::sequence::{SeqTracker, Seen};
+    /// let mut t = SeqTracker::after(10, 1024);
+    /// assert_eq!(t.observe(10), Seen::Duplicate);
+    /// assert_eq!(t.observe(13), Seen::Gap { missing: 2 });   // 11 and 12
+    /// ```
+    pub fn after(position: u64, max_missing: usize) -> Self {
+        Self {
+            started: true,
+            highest: position,
+            ..Self::new(max_missing)
+        }
+    }
+
     /// Classifies `seq` and updates the state.
     pub fn observe(&mut self, seq: u64) -> Seen {
-        if self.highest == 0 {
+        if !self.started {
+            self.started = true;
             self.highest = seq;
             return Seen::New;
         }
@@ -96,7 +117,7 @@ impl SeqTracker {
     /// Learns that numbers up to `highest` exist; those beyond what was seen become missing.
     /// Returns the new missing range, if any.
     pub fn expect_up_to(&mut self, highest: u64) -> Option<(u64, u64)> {
-        if self.highest == 0 || highest <= self.highest {
+        if !self.started || highest <= self.highest {
             return None;
         }
         let from = self.highest + 1;
@@ -160,6 +181,14 @@ impl<T> InOrder<T> {
     pub fn new(max_missing: usize) -> Self {
         Self {
             tracker: SeqTracker::new(max_missing),
+            held: Default::default(),
+        }
+    }
+
+    /// Delivers only what follows `position` (see [`SeqTracker::after`]).
+    pub fn after(position: u64, max_missing: usize) -> Self {
+        Self {
+            tracker: SeqTracker::after(position, max_missing),
             held: Default::default(),
         }
     }
@@ -268,6 +297,20 @@ mod tests {
         );
         assert!(matches!(s.push(5, 5), Pushed::Accepted { ref ready, .. } if ready.is_empty()));
         assert!(matches!(s.push(4, 4), Pushed::Accepted { ref ready, .. } if ready == &vec![4, 5]));
+    }
+
+    #[test]
+    fn resuming_asks_for_what_follows_the_position() {
+        let mut s = InOrder::after(3, 100);
+        assert_eq!(s.push(2, 2), Pushed::Duplicate);
+        assert!(
+            matches!(s.push(6, 6), Pushed::Accepted { gap: Some((4, 5)), ref ready, .. } if ready.is_empty())
+        );
+        assert!(matches!(s.push(4, 4), Pushed::Accepted { ref ready, .. } if ready == &vec![4]));
+        assert!(matches!(s.push(5, 5), Pushed::Accepted { ref ready, .. } if ready == &vec![5, 6]));
+        // From nothing: everything from 1 is expected, a heartbeat reveals all of it.
+        let mut fresh = InOrder::<u64>::after(0, 100);
+        assert_eq!(fresh.expect_up_to(3), Some((1, 3)));
     }
 
     #[test]

@@ -5,6 +5,7 @@ pub mod bench;
 pub mod broker;
 #[cfg(feature = "legacy")]
 pub mod demo;
+pub mod journal;
 #[cfg(feature = "legacy")]
 pub mod parity;
 #[cfg(feature = "legacy")]

@@ -1,0 +1,74 @@
+//! `busbridge journal FILE`: a durable subscriber. Every event goes to FILE as a JSON line
+//! (the envelope, with its origin and sequence number); restarted after a crash, it resumes
+//! exactly after the last line written, so FILE holds each event once, in order per
+//! publisher. With `--embedded SOCKET` it also hosts the broker, as an agent does.
+
+use busbridge::bridge::BridgeBuilder;
+use busbridge::client::ClientOptions;
+use busbridge::durable::Journal;
+use busbridge::event::SourceCaps;
+use busbridge::subscription::EventSubscription;
+use busbridge::Broker;
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+pub struct JournalArgs {
+    pub file: PathBuf,
+    pub connect: String,
+    pub embedded: Option<PathBuf>,
+    /// Exit once the journal holds this many lines.
+    pub count: Option<u64>,
+}
+
+pub async fn run(a: JournalArgs) -> anyhow::Result<ExitCode> {
+    let mut journal = Journal::open(&a.file)?;
+    let mut builder = BridgeBuilder::new()
+        .resume(journal.positions().clone())
+        .client_options(ClientOptions {
+            reconnect_initial: Duration::from_millis(50),
+            ..Default::default()
+        });
+    builder = match &a.embedded {
+        Some(socket) => {
+            let mut broker = Broker::new();
+            broker.spawn_ipc_server(socket, 100)?;
+            builder.embedded(broker)
+        }
+        None => builder.connect(&a.connect),
+    };
+    let bridged = builder.build().await?;
+    let rx = bridged
+        .event_bus(Default::default())
+        .subscribe_envelopes(EventSubscription {
+            subscriber_id: "journal".into(),
+            capabilities: SourceCaps::all(),
+            event_filter: None,
+            correlation_filter: None,
+        })
+        .await?;
+    println!("ready {}", journal.len());
+    std::io::stdout().flush()?;
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    loop {
+        if a.count.is_some_and(|n| journal.len() >= n) {
+            break;
+        }
+        tokio::select! {
+            next = rx.recv_async() => {
+                let Some(envelope) = next else { break };
+                journal.append(&envelope)?;
+                if rx.is_empty() {
+                    journal.flush()?;
+                }
+            }
+            _ = tokio::signal::ctrl_c() => break,
+            _ = term.recv() => break,
+        }
+    }
+    journal.flush()?;
+    bridged.shutdown().await;
+    println!("stopped {}", journal.len());
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,192 @@
+//! Restarts with exact end-to-end counts: a durable subscriber process (`busbridge journal`)
+//! killed with SIGKILL and restarted mid-stream, and an agent process hosting the embedded
+//! broker killed and restarted while its collectors keep publishing. The journal is the
+//! subscriber's output and its checkpoint; at the end it must hold every published event
+//! exactly once, in publish order per collector.
+
+mod common;
+
+use busbridge::bridge::{BridgeBuilder, Bridged};
+use busbridge::client::ClientOptions;
+use busbridge::codec::{Codec, CodecKind, Envelope};
+use busbridge::phase::Phase;
+use busbridge::scenario::sample_envelope;
+use common::procs::{self, Proc};
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::time::Duration;
+
+/// Events per collector.
+const PER_COLLECTOR: usize = 3000;
+const COLLECTORS: usize = 2;
+const TOTAL: usize = PER_COLLECTOR * COLLECTORS;
+
+fn fast(name: &str) -> ClientOptions {
+    ClientOptions {
+        reconnect_initial: Duration::from_millis(20),
+        reconnect_max: Duration::from_millis(200),
+        timeout: Duration::from_secs(2),
+        ..ClientOptions::default().name(name)
+    }
+}
+
+async fn collector(uri: &str, name: &str) -> Bridged {
+    BridgeBuilder::new()
+        .phase(Phase::BusrtOnly)
+        .connect(uri)
+        .client_options(fast(name))
+        .build()
+        .await
+        .unwrap()
+}
+
+fn target(uri: &str) -> Vec<String> {
+    vec!["--connect".to_owned(), uri.to_owned()]
+}
+
+fn journal(file: &Path, target: &[String]) -> Proc {
+    let f = file.to_string_lossy().into_owned();
+    let total = TOTAL.to_string();
+    let mut args = vec!["journal", &f, "--count", &total];
+    args.extend(target.iter().map(String::as_str));
+    let p = procs::spawn(&args, &[]);
+    p.wait_line("ready");
+    p
+}
+
+/// Publishes every collector's events, a few thousand a second (one from each collector every
+/// millisecond tick), while `fault` runs once a third of them are out: the collectors keep
+/// publishing through the fault. Returns the collectors.
+async fn stream(
+    collectors: Vec<Bridged>,
+    fault: impl FnOnce(&dyn Fn(usize)) + Send + 'static,
+) -> Vec<Bridged> {
+    let (progress, mut seen) = tokio::sync::watch::channel(0usize);
+    let publishing = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_millis(1));
+        for i in 0..PER_COLLECTOR {
+            tick.tick().await;
+            for c in &collectors {
+                let name = c.link().name().to_owned();
+                c.core()
+                    .publish(sample_envelope(&name, i, &name))
+                    .await
+                    .unwrap();
+            }
+            progress.send_replace(i + 1);
+        }
+        collectors
+    });
+    seen.wait_for(|n| *n >= PER_COLLECTOR / 3).await.unwrap();
+    let rt = tokio::runtime::Handle::current();
+    let progress = seen.clone();
+    // Lets the fault wait until `n` more events of each collector are out.
+    let wait_more = move |n: usize| {
+        let mut p = progress.clone();
+        let target = (*p.borrow() + n).min(PER_COLLECTOR);
+        rt.block_on(p.wait_for(|i| *i >= target)).unwrap();
+    };
+    tokio::task::spawn_blocking(move || fault(&wait_more))
+        .await
+        .unwrap();
+    let during = *seen.borrow();
+    let collectors = publishing.await.unwrap();
+    assert!(
+        during > PER_COLLECTOR / 3,
+        "the collectors published while the subscriber was down"
+    );
+    collectors
+}
+
+/// Reads the journal and checks: every event once, in publish order per collector.
+fn check_journal(file: &Path, collectors: &[Bridged]) {
+    let codec = Codec::new(CodecKind::Json, 1 << 20);
+    let text = std::fs::read_to_string(file).unwrap();
+    let envelopes: Vec<Envelope> = text
+        .lines()
+        .map(|l| codec.decode(l.as_bytes()).unwrap())
+        .collect();
+    let mut per_origin: BTreeMap<&str, Vec<u64>> = BTreeMap::new();
+    for e in &envelopes {
+        per_origin.entry(&e.origin).or_default().push(e.seq);
+    }
+    let ids: BTreeSet<&str> = envelopes.iter().map(|e| e.event_id.as_str()).collect();
+    assert_eq!(ids.len(), envelopes.len(), "no duplicates");
+    assert_eq!(envelopes.len(), TOTAL, "received == published");
+    for c in collectors {
+        let seqs = per_origin
+            .get(c.link().origin())
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        let expected: Vec<u64> = (1..=PER_COLLECTOR as u64).collect();
+        assert_eq!(
+            seqs,
+            expected.as_slice(),
+            "publish order of {}",
+            c.link().name()
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscriber_killed_and_restarted_gets_every_event_once() {
+    let dir = procs::sock_dir();
+    let socket = procs::sock_path(&dir, "b.sock");
+    let _broker = procs::broker(&socket, &[]);
+    let uri = format!("ipc://{}", socket.display());
+    let file = dir.path().join("journal.jsonl");
+    let subscriber = journal(&file, &target(&uri));
+    let mut collectors = Vec::new();
+    for k in 0..COLLECTORS {
+        collectors.push(collector(&uri, &format!("procmond-{k}")).await);
+    }
+    let (f, u) = (file.clone(), uri.clone());
+    let (tx, rx) = std::sync::mpsc::channel();
+    let collectors = stream(collectors, move |wait_more| {
+        let mut subscriber = subscriber;
+        // Frozen first, so events pile up in its queues and sockets, then killed.
+        subscriber.signal(libc::SIGSTOP);
+        wait_more(100);
+        subscriber.signal(libc::SIGKILL);
+        subscriber.wait_exit();
+        tx.send(journal(&f, &target(&u))).unwrap();
+    })
+    .await;
+    let mut subscriber = rx.recv().unwrap();
+    assert_eq!(subscriber.wait_exit(), 0, "the journal filled up");
+    check_journal(&file, &collectors);
+    let resent: u64 = collectors
+        .iter()
+        .map(|c| c.core().stats().snapshot().bridge_resent)
+        .sum();
+    assert!(resent > 0, "what the dead subscriber missed was resent");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_broker_host_restarted_under_running_collectors() {
+    let dir = procs::sock_dir();
+    let socket = procs::sock_path(&dir, "agent.sock");
+    let file = dir.path().join("journal.jsonl");
+    let s = socket.to_string_lossy().into_owned();
+    let embedded = |s: &str| vec!["--embedded".to_owned(), s.to_owned()];
+    let agent = journal(&file, &embedded(&s));
+    let uri = format!("ipc://{s}");
+    let mut collectors = Vec::new();
+    for k in 0..COLLECTORS {
+        collectors.push(collector(&uri, &format!("procmond-{k}")).await);
+    }
+    let f = file.clone();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let collectors = stream(collectors, move |wait_more| {
+        let mut agent = agent;
+        agent.signal(libc::SIGSTOP);
+        wait_more(100);
+        agent.signal(libc::SIGKILL);
+        agent.wait_exit();
+        tx.send(journal(&f, &embedded(&s))).unwrap();
+    })
+    .await;
+    let mut agent = rx.recv().unwrap();
+    assert_eq!(agent.wait_exit(), 0, "the journal filled up");
+    check_journal(&file, &collectors);
+}
