@@ -246,11 +246,28 @@ pub(super) fn decode_frame(bytes: &[u8]) -> Result<Vec<Envelope>, CodecError> {
     if h.version != ENVELOPE_VERSION {
         return Err(CodecError::UnsupportedVersion(h.version));
     }
-    BatchRecord::decode(bytes)?
-        .items
-        .iter()
-        .map(|item| decode(item))
-        .collect()
+    batch_items(bytes)?.into_iter().map(decode).collect()
+}
+
+/// The items of a batch frame as slices of it: `BatchRecord::decode` would copy each one.
+fn batch_items(mut buf: &[u8]) -> Result<Vec<&[u8]>, CodecError> {
+    use prost::encoding::{decode_key, decode_varint, skip_field, DecodeContext, WireType};
+    let mut items = Vec::new();
+    while !buf.is_empty() {
+        let (tag, wire_type) = decode_key(&mut buf)?;
+        if tag != 1 || wire_type != WireType::LengthDelimited {
+            skip_field(wire_type, tag, &mut buf, DecodeContext::default())?;
+            continue;
+        }
+        let len = usize::try_from(decode_varint(&mut buf)?).unwrap_or(usize::MAX);
+        if len > buf.len() {
+            return Err(prost::DecodeError::new("batch item beyond the frame").into());
+        }
+        let (item, rest) = buf.split_at(len);
+        items.push(item);
+        buf = rest;
+    }
+    Ok(items)
 }
 
 fn header(env: &Envelope, kind: u32) -> Result<Header, CodecError> {
