@@ -21,10 +21,10 @@ fn paths(c: &mut Criterion) {
         b.iter(|| rt.block_on(bench::phase0(EVENTS)))
     });
     g.bench_function("raw_busrt_inprocess", |b| {
-        b.iter(|| rt.block_on(bench::raw_busrt(EVENTS, false, 0)))
+        b.iter(|| rt.block_on(bench::raw_busrt(EVENTS, false, 0, None)))
     });
     g.bench_function("raw_busrt_unix", |b| {
-        b.iter(|| rt.block_on(bench::raw_busrt(EVENTS, true, 0)))
+        b.iter(|| rt.block_on(bench::raw_busrt(EVENTS, true, 0, None)))
     });
     g.bench_function("busbridge_phase2_unix", |b| {
         b.iter(|| {

@@ -64,6 +64,8 @@ impl BenchOptions {
 pub struct Measurement {
     pub name: String,
     pub events: u64,
+    /// Events (or calls) that arrived; below `events` only if the path lost some.
+    pub delivered: u64,
     pub seconds: f64,
     pub events_per_sec: f64,
     pub p50_us: f64,
@@ -92,6 +94,10 @@ pub struct Steady {
     pub p999_us: f64,
     /// CPU of the whole process (publisher bridge, subscriber bridge, broker) over wall time.
     pub cpu_fraction_of_core: f64,
+    /// The same for raw busrt clients carrying the same stream (same rate, bytes, QoS).
+    pub raw_busrt_cpu_fraction_of_core: f64,
+    /// What the two bridges add over raw busrt, per bridge (the difference, halved).
+    pub bridge_cpu_fraction_of_core: f64,
 }
 
 /// The stalled-subscriber run.
@@ -167,7 +173,9 @@ where
         name: name.into(),
         events: events as u64,
         seconds,
-        events_per_sec: events as f64 / seconds,
+        delivered: lat.len() as u64,
+        // What arrived, not what was sent: a run that lost events does not look faster.
+        events_per_sec: lat.len() as f64 / seconds,
         p50_us: percentile(&lat, 0.5),
         p99_us: percentile(&lat, 0.99),
         p999_us: percentile(&lat, 0.999),
@@ -281,11 +289,16 @@ fn raw_payload() -> Vec<u8> {
 }
 
 /// (c) raw busrt with its own clients; `window` acknowledgements in flight (0 = `QoS::No`).
-pub async fn raw_busrt(events: usize, unix: bool, window: usize) -> Vec<f64> {
+/// With `pace`, that many events leave every millisecond, acknowledged and flushed each
+/// (busrt `RealtimeProcessed`, what busbridge's `Processed` uses): the steady comparison.
+pub async fn raw_busrt(events: usize, unix: bool, window: usize, pace: Option<usize>) -> Vec<f64> {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("raw.sock").to_string_lossy().into_owned();
+    // Queues hold a whole run: busrt unregisters a subscriber whose queue fills, which would
+    // end the run early and flatter raw busrt.
+    let queue = events.max(262_144) + 16;
     let mut broker = busrt::broker::Broker::new();
-    broker.set_queue_size(262_144);
+    broker.set_queue_size(queue);
     let (mut publisher, mut subscriber): (
         Box<dyn busrt::client::AsyncClient>,
         Box<dyn busrt::client::AsyncClient>,
@@ -294,7 +307,7 @@ pub async fn raw_busrt(events: usize, unix: bool, window: usize) -> Vec<f64> {
             .spawn_unix_server(&path, busrt::broker::ServerConfig::default())
             .await
             .expect("raw server");
-        let cfg = |n: &str| busrt::ipc::Config::new(&path, n).queue_size(262_144);
+        let cfg = |n: &str| busrt::ipc::Config::new(&path, n).queue_size(queue);
         (
             Box::new(
                 busrt::ipc::Client::connect(&cfg("p"))
@@ -318,33 +331,41 @@ pub async fn raw_busrt(events: usize, unix: bool, window: usize) -> Vec<f64> {
         let _ = c.await;
     }
     let payload = raw_payload();
+    // One clock for both sides: latency is receive time minus send time.
+    let start = Instant::now();
     let reader = tokio::spawn(async move {
         let mut lat = Vec::with_capacity(events);
-        let start = Instant::now();
         while lat.len() < events {
             if rx.recv().await.is_err() {
                 break;
             }
             lat.push(start.elapsed().as_secs_f64());
         }
-        lat
+        // The channel lives as long as the clients: a client whose channel is gone stops
+        // reading, and the broker then times it out.
+        (lat, rx)
     });
-    let start = Instant::now();
     let mut sent_at = Vec::with_capacity(events);
     let mut acks = std::collections::VecDeque::new();
-    let qos = if window == 0 {
-        busrt::QoS::No
-    } else {
-        busrt::QoS::Processed
+    let qos = match (window, pace) {
+        (_, Some(_)) => busrt::QoS::RealtimeProcessed,
+        (0, None) => busrt::QoS::No,
+        _ => busrt::QoS::Processed,
     };
-    for _ in 0..events {
+    let mut tick = tokio::time::interval(Duration::from_millis(1));
+    for i in 0..events {
+        if let Some(per_tick) = pace {
+            if i % per_tick.max(1) == 0 {
+                tick.tick().await;
+            }
+        }
         sent_at.push(start.elapsed().as_secs_f64());
         if let Ok(Some(c)) = publisher
             .publish("bench/metric", payload.as_slice().into(), qos)
             .await
         {
             acks.push_back(c);
-            if acks.len() >= window {
+            if acks.len() >= window.max(1) {
                 if let Some(a) = acks.pop_front() {
                     let _ = a.await;
                 }
@@ -354,8 +375,12 @@ pub async fn raw_busrt(events: usize, unix: bool, window: usize) -> Vec<f64> {
     for a in acks {
         let _ = a.await;
     }
-    let recv = reader.await.unwrap_or_default();
+    let Ok((recv, rx)) = reader.await else {
+        return Vec::new();
+    };
+    drop(publisher);
     drop(subscriber);
+    drop(rx);
     recv.iter()
         .zip(sent_at)
         .map(|(r, s)| (r - s).max(0.0) * 1e6)
@@ -534,12 +559,19 @@ pub async fn steady(secs: u64) -> Steady {
     lat.sort_by(|a, b| a.total_cmp(b));
     p.shutdown().await;
     s.shutdown().await;
+    let cpu = (cpu1 - cpu0) / wall;
+    let (raw0, _) = rusage();
+    let raw_start = Instant::now();
+    raw_busrt(total, true, 256, Some(10)).await;
+    let raw = (rusage().0 - raw0) / raw_start.elapsed().as_secs_f64();
     Steady {
         rate_per_sec: 10_000,
         p50_us: percentile(&lat, 0.5),
         p99_us: percentile(&lat, 0.99),
         p999_us: percentile(&lat, 0.999),
-        cpu_fraction_of_core: (cpu1 - cpu0) / wall,
+        cpu_fraction_of_core: cpu,
+        raw_busrt_cpu_fraction_of_core: raw,
+        bridge_cpu_fraction_of_core: ((cpu - raw) / 2.0).max(0.0),
     }
 }
 
@@ -602,7 +634,7 @@ impl Path {
         match *self {
             Path::Reference => reference_router(n).await,
             Path::Phase0 => phase0(n).await,
-            Path::Raw(unix, window) => raw_busrt(n, unix, window).await,
+            Path::Raw(unix, window) => raw_busrt(n, unix, window, None).await,
             Path::Phase2(transport, batch, qos) => phase2(n, transport, batch, qos).await,
             Path::Rpc(concurrency) => rpc_calls(n, concurrency).await,
         }

@@ -9,6 +9,11 @@
 //! (publishers answer a resuming subscriber's hello with their highest sequence number, so a
 //! lost tail is found even if they are idle), and delivers the rest in order.
 //!
+//! Resuming asks every origin it has not heard of for its whole replay buffer (a collector
+//! that started while the subscriber was down must not lose its first events). A subscriber
+//! starting for the first time usually wants to join the stream live instead: build it
+//! without `resume` while its store is empty, as `busbridge journal` does.
+//!
 //! [`Journal`] is the simplest such store: an append-only file of JSON lines, one envelope a
 //! line, whose own content is the checkpoint. A line torn by a crash is cut off on reopen.
 //!
@@ -20,11 +25,11 @@
 //! use busbridge::subscription::EventSubscription;
 //!
 //! let mut journal = Journal::open("events.jsonl")?;
-//! let bridged = BridgeBuilder::new()
-//!     .connect("ipc:///run/daemoneye/daemoneye.sock")
-//!     .resume(journal.positions().clone())
-//!     .build()
-//!     .await?;
+//! let mut builder = BridgeBuilder::new().connect("ipc:///run/daemoneye/daemoneye.sock");
+//! if !journal.is_empty() {
+//!     builder = builder.resume(journal.positions().clone());
+//! }
+//! let bridged = builder.build().await?;
 //! let rx = bridged
 //!     .event_bus(Default::default())
 //!     .subscribe_envelopes(EventSubscription {

@@ -24,12 +24,14 @@ pub struct JournalArgs {
 
 pub async fn run(a: JournalArgs) -> anyhow::Result<ExitCode> {
     let mut journal = Journal::open(&a.file)?;
-    let mut builder = BridgeBuilder::new()
-        .resume(journal.positions().clone())
-        .client_options(ClientOptions {
-            reconnect_initial: Duration::from_millis(50),
-            ..Default::default()
-        });
+    let mut builder = BridgeBuilder::new().client_options(ClientOptions {
+        reconnect_initial: Duration::from_millis(50),
+        ..Default::default()
+    });
+    // A fresh journal joins the stream live; one with history resumes after it.
+    if !journal.is_empty() {
+        builder = builder.resume(journal.positions().clone());
+    }
     builder = match &a.embedded {
         Some(socket) => {
             let mut broker = Broker::new();
