@@ -41,7 +41,7 @@ pub const DEFAULT_HOP_LIMIT: u32 = 8;
 const MAX_MISSING: usize = 100_000;
 
 /// How long events behind a sequence gap wait for the resend before they are delivered
-/// anyway (and the gap counted as lost).
+/// anyway (and the gap counted as lost), unless `bus.gap_wait` says otherwise.
 pub const GAP_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Most events held behind gaps per origin before the wait is given up.
@@ -91,6 +91,9 @@ struct Heartbeat {
     origin: String,
     highest: u64,
 }
+
+/// Resent frames in flight before their acknowledgements are awaited.
+const RESEND_WINDOW: usize = 256;
 
 /// Topic on which a receiver asks an origin to send a gap again.
 pub const RESEND_TOPIC: &str = "control.bridge.resend";
@@ -320,6 +323,8 @@ pub struct Link {
     sent_high: AtomicU64,
     /// A durable subscriber: origins first heard of are expected from sequence 1.
     durable: bool,
+    /// How long events wait behind a gap.
+    gap_wait: std::time::Duration,
     close: Mutex<Option<oneshot::Sender<()>>>,
 }
 
@@ -646,11 +651,26 @@ impl Link {
                 "events asked for are no longer in the replay buffer"
             );
         }
-        for (_, topic, bytes) in items {
-            let topic = topic.replace('/', ".");
-            match self.publisher.publish(&topic, bytes, self.qos).await {
-                Ok(()) => Stats::add(&self.stats.bridge_resent, 1),
+        // Pipelined, as the sender does: a resend that waited for each acknowledgement could
+        // take longer than receivers hold events behind the gap.
+        let (last, mut acks) = (items.len(), VecDeque::new());
+        for (i, (_, topic, bytes)) in items.into_iter().enumerate() {
+            let more = i + 1 < last;
+            match self
+                .publisher
+                .publish_pipelined(topic, bytes, self.qos, more)
+                .await
+            {
+                Ok(ack) => acks.push_back(ack),
                 Err(e) => tracing::warn!("resend failed: {e}"),
+            }
+            if acks.len() >= RESEND_WINDOW || i + 1 == last {
+                while let Some(ack) = acks.pop_front() {
+                    match ack.await {
+                        Ok(()) => Stats::add(&self.stats.bridge_resent, 1),
+                        Err(e) => tracing::warn!("resend failed: {e}"),
+                    }
+                }
             }
         }
     }
@@ -738,12 +758,15 @@ impl Link {
         ready
     }
 
-    /// Releases what has waited longer than [`GAP_WAIT`] behind a gap.
+    /// Releases what has waited longer than the gap wait behind a gap.
     async fn expire_holds(&self, core: &Core, seen: &mut Origins) {
         let now = tokio::time::Instant::now();
         let mut ready = Vec::new();
         for state in seen.values_mut() {
-            if state.holding_since.is_some_and(|t| now >= t + GAP_WAIT) {
+            if state
+                .holding_since
+                .is_some_and(|t| now >= t + self.gap_wait)
+            {
                 ready.extend(self.give_up(state));
             }
         }
@@ -813,6 +836,7 @@ pub struct BridgeBuilder {
     core: CoreOptions,
     send: SendOptions,
     resume: Option<Positions>,
+    gap_wait: std::time::Duration,
 }
 
 impl Default for BridgeBuilder {
@@ -836,6 +860,7 @@ impl BridgeBuilder {
             core: CoreOptions::default(),
             send: SendOptions::default(),
             resume: None,
+            gap_wait: GAP_WAIT,
         }
     }
 
@@ -856,6 +881,7 @@ impl BridgeBuilder {
             queue: config.bus.outbound_queue,
             replay: config.bus.replay_buffer,
         };
+        b.gap_wait = config.bus.gap_wait;
         if let Some(name) = &config.client.name {
             b = b.name(name);
         }
@@ -923,6 +949,12 @@ impl BridgeBuilder {
         self.resume = Some(positions);
         self
     }
+    /// How long events behind a sequence gap wait for the resend ([`GAP_WAIT`] by default);
+    /// a subscriber that would rather wait than lose sets it longer.
+    pub fn gap_wait(mut self, wait: std::time::Duration) -> Self {
+        self.gap_wait = wait;
+        self
+    }
     pub fn parity(mut self, parity: ParityConfig) -> Self {
         self.core.parity = parity;
         self
@@ -981,6 +1013,7 @@ impl BridgeBuilder {
             shadow_remote: AtomicU64::new(0),
             sent_high: AtomicU64::new(0),
             durable: self.resume.is_some(),
+            gap_wait: self.gap_wait,
             close: Mutex::new(Some(close_tx)),
         });
         core.attach(link.clone());
@@ -1037,7 +1070,7 @@ async fn bridge_loop(
                     link.inbound(&core, &mut seen, &m).await;
                 }
             }
-            _ = wait_for_expiry(&seen) => {
+            _ = wait_for_expiry(&seen, link.gap_wait) => {
                 let Some(core) = core.upgrade() else { break };
                 link.expire_holds(&core, &mut seen).await;
             }
@@ -1047,10 +1080,10 @@ async fn bridge_loop(
     let _ = tokio::time::timeout(std::time::Duration::from_secs(5), client.disconnect()).await;
 }
 
-/// Resolves when the oldest hold behind a gap reaches [`GAP_WAIT`]; never if nothing waits.
-async fn wait_for_expiry(seen: &Origins) {
+/// Resolves when the oldest hold behind a gap reaches `wait`; never if nothing waits.
+async fn wait_for_expiry(seen: &Origins, wait: std::time::Duration) {
     match seen.values().filter_map(|o| o.holding_since).min() {
-        Some(t) => tokio::time::sleep_until(t + GAP_WAIT).await,
+        Some(t) => tokio::time::sleep_until(t + wait).await,
         None => std::future::pending().await,
     }
 }

@@ -174,6 +174,10 @@ pub struct BusConfig {
     pub outbound_queue: usize,
     /// Recently sent events kept to answer resend requests (0: none).
     pub replay_buffer: usize,
+    /// How long events behind a sequence gap wait for the resend before the gap is counted
+    /// lost and they are delivered.
+    #[serde(with = "humantime_serde")]
+    pub gap_wait: std::time::Duration,
 }
 
 /// What one client may do; topics are dotted patterns.
@@ -237,6 +241,7 @@ impl Default for BusConfig {
             publish_window: 256,
             outbound_queue: 65_536,
             replay_buffer: 100_000,
+            gap_wait: std::time::Duration::from_secs(2),
         }
     }
 }
@@ -314,6 +319,9 @@ impl Config {
         nonzero("bus.channel_capacity", self.bus.channel_capacity)?;
         nonzero("bus.max_subscribers", self.bus.max_subscribers)?;
         nonzero("bus.batch_max", self.bus.batch_max)?;
+        if self.bus.gap_wait.is_zero() {
+            return Err(invalid("bus.gap_wait", "must be above zero"));
+        }
         nonzero("bus.publish_window", self.bus.publish_window)?;
         nonzero("bus.outbound_queue", self.bus.outbound_queue)?;
         if self.bus.batch_max > 1000 {
@@ -388,5 +396,9 @@ mod tests {
         assert!(e.to_string().contains("phase"), "{e}");
         let e = Config::from_toml_str("[access.procmond]\npublish = [\"events..x\"]").unwrap_err();
         assert!(e.to_string().contains("access.procmond.publish"), "{e}");
+        let e = Config::from_toml_str("[bus]\ngap_wait = \"0s\"").unwrap_err();
+        assert!(e.to_string().contains("bus.gap_wait"), "{e}");
+        let c = Config::from_toml_str("[bus]\ngap_wait = \"10s\"").unwrap();
+        assert_eq!(c.bus.gap_wait, std::time::Duration::from_secs(10));
     }
 }

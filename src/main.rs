@@ -149,6 +149,10 @@ enum Command {
         /// Exit once FILE holds this many events.
         #[arg(long)]
         count: Option<u64>,
+        /// How long events behind a sequence gap wait for the resend (a durable subscriber
+        /// would rather wait than lose).
+        #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+        gap_wait: std::time::Duration,
     },
     /// Run a process collector that serves the lifecycle operations over RPC.
     Collector {
@@ -270,12 +274,14 @@ fn main() -> ExitCode {
                 connect,
                 embedded,
                 count,
+                gap_wait,
             } => {
                 cli::journal::run(cli::journal::JournalArgs {
                     file,
                     connect,
                     embedded,
                     count,
+                    gap_wait,
                 })
                 .await
             }

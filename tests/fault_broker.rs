@@ -17,15 +17,6 @@ use std::time::Duration;
 
 const LIMIT: Duration = Duration::from_secs(60);
 
-fn fast(name: &str) -> ClientOptions {
-    ClientOptions {
-        reconnect_initial: Duration::from_millis(20),
-        reconnect_max: Duration::from_millis(200),
-        timeout: Duration::from_secs(2),
-        ..ClientOptions::default().name(name)
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broker_killed_mid_stream_every_event_arrives_once() {
     const N: usize = 6000;
@@ -37,7 +28,7 @@ async fn broker_killed_mid_stream_every_event_arrives_once() {
         BridgeBuilder::new()
             .phase(Phase::Topics)
             .connect(&uri)
-            .client_options(fast(name))
+            .client_options(common::fast_client(name))
             .build()
     };
     let publisher = bridge("fault-pub").await.unwrap();
@@ -153,7 +144,7 @@ async fn tcp_partition_then_heal_every_event_arrives_once() {
     let opts = |name: &str| ClientOptions {
         keepalive: Duration::from_millis(200),
         timeout: Duration::from_millis(500),
-        ..fast(name)
+        ..common::fast_client(name)
     };
     let publisher = BridgeBuilder::new()
         .phase(Phase::Topics)

@@ -7,7 +7,6 @@
 mod common;
 
 use busbridge::bridge::{BridgeBuilder, Bridged};
-use busbridge::client::ClientOptions;
 use busbridge::codec::{Codec, CodecKind, Envelope};
 use busbridge::phase::Phase;
 use busbridge::scenario::sample_envelope;
@@ -21,27 +20,14 @@ const PER_COLLECTOR: usize = 3000;
 const COLLECTORS: usize = 2;
 const TOTAL: usize = PER_COLLECTOR * COLLECTORS;
 
-fn fast(name: &str) -> ClientOptions {
-    ClientOptions {
-        reconnect_initial: Duration::from_millis(20),
-        reconnect_max: Duration::from_millis(200),
-        timeout: Duration::from_secs(2),
-        ..ClientOptions::default().name(name)
-    }
-}
-
 async fn collector(uri: &str, name: &str) -> Bridged {
     BridgeBuilder::new()
         .phase(Phase::BusrtOnly)
         .connect(uri)
-        .client_options(fast(name))
+        .client_options(common::fast_client(name))
         .build()
         .await
         .unwrap()
-}
-
-fn target(uri: &str) -> Vec<String> {
-    vec!["--connect".to_owned(), uri.to_owned()]
 }
 
 fn journal(file: &Path, target: &[String]) -> Proc {
@@ -128,33 +114,41 @@ fn check_journal(file: &Path, collectors: &[Bridged]) {
     }
 }
 
+/// Starts the journal (`target` says where its broker is), then the collectors on `uri`;
+/// once a third of the stream is out, freezes the journal process (so events pile up in its
+/// queues and sockets), kills it with SIGKILL and starts it again on the same file, while the
+/// collectors keep publishing. Returns when the journal holds every event, and checks it.
+async fn restart_mid_stream(file: &Path, uri: &str, target: Vec<String>) -> Vec<Bridged> {
+    let first = journal(file, &target);
+    let mut collectors = Vec::new();
+    for k in 0..COLLECTORS {
+        collectors.push(collector(uri, &format!("procmond-{k}")).await);
+    }
+    let f = file.to_path_buf();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let collectors = stream(collectors, move |wait_more| {
+        let mut first = first;
+        first.signal(libc::SIGSTOP);
+        wait_more(100);
+        first.signal(libc::SIGKILL);
+        first.wait_exit();
+        tx.send(journal(&f, &target)).unwrap();
+    })
+    .await;
+    let mut second = rx.recv().unwrap();
+    assert_eq!(second.wait_exit(), 0, "the journal filled up");
+    check_journal(file, &collectors);
+    collectors
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn subscriber_killed_and_restarted_gets_every_event_once() {
     let dir = procs::sock_dir();
     let socket = procs::sock_path(&dir, "b.sock");
     let _broker = procs::broker(&socket, &[]);
     let uri = format!("ipc://{}", socket.display());
-    let file = dir.path().join("journal.jsonl");
-    let subscriber = journal(&file, &target(&uri));
-    let mut collectors = Vec::new();
-    for k in 0..COLLECTORS {
-        collectors.push(collector(&uri, &format!("procmond-{k}")).await);
-    }
-    let (f, u) = (file.clone(), uri.clone());
-    let (tx, rx) = std::sync::mpsc::channel();
-    let collectors = stream(collectors, move |wait_more| {
-        let mut subscriber = subscriber;
-        // Frozen first, so events pile up in its queues and sockets, then killed.
-        subscriber.signal(libc::SIGSTOP);
-        wait_more(100);
-        subscriber.signal(libc::SIGKILL);
-        subscriber.wait_exit();
-        tx.send(journal(&f, &target(&u))).unwrap();
-    })
-    .await;
-    let mut subscriber = rx.recv().unwrap();
-    assert_eq!(subscriber.wait_exit(), 0, "the journal filled up");
-    check_journal(&file, &collectors);
+    let target = vec!["--connect".to_owned(), uri.clone()];
+    let collectors = restart_mid_stream(&dir.path().join("journal.jsonl"), &uri, target).await;
     let resent: u64 = collectors
         .iter()
         .map(|c| c.core().stats().snapshot().bridge_resent)
@@ -165,28 +159,10 @@ async fn subscriber_killed_and_restarted_gets_every_event_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn embedded_broker_host_restarted_under_running_collectors() {
     let dir = procs::sock_dir();
-    let socket = procs::sock_path(&dir, "agent.sock");
-    let file = dir.path().join("journal.jsonl");
-    let s = socket.to_string_lossy().into_owned();
-    let embedded = |s: &str| vec!["--embedded".to_owned(), s.to_owned()];
-    let agent = journal(&file, &embedded(&s));
-    let uri = format!("ipc://{s}");
-    let mut collectors = Vec::new();
-    for k in 0..COLLECTORS {
-        collectors.push(collector(&uri, &format!("procmond-{k}")).await);
-    }
-    let f = file.clone();
-    let (tx, rx) = std::sync::mpsc::channel();
-    let collectors = stream(collectors, move |wait_more| {
-        let mut agent = agent;
-        agent.signal(libc::SIGSTOP);
-        wait_more(100);
-        agent.signal(libc::SIGKILL);
-        agent.wait_exit();
-        tx.send(journal(&f, &embedded(&s))).unwrap();
-    })
-    .await;
-    let mut agent = rx.recv().unwrap();
-    assert_eq!(agent.wait_exit(), 0, "the journal filled up");
-    check_journal(&file, &collectors);
+    let socket = procs::sock_path(&dir, "agent.sock")
+        .to_string_lossy()
+        .into_owned();
+    let uri = format!("ipc://{socket}");
+    let target = vec!["--embedded".to_owned(), socket];
+    restart_mid_stream(&dir.path().join("journal.jsonl"), &uri, target).await;
 }

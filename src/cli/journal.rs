@@ -20,14 +20,18 @@ pub struct JournalArgs {
     pub embedded: Option<PathBuf>,
     /// Exit once the journal holds this many lines.
     pub count: Option<u64>,
+    /// How long events behind a gap wait for the resend.
+    pub gap_wait: Duration,
 }
 
 pub async fn run(a: JournalArgs) -> anyhow::Result<ExitCode> {
     let mut journal = Journal::open(&a.file)?;
-    let mut builder = BridgeBuilder::new().client_options(ClientOptions {
-        reconnect_initial: Duration::from_millis(50),
-        ..Default::default()
-    });
+    let mut builder = BridgeBuilder::new()
+        .gap_wait(a.gap_wait)
+        .client_options(ClientOptions {
+            reconnect_initial: Duration::from_millis(50),
+            ..Default::default()
+        });
     // A fresh journal joins the stream live; one with history resumes after it.
     if !journal.is_empty() {
         builder = builder.resume(journal.positions().clone());

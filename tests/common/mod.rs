@@ -266,6 +266,16 @@ pub fn arb_event() -> impl Strategy<Value = CollectionEvent> {
 pub mod procs;
 pub mod proxy;
 
+/// Client options for fault tests: quick reconnects and a short timeout.
+pub fn fast_client(name: &str) -> busbridge::client::ClientOptions {
+    busbridge::client::ClientOptions {
+        reconnect_initial: Duration::from_millis(20),
+        reconnect_max: Duration::from_millis(200),
+        timeout: Duration::from_secs(2),
+        ..busbridge::client::ClientOptions::default().name(name)
+    }
+}
+
 /// A subscription to every event.
 pub fn sub_all(id: &str) -> busbridge::EventSubscription {
     busbridge::EventSubscription {
