@@ -846,10 +846,15 @@ impl Default for BridgeBuilder {
 }
 
 impl BridgeBuilder {
-    /// Phase 2 by default once you bridge (explicit), protobuf, `Processed`.
+    /// Phase 2 by default once you bridge (phase 4 in a build without the legacy router),
+    /// protobuf, `Processed`.
     pub fn new() -> Self {
         Self {
-            phase: Phase::Topics,
+            phase: if cfg!(feature = "legacy") {
+                Phase::Topics
+            } else {
+                Phase::BusrtOnly
+            },
             connect: None,
             embedded: None,
             codec: CodecKind::Protobuf,

@@ -7,6 +7,7 @@ use busbridge::bridge::BridgeBuilder;
 use busbridge::client::ClientOptions;
 use busbridge::durable::Journal;
 use busbridge::event::SourceCaps;
+use busbridge::phase::Phase;
 use busbridge::subscription::EventSubscription;
 use busbridge::Broker;
 use std::io::Write;
@@ -26,7 +27,9 @@ pub struct JournalArgs {
 
 pub async fn run(a: JournalArgs) -> anyhow::Result<ExitCode> {
     let mut journal = Journal::open(&a.file)?;
+    // busrt only: the journal has no legacy subscribers to compare with.
     let mut builder = BridgeBuilder::new()
+        .phase(Phase::BusrtOnly)
         .gap_wait(a.gap_wait)
         .client_options(ClientOptions {
             reconnect_initial: Duration::from_millis(50),
