@@ -49,5 +49,26 @@ fn paths(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, paths);
+/// What one event costs the codec alone: the floor under every bridged path, since raw busrt
+/// moves bytes it never encodes or decodes.
+fn codec(c: &mut Criterion) {
+    use busbridge::codec::{Codec, CodecKind, Envelope};
+    let codec = Codec::new(CodecKind::Protobuf, 1 << 20);
+    let mut env = Envelope::new(bench::bench_event(1), "", "bench-pub");
+    env.origin = format!("bench-pub#{}", "0".repeat(32));
+    env.seq = 1;
+    let bytes = codec.encode(&env).expect("encode");
+    let frame = codec.batch(vec![bytes.clone(); 500]);
+    let mut g = c.benchmark_group("codec_per_event");
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("encode", |b| b.iter(|| codec.encode(&env)));
+    g.bench_function("decode", |b| b.iter(|| codec.decode(&bytes)));
+    g.throughput(Throughput::Elements(500));
+    g.bench_function("decode_batch_of_500", |b| {
+        b.iter(|| codec.decode_frame(&frame))
+    });
+    g.finish();
+}
+
+criterion_group!(benches, paths, codec);
 criterion_main!(benches);

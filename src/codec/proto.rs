@@ -38,11 +38,21 @@ pub struct Header {
     pub routing_metadata: HashMap<String, String>,
 }
 
-/// Reads only the header, skipping the record's fields.
+/// Reads only the header's version and kind, skipping everything else without allocating:
+/// the record, decoded next, carries the whole header.
 #[derive(Clone, PartialEq, Message)]
 struct HeaderProbe {
     #[prost(message, optional, tag = "100")]
-    header: Option<Header>,
+    header: Option<HeaderKind>,
+}
+
+/// The first two fields of [`Header`].
+#[derive(Clone, PartialEq, Message)]
+struct HeaderKind {
+    #[prost(uint32, tag = "1")]
+    version: u32,
+    #[prost(uint32, tag = "2")]
+    kind: u32,
 }
 
 /// Legacy `ProcessRecord` (fields 1–14) plus busbridge's additions.
@@ -228,13 +238,11 @@ pub(super) fn batch(items: Vec<Vec<u8>>) -> Vec<u8> {
     .encode_to_vec()
 }
 
-/// The header of a busbridge protobuf message, read without decoding the record.
-fn probe(bytes: &[u8]) -> Result<Header, CodecError> {
-    HeaderProbe::decode(bytes)?
-        .header
-        .ok_or(CodecError::NotAnEnvelope(
-            "protobuf message without a header",
-        ))
+const NO_HEADER: CodecError = CodecError::NotAnEnvelope("protobuf message without a header");
+
+/// The version and kind of a busbridge protobuf message, read without decoding the record.
+fn probe(bytes: &[u8]) -> Result<HeaderKind, CodecError> {
+    HeaderProbe::decode(bytes)?.header.ok_or(NO_HEADER)
 }
 
 /// Decodes a frame holding one envelope or a batch, reading the header once.
@@ -419,13 +427,15 @@ pub(super) fn decode(bytes: &[u8]) -> Result<Envelope, CodecError> {
 }
 
 /// Decodes the record a probed header names.
-fn decode_with(bytes: &[u8], h: Header) -> Result<Envelope, CodecError> {
+fn decode_with(bytes: &[u8], h: HeaderKind) -> Result<Envelope, CodecError> {
     if h.version != ENVELOPE_VERSION {
         return Err(CodecError::UnsupportedVersion(h.version));
     }
+    let header;
     let event = match h.kind {
         KIND_PROCESS => {
-            let r = ProcessRecord::decode(bytes)?;
+            let mut r = ProcessRecord::decode(bytes)?;
+            header = r.header.take();
             let start_time = match (r.start_time, r.start_time_nanos) {
                 (Some(s), n) => Some(join(s, n.unwrap_or(0), SEC, "process.start_time")?),
                 (None, None) => None,
@@ -464,7 +474,8 @@ fn decode_with(bytes: &[u8], h: Header) -> Result<Envelope, CodecError> {
             })
         }
         KIND_NETWORK => {
-            let r = NetworkRecord::decode(bytes)?;
+            let mut r = NetworkRecord::decode(bytes)?;
+            header = r.header.take();
             CollectionEvent::Network(NetworkEvent {
                 connection_id: r.connection_id,
                 source_addr: r.source_address,
@@ -483,7 +494,8 @@ fn decode_with(bytes: &[u8], h: Header) -> Result<Envelope, CodecError> {
             })
         }
         KIND_FILESYSTEM => {
-            let r = FilesystemRecord::decode(bytes)?;
+            let mut r = FilesystemRecord::decode(bytes)?;
+            header = r.header.take();
             CollectionEvent::Filesystem(FilesystemEvent {
                 path: r.path,
                 operation: r.operation_type,
@@ -500,7 +512,8 @@ fn decode_with(bytes: &[u8], h: Header) -> Result<Envelope, CodecError> {
             })
         }
         KIND_PERFORMANCE => {
-            let r = PerformanceRecord::decode(bytes)?;
+            let mut r = PerformanceRecord::decode(bytes)?;
+            header = r.header.take();
             CollectionEvent::Performance(PerformanceEvent {
                 metric_name: r.metric_name,
                 value: r.value,
@@ -516,7 +529,8 @@ fn decode_with(bytes: &[u8], h: Header) -> Result<Envelope, CodecError> {
             })
         }
         KIND_TRIGGER => {
-            let r = TriggerRecord::decode(bytes)?;
+            let mut r = TriggerRecord::decode(bytes)?;
+            header = r.header.take();
             let analysis_type = match r.analysis_type {
                 0 => AnalysisType::BinaryHash,
                 1 => AnalysisType::MemoryAnalysis,
@@ -555,6 +569,7 @@ fn decode_with(bytes: &[u8], h: Header) -> Result<Envelope, CodecError> {
         KIND_BATCH => return Err(invalid("header.kind", "a batch inside a batch")),
         n => return Err(invalid("header.kind", format!("unknown event kind {n}"))),
     };
+    let h = header.ok_or(NO_HEADER)?;
     let priority = u8::try_from(h.priority).map_err(|_| invalid("header.priority", "above 255"))?;
     Ok(Envelope {
         origin: h.origin,
