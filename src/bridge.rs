@@ -49,6 +49,7 @@ const MAX_HELD: usize = 100_000;
 
 /// One origin's stream as this bus receives it.
 struct Origin {
+    name: String,
     stream: InOrder<Envelope>,
     /// Since when events have been held behind a gap.
     holding_since: Option<tokio::time::Instant>,
@@ -57,11 +58,12 @@ struct Origin {
 impl Origin {
     /// An origin first heard of: a durable subscriber expects it from its first event, any
     /// other bus from wherever it joins the stream.
-    fn first_heard(durable: bool) -> Self {
+    fn first_heard(name: &str, durable: bool) -> Self {
         if durable {
-            Self::after(0)
+            Self::after(name, 0)
         } else {
             Self {
+                name: name.to_owned(),
                 stream: InOrder::new(MAX_MISSING),
                 holding_since: None,
             }
@@ -69,8 +71,9 @@ impl Origin {
     }
 
     /// Resuming after `position` (a durable subscriber's stored position).
-    fn after(position: u64) -> Self {
+    fn after(name: &str, position: u64) -> Self {
         Self {
+            name: name.to_owned(),
             stream: InOrder::after(position, MAX_MISSING),
             holding_since: None,
         }
@@ -583,7 +586,7 @@ impl Link {
         // Never heard of it: nothing to compare with, unless this subscriber wants every
         // origin's stream from its start.
         if self.durable && !seen.contains_key(&h.origin) {
-            seen.insert(h.origin.clone(), Origin::first_heard(true));
+            seen.insert(h.origin.clone(), Origin::first_heard(&h.origin, true));
         }
         let Some(state) = seen.get_mut(&h.origin) else {
             return;
@@ -711,11 +714,14 @@ impl Link {
             Stats::add(&self.stats.bridge_echo_suppressed, 1);
             return;
         }
-        let origin = env.origin.clone();
-        let durable = self.durable;
-        let state = seen
-            .entry(origin.clone())
-            .or_insert_with(|| Origin::first_heard(durable));
+        // Looked up by reference: the origin's name is copied once, when first heard of.
+        if !seen.contains_key(&env.origin) {
+            let state = Origin::first_heard(&env.origin, self.durable);
+            seen.insert(env.origin.clone(), state);
+        }
+        let Some(state) = seen.get_mut(&env.origin) else {
+            return;
+        };
         let ready = match state.stream.push(env.seq, env) {
             Pushed::Duplicate => {
                 Stats::add(&self.stats.bridge_duplicates, 1);
@@ -723,9 +729,10 @@ impl Link {
             }
             Pushed::Accepted { gap, filled, ready } => {
                 if let Some((from, to)) = gap {
+                    let origin = &state.name;
                     Stats::add(&self.stats.bridge_gaps, to - from + 1);
                     tracing::warn!(%origin, from, to, "sequence gap; asking for a resend");
-                    self.request_resend(&origin, from, to);
+                    self.request_resend(origin, from, to);
                 }
                 if filled {
                     Stats::add(&self.stats.bridge_gaps_filled, 1);
@@ -1058,7 +1065,7 @@ async fn bridge_loop(
 ) {
     let mut seen: Origins = resume
         .iter()
-        .map(|(origin, pos)| (origin.to_owned(), Origin::after(pos)))
+        .map(|(origin, pos)| (origin.to_owned(), Origin::after(origin, pos)))
         .collect();
     loop {
         tokio::select! {

@@ -186,7 +186,7 @@ impl ClientOptions {
 /// One received message.
 #[derive(Debug, Clone)]
 pub struct Message {
-    topic: String,
+    topic: Arc<str>,
     frame: busrt::Frame,
 }
 
@@ -831,13 +831,22 @@ impl Shared {
     /// Moves frames from busrt's event channel to the inbox without ever waiting, so the
     /// broker never sees this client as slow; what does not fit is counted.
     async fn drain(self: Arc<Self>, events: busrt::EventChannel) {
+        // A stream is mostly one topic: its dotted form is worked out once and shared.
+        let mut last: Option<(String, Arc<str>)> = None;
         while let Ok(frame) = events.recv().await {
-            let Some(topic) = frame.topic() else {
+            let Some(busrt_topic) = frame.topic() else {
                 continue; // direct messages belong to RPC, which has its own connection
             };
-            let topic = Topic::from_busrt(topic)
-                .map(|t| t.as_str().to_owned())
-                .unwrap_or_else(|_| topic.replace('/', "."));
+            let topic = match &last {
+                Some((b, dotted)) if b == busrt_topic => dotted.clone(),
+                _ => {
+                    let dotted: Arc<str> = Topic::from_busrt(busrt_topic)
+                        .map(|t| t.as_str().into())
+                        .unwrap_or_else(|_| busrt_topic.replace('/', ".").into());
+                    last = Some((busrt_topic.to_owned(), dotted.clone()));
+                    dotted
+                }
+            };
             self.counters.received.fetch_add(1, Relaxed);
             if self.inbox.try_send(Message { topic, frame }).is_err() {
                 self.counters.dropped_inbox.fetch_add(1, Relaxed);
