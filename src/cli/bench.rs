@@ -35,7 +35,11 @@ pub async fn run(json: bool, quick: bool, only: Option<String>) -> anyhow::Resul
             m.peak_rss_mib
         );
     }
-    for m in report.measurements.iter().filter(|m| m.delivered < m.events) {
+    for m in report
+        .measurements
+        .iter()
+        .filter(|m| m.delivered < m.events)
+    {
         println!(
             "note: {} delivered {} of {} (the rest were lost on that path)",
             m.name, m.delivered, m.events
