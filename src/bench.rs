@@ -387,6 +387,28 @@ pub async fn raw_busrt(events: usize, unix: bool, window: usize, pace: Option<us
         .collect()
 }
 
+/// Reads `n` events on a blocking thread (each bounded by 30 s) and returns their
+/// publish-to-delivery latencies.
+fn read_latencies(
+    rx: crate::queue::Receiver<BusEvent>,
+    n: usize,
+) -> tokio::task::JoinHandle<Vec<f64>> {
+    tokio::task::spawn_blocking(move || {
+        let mut lat = Vec::with_capacity(n);
+        while lat.len() < n {
+            // A clock read per event only when the queue is empty, as raw busrt's reader.
+            match rx
+                .try_recv()
+                .or_else(|_| rx.recv_timeout(Duration::from_secs(30)))
+            {
+                Ok(e) => lat.push(latency_us(&e)),
+                Err(_) => break,
+            }
+        }
+        lat
+    })
+}
+
 /// Where a bridged run's broker is.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Transport {
@@ -437,20 +459,7 @@ pub async fn phase2(events: usize, transport: Transport, batch: bool, qos: QoS) 
     let rx = sub_bus.subscribe(all()).await.expect("subscribe");
     // The publisher's own bus has no subscriber; its own echoes are settled, not delivered.
     let pub_bus = publisher.event_bus(Default::default());
-    let reader = tokio::task::spawn_blocking(move || {
-        let mut lat = Vec::with_capacity(events);
-        while lat.len() < events {
-            // A clock read per event only when the queue is empty, as raw busrt's reader.
-            match rx
-                .try_recv()
-                .or_else(|_| rx.recv_timeout(Duration::from_secs(30)))
-            {
-                Ok(e) => lat.push(latency_us(&e)),
-                Err(_) => break,
-            }
-        }
-        lat
-    });
+    let reader = read_latencies(rx, events);
     for i in 0..events {
         let _ = pub_bus.publish(bench_event(i), String::new()).await;
     }
@@ -535,20 +544,7 @@ pub async fn steady(secs: u64) -> Steady {
         .expect("subscribe");
     let pub_bus = p.event_bus(Default::default());
     let total = (secs * 10_000) as usize;
-    let reader = tokio::task::spawn_blocking(move || {
-        let mut lat = Vec::with_capacity(total);
-        while lat.len() < total {
-            // A clock read per event only when the queue is empty, as raw busrt's reader.
-            match rx
-                .try_recv()
-                .or_else(|_| rx.recv_timeout(Duration::from_secs(30)))
-            {
-                Ok(e) => lat.push(latency_us(&e)),
-                Err(_) => break,
-            }
-        }
-        lat
-    });
+    let reader = read_latencies(rx, total);
     let (cpu0, _) = rusage();
     let start = Instant::now();
     // 10 events each millisecond: the timer is the pace of the load, not a synchronisation.

@@ -199,9 +199,6 @@ async fn sender(
         match publisher.publish_pipelined(topic, frame, qos, more).await {
             Ok(ack) => {
                 Stats::add(&stats.bridge_sent, n);
-                if let Some(l) = link.upgrade() {
-                    l.sent_high.fetch_max(highest_sent, Relaxed);
-                }
                 in_flight.push_back((seqs, ack));
             }
             Err(e) => finish(&link, &stats, seqs, Err(e)),
@@ -225,11 +222,17 @@ fn finish(
     result: Result<(), ClientError>,
 ) {
     let Some(link) = link.upgrade() else { return };
-    if let Err(e) = result {
-        Stats::add(&stats.bridge_send_errors, seqs.len() as u64);
-        tracing::warn!(events = seqs.len(), "send failed: {e}");
-        for seq in &seqs {
-            link.forget(*seq);
+    match result {
+        Ok(()) => {
+            let high = seqs.iter().copied().max().unwrap_or(0);
+            link.sent_high.fetch_max(high, Relaxed);
+        }
+        Err(e) => {
+            Stats::add(&stats.bridge_send_errors, seqs.len() as u64);
+            tracing::warn!(events = seqs.len(), "send failed: {e}");
+            for seq in &seqs {
+                link.forget(*seq);
+            }
         }
     }
     link.sent(seqs.len());
@@ -322,7 +325,7 @@ pub struct Link {
     max_in_flight: usize,
     stats: Arc<Stats>,
     shadow_remote: AtomicU64,
-    /// Highest sequence number handed to busrt (what a hello is answered with).
+    /// Highest sequence number busrt confirmed (what a hello is answered with).
     sent_high: AtomicU64,
     /// A durable subscriber: origins first heard of are expected from sequence 1.
     durable: bool,
@@ -656,7 +659,8 @@ impl Link {
         }
         // Pipelined, as the sender does: a resend that waited for each acknowledgement could
         // take longer than receivers hold events behind the gap.
-        let (last, mut acks) = (items.len(), VecDeque::new());
+        let last = items.len();
+        let mut acks = VecDeque::new();
         for (i, (_, topic, bytes)) in items.into_iter().enumerate() {
             let more = i + 1 < last;
             match self
@@ -667,14 +671,22 @@ impl Link {
                 Ok(ack) => acks.push_back(ack),
                 Err(e) => tracing::warn!("resend failed: {e}"),
             }
-            if acks.len() >= RESEND_WINDOW || i + 1 == last {
-                while let Some(ack) = acks.pop_front() {
-                    match ack.await {
-                        Ok(()) => Stats::add(&self.stats.bridge_resent, 1),
-                        Err(e) => tracing::warn!("resend failed: {e}"),
-                    }
+            if acks.len() >= RESEND_WINDOW {
+                if let Some(ack) = acks.pop_front() {
+                    self.resent(ack).await;
                 }
             }
+        }
+        for ack in acks {
+            self.resent(ack).await;
+        }
+    }
+
+    /// Counts one resent frame once busrt confirms it.
+    async fn resent(&self, ack: Ack) {
+        match ack.await {
+            Ok(()) => Stats::add(&self.stats.bridge_resent, 1),
+            Err(e) => tracing::warn!("resend failed: {e}"),
         }
     }
 
@@ -956,7 +968,8 @@ impl BridgeBuilder {
     }
     /// Makes this a durable subscriber resuming after `positions` (see [`crate::durable`]):
     /// what was processed is dropped, what follows is asked for again and delivered once, in
-    /// order; origins not in `positions` are expected from their first event.
+    /// order; origins not in `positions` are expected from their first event. Empty
+    /// `positions` (a first start) join the stream live.
     pub fn resume(mut self, positions: Positions) -> Self {
         self.resume = Some(positions);
         self
@@ -1024,7 +1037,8 @@ impl BridgeBuilder {
             stats: core.stats().clone(),
             shadow_remote: AtomicU64::new(0),
             sent_high: AtomicU64::new(0),
-            durable: self.resume.is_some(),
+            // Nothing to resume from: join live, like any bus.
+            durable: self.resume.as_ref().is_some_and(|p| !p.is_empty()),
             gap_wait: self.gap_wait,
             close: Mutex::new(Some(close_tx)),
         });

@@ -10,9 +10,8 @@
 //! lost tail is found even if they are idle), and delivers the rest in order.
 //!
 //! Resuming asks every origin it has not heard of for its whole replay buffer (a collector
-//! that started while the subscriber was down must not lose its first events). A subscriber
-//! starting for the first time usually wants to join the stream live instead: build it
-//! without `resume` while its store is empty, as `busbridge journal` does.
+//! that started while the subscriber was down must not lose its first events). Resuming from
+//! empty positions (a subscriber starting for the first time) joins the stream live instead.
 //!
 //! [`Journal`] is the simplest such store: an append-only file of JSON lines, one envelope a
 //! line, whose own content is the checkpoint. A line torn by a crash is cut off on reopen.
@@ -25,11 +24,11 @@
 //! use busbridge::subscription::EventSubscription;
 //!
 //! let mut journal = Journal::open("events.jsonl")?;
-//! let mut builder = BridgeBuilder::new().connect("ipc:///run/daemoneye/daemoneye.sock");
-//! if !journal.is_empty() {
-//!     builder = builder.resume(journal.positions().clone());
-//! }
-//! let bridged = builder.build().await?;
+//! let bridged = BridgeBuilder::new()
+//!     .connect("ipc:///run/daemoneye/daemoneye.sock")
+//!     .resume(journal.positions().clone())
+//!     .build()
+//!     .await?;
 //! let rx = bridged
 //!     .event_bus(Default::default())
 //!     .subscribe_envelopes(EventSubscription {
@@ -203,23 +202,22 @@ impl Journal {
         }
         let mut bytes = self.codec.encode(envelope)?;
         bytes.push(b'\n');
-        self.out
-            .write_all(&bytes)
-            .map_err(|source| JournalError::Io {
-                path: self.path.clone(),
-                source,
-            })?;
+        self.out.write_all(&bytes).map_err(|e| self.io(e))?;
         self.positions.advance(envelope);
         self.lines += 1;
         Ok(true)
     }
 
-    /// Hands buffered lines to the operating system.
-    pub fn flush(&mut self) -> Result<(), JournalError> {
-        self.out.flush().map_err(|source| JournalError::Io {
+    fn io(&self, source: std::io::Error) -> JournalError {
+        JournalError::Io {
             path: self.path.clone(),
             source,
-        })
+        }
+    }
+
+    /// Hands buffered lines to the operating system.
+    pub fn flush(&mut self) -> Result<(), JournalError> {
+        self.out.flush().map_err(|e| self.io(e))
     }
 }
 

@@ -139,21 +139,7 @@ enum Command {
     },
     /// A durable subscriber: append every event to FILE (JSON lines with origin and sequence);
     /// restarted, it resumes after the last line, so FILE holds each event once.
-    Journal {
-        file: PathBuf,
-        #[arg(long, default_value = cli::pubsub::DEFAULT_CONNECT)]
-        connect: String,
-        /// Host the broker on this Unix socket instead of connecting to one.
-        #[arg(long)]
-        embedded: Option<PathBuf>,
-        /// Exit once FILE holds this many events.
-        #[arg(long)]
-        count: Option<u64>,
-        /// How long events behind a sequence gap wait for the resend (a durable subscriber
-        /// would rather wait than lose).
-        #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
-        gap_wait: std::time::Duration,
-    },
+    Journal(cli::journal::JournalArgs),
     /// Run a process collector that serves the lifecycle operations over RPC.
     Collector {
         #[arg(long, default_value = "procmond")]
@@ -269,22 +255,7 @@ fn main() -> ExitCode {
                 connect,
                 timeout,
             } => cli::rpc::call(target, method, params, connect, timeout).await,
-            Command::Journal {
-                file,
-                connect,
-                embedded,
-                count,
-                gap_wait,
-            } => {
-                cli::journal::run(cli::journal::JournalArgs {
-                    file,
-                    connect,
-                    embedded,
-                    count,
-                    gap_wait,
-                })
-                .await
-            }
+            Command::Journal(args) => cli::journal::run(args).await,
             Command::Collector {
                 name,
                 connect,

@@ -73,12 +73,16 @@ impl<T> Shared<T> {
         self.senders.load(Ordering::Acquire) == 0
     }
     fn pop(&self) -> Option<T> {
-        let mut q = self.queue.lock();
+        self.pop_from(self.queue.lock())
+    }
+
+    /// Takes the oldest item under `q`'s lock, releases the lock, then wakes senders waiting
+    /// for room (they wait only when the queue is full).
+    fn pop_from(&self, mut q: parking_lot::MutexGuard<'_, VecDeque<T>>) -> Option<T> {
         let was_full = q.len() >= self.capacity;
         let item = q.pop_front();
         drop(q);
-        // Senders wait for room only when the queue is full.
-        if was_full {
+        if was_full && item.is_some() {
             self.room.notify_waiters();
         }
         item
@@ -249,13 +253,8 @@ impl<T> Receiver<T> {
         }
         let mut q = self.shared.queue.lock();
         loop {
-            let was_full = q.len() >= self.shared.capacity;
-            if let Some(item) = q.pop_front() {
-                drop(q);
-                if was_full {
-                    self.shared.room.notify_waiters();
-                }
-                return Ok(item);
+            if !q.is_empty() {
+                return self.shared.pop_from(q).ok_or(RecvTimeoutError::Timeout);
             }
             if self.shared.disconnected_senders() {
                 return Err(RecvTimeoutError::Disconnected);

@@ -30,6 +30,34 @@ async fn plain(path: &str, name: &str) -> busrt::ipc::Client {
 }
 
 /// busrt's client handshake by hand, to send what no well-behaved client would.
+/// Waits (bounded) until the broker closes `s`.
+async fn closed_by_broker(mut s: tokio::net::UnixStream) {
+    let mut rest = Vec::new();
+    tokio::time::timeout(LIMIT, s.read_to_end(&mut rest))
+        .await
+        .expect("the broker closed the connection")
+        .ok();
+}
+
+/// Everyone else is still served: a publish on `topic` reaches a subscriber of `pattern`.
+async fn still_serves(path: &str, pattern: &str, topic: &str) {
+    let mut sub = AsyncClient::connect(&format!("ipc://{path}"))
+        .await
+        .unwrap();
+    sub.subscribe(pattern, QoS::Processed).await.unwrap();
+    let p = AsyncClient::connect(&format!("ipc://{path}"))
+        .await
+        .unwrap();
+    p.publish(topic, b"fine".to_vec(), QoS::Processed)
+        .await
+        .unwrap();
+    let m = tokio::time::timeout(LIMIT, sub.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(m.payload(), b"fine");
+}
+
 async fn raw_client(path: &str, name: &[u8]) -> tokio::net::UnixStream {
     let mut s = tokio::net::UnixStream::connect(path).await.unwrap();
     let mut greeting = [0u8; 3];
@@ -55,27 +83,8 @@ async fn a_declared_length_far_beyond_the_limit_is_refused_before_allocation() {
     header.extend_from_slice(&0xFFFF_FFF0u32.to_le_bytes());
     s.write_all(&header).await.unwrap();
     // The broker drops the connection instead of allocating.
-    let mut rest = Vec::new();
-    tokio::time::timeout(LIMIT, s.read_to_end(&mut rest))
-        .await
-        .expect("the broker closed the connection")
-        .ok();
-    // Everyone else is still served.
-    let mut sub = AsyncClient::connect(&format!("ipc://{path}"))
-        .await
-        .unwrap();
-    sub.subscribe("health.*", QoS::Processed).await.unwrap();
-    let p = AsyncClient::connect(&format!("ipc://{path}"))
-        .await
-        .unwrap();
-    p.publish("health.ok", b"fine".to_vec(), QoS::Processed)
-        .await
-        .unwrap();
-    let m = tokio::time::timeout(LIMIT, sub.recv())
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(m.payload(), b"fine");
+    closed_by_broker(s).await;
+    still_serves(&path, "health.*", "health.ok").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -161,26 +170,8 @@ async fn invalid_utf8_topic_drops_only_that_client() {
     frame.extend_from_slice(&(topic.len() as u32).to_le_bytes());
     frame.extend_from_slice(&topic);
     bad.write_all(&frame).await.unwrap();
-    let mut rest = Vec::new();
-    tokio::time::timeout(LIMIT, bad.read_to_end(&mut rest))
-        .await
-        .expect("the broker closed that connection")
-        .ok();
-    let mut sub = AsyncClient::connect(&format!("ipc://{path}"))
-        .await
-        .unwrap();
-    sub.subscribe("results.#", QoS::Processed).await.unwrap();
-    let p = AsyncClient::connect(&format!("ipc://{path}"))
-        .await
-        .unwrap();
-    p.publish("results.scan", b"r".to_vec(), QoS::Processed)
-        .await
-        .unwrap();
-    let m = tokio::time::timeout(LIMIT, sub.recv())
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(m.payload(), b"r");
+    closed_by_broker(bad).await;
+    still_serves(&path, "results.#", "results.scan").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -17,6 +17,30 @@ use std::time::Duration;
 
 const LIMIT: Duration = Duration::from_secs(60);
 
+/// A phase-2 bridged bus on `uri`.
+async fn bridge(uri: &str, opts: ClientOptions) -> busbridge::bridge::Bridged {
+    BridgeBuilder::new()
+        .phase(Phase::Topics)
+        .connect(uri)
+        .client_options(opts)
+        .build()
+        .await
+        .unwrap()
+}
+
+/// Subscribes to everything on `bus` and reads `n` numbered events on a thread.
+async fn read_all(
+    bus: &busbridge::bridge::Bridged,
+    n: usize,
+) -> std::thread::JoinHandle<(Vec<usize>, bool)> {
+    let rx = bus
+        .crossbeam(Default::default())
+        .subscribe(common::sub_all("all"))
+        .await
+        .unwrap();
+    common::read_numbered(rx, n, LIMIT)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broker_killed_mid_stream_every_event_arrives_once() {
     const N: usize = 6000;
@@ -24,22 +48,12 @@ async fn broker_killed_mid_stream_every_event_arrives_once() {
     let socket = procs::sock_path(&dir, "b.sock");
     let mut broker = procs::broker(&socket, &[]);
     let uri = format!("ipc://{}", socket.display());
-    let bridge = |name: &'static str| {
-        BridgeBuilder::new()
-            .phase(Phase::Topics)
-            .connect(&uri)
-            .client_options(common::fast_client(name))
-            .build()
-    };
-    let publisher = bridge("fault-pub").await.unwrap();
-    let subscriber = bridge("fault-sub").await.unwrap();
+    let (publisher, subscriber) = (
+        bridge(&uri, common::fast_client("fault-pub")).await,
+        bridge(&uri, common::fast_client("fault-sub")).await,
+    );
     let pub_bus = publisher.crossbeam(Default::default());
-    let rx = subscriber
-        .crossbeam(Default::default())
-        .subscribe(common::sub_all("all"))
-        .await
-        .unwrap();
-    let reader = common::read_numbered(rx, N, LIMIT);
+    let reader = read_all(&subscriber, N).await;
     // A few thousand events a second: 5 every millisecond tick.
     let mut tick = tokio::time::interval(Duration::from_millis(1));
     for i in 0..N {
@@ -146,28 +160,11 @@ async fn tcp_partition_then_heal_every_event_arrives_once() {
         timeout: Duration::from_millis(500),
         ..common::fast_client(name)
     };
-    let publisher = BridgeBuilder::new()
-        .phase(Phase::Topics)
-        .connect(format!("tcp://{target}"))
-        .client_options(opts("part-pub"))
-        .build()
-        .await
-        .unwrap();
+    let publisher = bridge(&format!("tcp://{target}"), opts("part-pub")).await;
     // The subscriber's side of the network goes through a proxy the test controls.
-    let subscriber = BridgeBuilder::new()
-        .phase(Phase::Topics)
-        .connect(&proxy.listen)
-        .client_options(opts("part-sub"))
-        .build()
-        .await
-        .unwrap();
+    let subscriber = bridge(&proxy.listen, opts("part-sub")).await;
     let pub_bus = publisher.crossbeam(Default::default());
-    let rx = subscriber
-        .crossbeam(Default::default())
-        .subscribe(common::sub_all("all"))
-        .await
-        .unwrap();
-    let reader = common::read_numbered(rx, N, LIMIT);
+    let reader = read_all(&subscriber, N).await;
     let mut tick = tokio::time::interval(Duration::from_millis(1));
     for i in 0..N {
         if i % 5 == 0 {

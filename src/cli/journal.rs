@@ -15,30 +15,35 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
+#[derive(clap::Args)]
 pub struct JournalArgs {
-    pub file: PathBuf,
-    pub connect: String,
-    pub embedded: Option<PathBuf>,
-    /// Exit once the journal holds this many lines.
-    pub count: Option<u64>,
-    /// How long events behind a gap wait for the resend.
-    pub gap_wait: Duration,
+    file: PathBuf,
+    #[arg(long, default_value = super::pubsub::DEFAULT_CONNECT)]
+    connect: String,
+    /// Host the broker on this Unix socket instead of connecting to one.
+    #[arg(long)]
+    embedded: Option<PathBuf>,
+    /// Exit once FILE holds this many events.
+    #[arg(long)]
+    count: Option<u64>,
+    /// How long events behind a sequence gap wait for the resend (a durable subscriber
+    /// would rather wait than lose).
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    gap_wait: Duration,
 }
 
 pub async fn run(a: JournalArgs) -> anyhow::Result<ExitCode> {
     let mut journal = Journal::open(&a.file)?;
-    // busrt only: the journal has no legacy subscribers to compare with.
+    // busrt only: the journal has no legacy subscribers to compare with. A fresh journal
+    // joins the stream live; one with history resumes after it.
     let mut builder = BridgeBuilder::new()
         .phase(Phase::BusrtOnly)
         .gap_wait(a.gap_wait)
+        .resume(journal.positions().clone())
         .client_options(ClientOptions {
             reconnect_initial: Duration::from_millis(50),
             ..Default::default()
         });
-    // A fresh journal joins the stream live; one with history resumes after it.
-    if !journal.is_empty() {
-        builder = builder.resume(journal.positions().clone());
-    }
     builder = match &a.embedded {
         Some(socket) => {
             let mut broker = Broker::new();
