@@ -452,7 +452,7 @@ pub async fn phase2(events: usize, transport: Transport, batch: bool, qos: QoS) 
     };
     let publisher = build("bench-pub").await.expect("bridge");
     let subscriber = build("bench-sub").await.expect("bridge");
-    let sub_bus = subscriber.event_bus(crate::bus::EventBusConfig {
+    let sub_bus = subscriber.event_bus(crate::EventBusConfig {
         channel_capacity: events + 1,
         ..Default::default()
     });

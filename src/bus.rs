@@ -1,7 +1,11 @@
-//! The one core behind every facade, and the phase-4 [`EventBus`].
+//! The one core behind every facade.
 //!
-//! [`Core`] owns the router, the statistics, the optional persistence store (for replay) and the
-//! lifecycle state. The legacy facades and [`EventBus`] are thin layers over it.
+//! [`Core`] owns the router, the statistics, the optional persistence store (for replay), the
+//! lifecycle state, the phase and the observers (parity, trace). Every facade — the legacy
+//! ones and the phase-4 [`EventBus`](crate::EventBus) — publishes through
+//! [`Core::publish`]. A bridged core also has an [`Uplink`]: the trait this module defines
+//! for what it needs from a bridge, which the bridge implements (the core knows nothing of
+//! busrt).
 //!
 //! ```
 //! # tokio::runtime::Runtime::new().unwrap().block_on(async {
@@ -30,15 +34,14 @@
 
 use crate::codec::Envelope;
 use crate::event::CollectionEvent;
+use crate::observe::Observers;
 use crate::parity::{Parity, ParityConfig};
 use crate::phase::{Phase, PhaseError};
-use crate::queue::{self, Receiver};
-use crate::router::{Filter, Policy, QueueSink, Router, RouterError};
+use crate::router::{Filter, Policy, Router, RouterError};
 use crate::stats::Stats;
 use crate::subscription::{BackpressureStrategy, BusEvent, EventBusStatistics, EventSubscription};
 use parking_lot::Mutex;
-use serde::{Deserialize, Serialize};
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::SystemTime;
@@ -46,22 +49,32 @@ use std::time::SystemTime;
 /// Why a bus operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum BusError {
+    /// The tokio facade requires `start()` before publishing.
     #[error("the bus is not started: call start() first")]
     NotStarted,
+    /// The bus was shut down.
     #[error("the bus is shut down")]
     ShutDown,
+    /// A subscription change was refused.
     #[error(transparent)]
     Router(#[from] RouterError),
+    /// The phase cannot be used here.
     #[error(transparent)]
     Phase(#[from] PhaseError),
+    /// The event cannot be encoded (too large for the broker, for example); nothing was
+    /// delivered or sent.
     #[error("cannot encode the event: {0}")]
     Codec(#[from] crate::codec::CodecError),
+    /// The busrt transport failed.
     #[cfg(feature = "busrt")]
     #[error("busrt: {0}")]
     Transport(#[from] crate::client::ClientError),
+    /// A correlation pattern is not a valid regular expression.
     #[error("invalid correlation pattern `{pattern}`: {source}")]
     BadPattern {
+        /// The pattern as given.
         pattern: String,
+        /// Why it does not compile.
         source: regex::Error,
     },
 }
@@ -73,6 +86,8 @@ const SHUT_DOWN: u8 = 2;
 /// Settings of the core.
 #[derive(Debug, Clone)]
 pub struct CoreOptions {
+    /// Most subscribers on the core, across every facade made over it (each facade also
+    /// has its own limit).
     pub max_subscribers: usize,
     /// Keep the last N events for replay; `None` keeps none.
     pub persistence: Option<usize>,
@@ -96,6 +111,63 @@ impl Default for CoreOptions {
     }
 }
 
+/// How one local publish travels, as the uplink decided for the phase.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Route {
+    /// The legacy router delivers it to local subscribers now (otherwise it is delivered
+    /// when it returns from busrt).
+    pub deliver_now: bool,
+    /// It goes to busrt.
+    pub send: bool,
+    /// busrt serves it and the legacy router's answer is recorded as the shadow control.
+    pub compare: bool,
+}
+
+/// What the core needs from a bridge. The bridge ([`crate::bridge`]) implements it; the core
+/// calls it for every local publish of a bridged bus.
+#[async_trait::async_trait]
+pub trait Uplink: Send + Sync {
+    /// Waits until another event may be taken (the uplink bounds what is in flight).
+    async fn ready(&self);
+    /// Decides the route of a local publish in `phase`, stamping the envelope's origin and,
+    /// if it is sent, its sequence number. `compare`: parity or recording wants the legacy
+    /// path's answer beside busrt's.
+    fn route(&self, phase: Phase, compare: bool, env: &mut Envelope) -> Route;
+    /// Encodes an envelope the route sends. On error nothing is owed for it any more.
+    fn encode(&self, env: &Envelope) -> Result<Vec<u8>, BusError>;
+    /// Queues an encoded envelope for busrt.
+    async fn send(&self, env: &Envelope, frame: Vec<u8>) -> Result<(), BusError>;
+    /// Starts receiving the event topics (called from the first local subscriber on).
+    async fn listen(&self) -> Result<(), BusError>;
+    /// Own events sent and not yet returned from busrt.
+    fn in_flight(&self) -> usize;
+    /// Waits until every event handed over was confirmed by the broker and every return
+    /// owed was settled. Wrap it in a timeout: a lost broker keeps returns owed.
+    async fn drained(&self);
+    /// Stops the uplink.
+    fn close(&self);
+}
+
+/// One facade's own subscriber limit on a shared core.
+///
+/// Several facades can be made over one core (a bridged bus often has a crossbeam and a tokio
+/// facade); each keeps the limit of its own configuration over the subscribers it added.
+#[derive(Debug)]
+pub struct Quota {
+    max: usize,
+    ids: Mutex<HashSet<String>>,
+}
+
+impl Quota {
+    /// A limit of `max` subscribers.
+    pub fn new(max: usize) -> Self {
+        Self {
+            max,
+            ids: Mutex::new(HashSet::new()),
+        }
+    }
+}
+
 /// The routing core shared by every facade.
 pub struct Core {
     router: Router,
@@ -104,12 +176,8 @@ pub struct Core {
     state: AtomicU8,
     publisher_id: String,
     phase: AtomicU8,
-    parity: Arc<Parity>,
-    recorder: parking_lot::RwLock<Option<Arc<crate::trace::Recorder>>>,
-    #[cfg(feature = "busrt")]
-    link: OnceLock<Arc<crate::bridge::Link>>,
-    #[cfg(not(feature = "busrt"))]
-    link: OnceLock<()>,
+    observers: Observers,
+    uplink: OnceLock<Arc<dyn Uplink>>,
 }
 
 impl Core {
@@ -125,9 +193,8 @@ impl Core {
             state: AtomicU8::new(if opts.require_start { CREATED } else { RUNNING }),
             publisher_id: opts.publisher_id,
             phase: AtomicU8::new(Phase::Legacy as u8),
-            parity: Arc::new(Parity::new(opts.parity)),
-            recorder: parking_lot::RwLock::new(None),
-            link: OnceLock::new(),
+            observers: Observers::new(Arc::new(Parity::new(opts.parity))),
+            uplink: OnceLock::new(),
         }
     }
 
@@ -140,7 +207,7 @@ impl Core {
     /// bridge, and the build must serve it.
     pub fn set_phase(&self, phase: Phase) -> Result<(), BusError> {
         phase.check_build()?;
-        if phase != Phase::Legacy && self.link.get().is_none() {
+        if phase != Phase::Legacy && self.uplink.get().is_none() {
             return Err(PhaseError::NeedsBridge(phase as u8).into());
         }
         let old = self.phase.swap(phase as u8, Ordering::AcqRel);
@@ -153,29 +220,12 @@ impl Core {
     /// Starts (or with `None` stops) recording subscriptions, publishes and control-path
     /// deliveries to a trace (see [`crate::trace`]).
     pub fn record_to(&self, recorder: Option<Arc<crate::trace::Recorder>>) {
-        *self.recorder.write() = recorder;
+        self.observers.record_to(recorder);
     }
 
     /// Whether a trace is being recorded.
     pub fn is_recording(&self) -> bool {
-        self.recorder.read().is_some()
-    }
-
-    /// Notes one control-path delivery (for parity and for the trace).
-    pub(crate) fn note_control(&self, subscriber: &str, env: &Envelope) {
-        if self.parity.is_enabled() {
-            self.parity.record_control(subscriber, env);
-        }
-        if let Some(r) = self.recorder.read().as_ref() {
-            r.deliver(subscriber, &env.event_id);
-        }
-    }
-
-    /// A/A mode: the control path again, as the candidate.
-    pub(crate) fn aa_candidate(&self, env: &Envelope) {
-        for id in self.router.matching(env) {
-            self.parity.record_candidate(&id, env);
-        }
+        self.observers.is_recording()
     }
 
     /// Adds a subscriber to the router (and to the trace, if recording); a bridged bus starts
@@ -188,31 +238,70 @@ impl Core {
         sink: Box<dyn crate::router::Sink>,
     ) -> Result<(), BusError> {
         let id = id.into();
-        if let Some(r) = self.recorder.read().as_ref() {
-            r.subscribe(&id, &filter);
-        }
+        self.observers.subscribed(&id, &filter);
         self.router.subscribe(id, filter, policy, sink)?;
-        #[cfg(feature = "busrt")]
-        if let Some(link) = self.link.get() {
-            link.listen().await?;
+        if let Some(up) = self.uplink.get() {
+            up.listen().await?;
         }
+        Ok(())
+    }
+
+    /// Subscribes within a facade's own limit (see [`Quota`]).
+    pub async fn subscribe_within(
+        &self,
+        quota: &Quota,
+        id: impl Into<String>,
+        filter: Filter,
+        policy: Policy,
+        sink: Box<dyn crate::router::Sink>,
+    ) -> Result<(), BusError> {
+        let id = id.into();
+        {
+            let mut ids = quota.ids.lock();
+            // Subscribers whose receiver went away are gone from the router: not counted.
+            ids.retain(|i| self.router.contains(i));
+            if !ids.contains(&id) && ids.len() >= quota.max {
+                return Err(RouterError::TooManySubscribers(quota.max).into());
+            }
+        }
+        self.subscribe(id.clone(), filter, policy, sink).await?;
+        quota.ids.lock().insert(id);
+        Ok(())
+    }
+
+    /// Removes a subscriber (and frees its place in `quota`).
+    pub fn unsubscribe_within(&self, quota: &Quota, id: &str) -> Result<(), BusError> {
+        self.router.unsubscribe(id)?;
+        quota.ids.lock().remove(id);
         Ok(())
     }
 
     /// The parity engine of this bus.
     pub fn parity(&self) -> &Arc<Parity> {
-        &self.parity
+        self.observers.parity()
     }
 
-    #[cfg(feature = "busrt")]
-    pub(crate) fn attach(&self, link: Arc<crate::bridge::Link>) {
-        let _ = self.link.set(link);
+    /// Makes this core bridged (once; later calls are ignored).
+    pub fn attach(&self, uplink: Arc<dyn Uplink>) {
+        let _ = self.uplink.set(uplink);
     }
 
-    /// The bridge, if this core is bridged.
-    #[cfg(feature = "busrt")]
-    pub fn link(&self) -> Option<&Arc<crate::bridge::Link>> {
-        self.link.get()
+    /// Own events on their way through busrt (0 unless bridged).
+    pub fn in_flight(&self) -> usize {
+        self.uplink.get().map_or(0, |u| u.in_flight())
+    }
+
+    /// Waits until what the bridge was handed is confirmed and returned (at once unless
+    /// bridged). Wrap it in a timeout.
+    pub async fn drained(&self) {
+        if let Some(up) = self.uplink.get() {
+            up.drained().await;
+        }
+    }
+
+    /// Whether this core is bridged.
+    pub fn is_bridged(&self) -> bool {
+        self.uplink.get().is_some()
     }
 
     /// The router.
@@ -250,32 +339,90 @@ impl Core {
         Envelope::new(event, correlation_id, self.publisher_id.clone())
     }
 
-    /// Accepts an envelope: counts it, persists it, routes it by the phase.
-    pub async fn publish(&self, env: Envelope) -> Result<usize, BusError> {
+    /// Accepts an envelope: counts it, persists it, routes it by the phase. Returns how many
+    /// local subscribers received it now.
+    pub async fn publish(&self, mut env: Envelope) -> Result<usize, BusError> {
         self.check_running()?;
         Stats::add(&self.stats.published, 1);
         self.persist(&env);
-        let recorder = self.recorder.read().clone();
-        if let Some(r) = &recorder {
-            r.publish(&env);
+        self.observers.published(&env);
+        let Some(up) = self.uplink.get() else {
+            return Ok(self.deliver_direct(&env, false).await);
+        };
+        // Bounded in flight: a publisher faster than the round trip waits here.
+        up.ready().await;
+        let phase = self.phase();
+        let compare = phase.has_control() && self.observers.comparing();
+        let route = up.route(phase, compare, &mut env);
+        // Encoded before any delivery: an event that cannot travel is refused whole.
+        let frame = if route.send {
+            Some(up.encode(&env)?)
+        } else {
+            None
+        };
+        let delivered = if route.deliver_now {
+            self.deliver_direct(&env, compare).await
+        } else {
+            if route.compare {
+                self.observers
+                    .shadow_control(&self.router.matching(&env), &env);
+            }
+            0
+        };
+        if let Some(frame) = frame {
+            up.send(&env, frame).await?;
         }
-        #[cfg(feature = "busrt")]
-        if let Some(link) = self.link.get() {
-            return link.publish(self, env).await;
-        }
-        let aa = self.parity.config().aa && self.parity.is_enabled();
-        if recorder.is_none() && !aa {
-            return Ok(self.router.route(&env).await);
+        Ok(delivered)
+    }
+
+    /// The legacy router delivers now; observers are told who received it.
+    async fn deliver_direct(&self, env: &Envelope, compare: bool) -> usize {
+        if !self.observers.watching_direct(compare) {
+            return self.router.route(env).await;
         }
         let mut ids = Vec::new();
-        let n = self.router.route_collect(&env, &mut ids).await;
-        for id in &ids {
-            self.note_control(id, &env);
+        let n = self.router.route_collect(env, &mut ids).await;
+        self.observers
+            .delivered_direct(&ids, env, compare, || self.router.matching(env));
+        n
+    }
+
+    /// Our own event returned from busrt: deliver it (busrt is the route) and/or record it as
+    /// the parity candidate, as was owed when it was published.
+    pub async fn deliver_returned(&self, env: &Envelope, deliver: bool, compare: bool) {
+        if deliver {
+            if !compare {
+                self.router.route(env).await;
+                return;
+            }
+            let mut ids = Vec::new();
+            self.router.route_collect(env, &mut ids).await;
+            self.observers.candidate(&ids, env);
+        } else if compare {
+            self.observers.candidate(&self.router.matching(env), env);
         }
-        if aa {
-            self.aa_candidate(&env);
+    }
+
+    /// Another bus's event from busrt, for the local subscribers.
+    pub async fn deliver_remote(&self, env: &Envelope) -> usize {
+        self.router.route(env).await
+    }
+
+    /// Replays persisted events of `correlation_id` to one subscriber (the tokio facade's
+    /// `replay_events`), each marked `routing_metadata.replay = "true"`; recorded like any
+    /// control-path delivery. Returns how many arrived.
+    pub async fn replay_to(&self, subscriber: &str, correlation_id: &str) -> usize {
+        let mut n = 0;
+        for mut env in self.persisted(correlation_id) {
+            env.routing_metadata.insert("replay".into(), "true".into());
+            let got = self.router.route_to(&env, subscriber).await;
+            if got > 0 {
+                self.observers
+                    .delivered_direct(&[subscriber.to_owned()], &env, false, Vec::new);
+            }
+            n += got;
         }
-        Ok(n)
+        n
     }
 
     fn persist(&self, env: &Envelope) {
@@ -319,9 +466,8 @@ impl Core {
     /// Stops accepting publishes and disconnects every subscriber (and the bridge).
     pub fn shutdown(&self) {
         self.state.store(SHUT_DOWN, Ordering::Release);
-        #[cfg(feature = "busrt")]
-        if let Some(link) = self.link.get() {
-            link.close();
+        if let Some(up) = self.uplink.get() {
+            up.close();
         }
         self.router.clear();
     }
@@ -329,7 +475,7 @@ impl Core {
     /// Every counter, parity included.
     pub fn snapshot(&self) -> crate::stats::StatsSnapshot {
         let mut s = self.stats.snapshot();
-        (s.parity_compared, s.parity_mismatches) = self.parity.totals();
+        (s.parity_compared, s.parity_mismatches) = self.parity().totals();
         s
     }
 
@@ -368,139 +514,5 @@ impl From<BackpressureStrategy> for Policy {
             BackpressureStrategy::DropOldest => Policy::DropOldest,
             BackpressureStrategy::DropNewest => Policy::DropNewest,
         }
-    }
-}
-
-/// Settings of the phase-4 [`EventBus`].
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(default, deny_unknown_fields)]
-pub struct EventBusConfig {
-    /// Queue size of each subscriber.
-    pub channel_capacity: usize,
-    pub max_subscribers: usize,
-    pub backpressure_strategy: BackpressureStrategy,
-    /// Publisher id stamped on events published through this bus.
-    pub publisher_id: String,
-}
-
-impl Default for EventBusConfig {
-    fn default() -> Self {
-        Self {
-            channel_capacity: 65_536,
-            max_subscribers: 1000,
-            backpressure_strategy: BackpressureStrategy::Blocking,
-            publisher_id: "busbridge".into(),
-        }
-    }
-}
-
-/// The phase-4 bus: the crossbeam-era methods, busbridge's own [`Receiver`], no crossbeam.
-pub struct EventBus {
-    core: Arc<Core>,
-    config: EventBusConfig,
-    #[cfg(feature = "busrt")]
-    bridge: Option<Arc<crate::bridge::Bridged>>,
-}
-
-impl EventBus {
-    /// A local bus.
-    pub fn new(config: EventBusConfig) -> Self {
-        let core = Arc::new(Core::new(CoreOptions {
-            max_subscribers: config.max_subscribers,
-            publisher_id: config.publisher_id.clone(),
-            ..CoreOptions::default()
-        }));
-        Self::with_core(core, config)
-    }
-
-    /// This API over an existing core (for example a bridged one).
-    pub fn with_core(core: Arc<Core>, config: EventBusConfig) -> Self {
-        core.router().set_max_subscribers(config.max_subscribers);
-        Self {
-            core,
-            config,
-            #[cfg(feature = "busrt")]
-            bridge: None,
-        }
-    }
-
-    /// A bus bridged to busrt as the configuration says (phase 4 in a build without
-    /// `legacy`).
-    #[cfg(feature = "busrt")]
-    pub async fn bridged(
-        config: EventBusConfig,
-        bridge: &crate::config::Config,
-    ) -> Result<Self, crate::bridge::BridgeError> {
-        let bridged = crate::bridge::Bridged::start(bridge).await?;
-        let mut bus = Self::with_core(bridged.core().clone(), config);
-        bus.bridge = Some(bridged);
-        Ok(bus)
-    }
-
-    /// The core.
-    pub fn core(&self) -> &Arc<Core> {
-        &self.core
-    }
-
-    /// Publishes an event to every matching subscriber.
-    pub async fn publish(
-        &self,
-        event: CollectionEvent,
-        correlation_id: String,
-    ) -> Result<(), BusError> {
-        self.core
-            .publish(self.core.envelope(event, correlation_id))
-            .await
-            .map(drop)
-    }
-
-    /// Subscribes; events arrive on the returned receiver.
-    pub async fn subscribe(
-        &self,
-        subscription: EventSubscription,
-    ) -> Result<Receiver<BusEvent>, BusError> {
-        self.subscribe_as(subscription, |e| BusEvent::from(e)).await
-    }
-
-    async fn subscribe_as<T: Send + 'static>(
-        &self,
-        subscription: EventSubscription,
-        convert: fn(&crate::codec::Envelope) -> T,
-    ) -> Result<Receiver<T>, BusError> {
-        let (tx, rx) = queue::channel(self.config.channel_capacity);
-        self.core
-            .subscribe(
-                subscription.subscriber_id.clone(),
-                filter_of(&subscription),
-                self.config.backpressure_strategy.into(),
-                Box::new(QueueSink(tx, convert)),
-            )
-            .await?;
-        Ok(rx)
-    }
-
-    /// Subscribes to whole envelopes: each event with its origin and sequence number, what a
-    /// durable subscriber records as its position (see [`crate::durable`]).
-    pub async fn subscribe_envelopes(
-        &self,
-        subscription: EventSubscription,
-    ) -> Result<Receiver<crate::codec::Envelope>, BusError> {
-        self.subscribe_as(subscription, Clone::clone).await
-    }
-
-    /// The statistics.
-    pub async fn get_statistics(&self) -> EventBusStatistics {
-        self.core.legacy_statistics()
-    }
-
-    /// Every counter.
-    pub fn stats(&self) -> crate::stats::StatsSnapshot {
-        self.core.snapshot()
-    }
-
-    /// Stops the bus; receivers drain what is queued, then disconnect.
-    pub async fn shutdown(&mut self) -> Result<(), BusError> {
-        self.core.shutdown();
-        Ok(())
     }
 }

@@ -125,8 +125,7 @@ impl ProcessCollector {
     }
 
     fn queue_depth(&self) -> u64 {
-        let in_flight = self.core.link().map_or(0, |l| l.in_flight());
-        (self.core.router().queued() + in_flight) as u64
+        (self.core.router().queued() + self.core.in_flight()) as u64
     }
 
     fn set_collecting(&self, on: bool) -> CollectionStateResponse {
@@ -201,15 +200,9 @@ impl CollectorControl for ProcessCollector {
     async fn shutdown(&self, request: ShutdownRequest) -> Result<ShutdownResponse, RpcCallError> {
         self.set_collecting(false);
         drop(self.scanning.lock().await);
-        let flushed = match self.core.link() {
-            Some(link) => tokio::time::timeout(request.deadline, async {
-                link.flushed().await;
-                link.settled().await;
-            })
+        let flushed = tokio::time::timeout(request.deadline, self.core.drained())
             .await
-            .is_ok(),
-            None => true,
-        };
+            .is_ok();
         self.stopping.store(true, Relaxed);
         self.wake.notify_waiters();
         self.done.notify_waiters();

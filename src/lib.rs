@@ -116,8 +116,10 @@ pub mod config;
 pub mod durable;
 pub mod endpoint;
 pub mod event;
+pub mod eventbus;
 #[cfg(feature = "legacy")]
 pub mod legacy;
+pub mod observe;
 pub mod parity;
 pub mod phase;
 pub mod procscan;
@@ -136,9 +138,10 @@ pub mod trace;
 
 #[cfg(feature = "busrt")]
 pub use broker::Broker;
-pub use bus::{BusError, EventBus, EventBusConfig};
+pub use bus::BusError;
 #[cfg(feature = "busrt")]
 pub use client::{connect_with_retry, AsyncClient, Message, QoS};
+pub use eventbus::{EventBus, EventBusConfig};
 pub use queue::Receiver;
 pub use subscription::{
     BackpressureStrategy, BusEvent, EventBusStatistics, EventFilter, EventSubscription,

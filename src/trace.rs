@@ -45,37 +45,117 @@ pub enum Entry {
     },
 }
 
+/// Lines waiting for the recorder's writer thread; more are dropped and counted.
+const RECORDER_QUEUE: usize = 65_536;
+
+enum Line {
+    Text(String),
+    Flush(std::sync::mpsc::SyncSender<std::io::Result<()>>),
+}
+
 /// Writes a trace (shared by the core; every method takes `&self`).
+///
+/// Recording never does file I/O on the publishing task: lines go through a bounded queue to
+/// a writer thread. A line that does not fit is dropped and counted ([`Recorder::dropped`]),
+/// so a slow disk never stalls the bus (and a trace with drops is known to be incomplete).
 pub struct Recorder {
-    out: Mutex<BufWriter<std::fs::File>>,
+    queue: Mutex<Option<std::sync::mpsc::SyncSender<Line>>>,
+    writer: Mutex<Option<std::thread::JoinHandle<std::io::Result<()>>>>,
+    dropped: std::sync::atomic::AtomicU64,
     codec: Codec,
 }
 
 impl Recorder {
-    /// Creates (truncates) the trace file.
+    /// Creates (truncates) the trace file and starts its writer thread.
     pub fn create(path: impl AsRef<Path>) -> Result<Self, TraceError> {
+        let mut out = BufWriter::new(std::fs::File::create(path)?);
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Line>(RECORDER_QUEUE);
+        let writer = std::thread::Builder::new()
+            .name("busbridge-trace".into())
+            .spawn(move || {
+                for line in rx {
+                    match line {
+                        Line::Text(t) => {
+                            out.write_all(t.as_bytes())?;
+                            out.write_all(b"\n")?;
+                        }
+                        Line::Flush(done) => {
+                            let _ = done.send(out.flush());
+                        }
+                    }
+                }
+                out.flush()
+            })?;
         Ok(Self {
-            out: Mutex::new(BufWriter::new(std::fs::File::create(path)?)),
+            queue: Mutex::new(Some(tx)),
+            writer: Mutex::new(Some(writer)),
+            dropped: Default::default(),
             codec: Codec::new(CodecKind::Json, usize::MAX),
         })
     }
 
     fn write(&self, entry: &Entry) {
-        let mut out = self.out.lock();
-        let ok = serde_json::to_writer(&mut *out, entry).is_ok() && out.write_all(b"\n").is_ok();
-        if !ok {
-            tracing::warn!("trace write failed");
+        let Ok(text) = serde_json::to_string(entry) else {
+            return tracing::warn!("trace: cannot render an entry");
+        };
+        let sent = match self.queue.lock().as_ref() {
+            Some(q) => q.try_send(Line::Text(text)).is_ok(),
+            None => false,
+        };
+        if !sent {
+            self.dropped
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
     }
 
-    pub(crate) fn subscribe(&self, id: &str, filter: &Filter) {
+    /// Lines that could not be recorded (queue full, or the recorder closed).
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Waits until every line recorded so far is written to the file (blocking; call it off
+    /// the async runtime or at the end).
+    pub fn flush(&self) -> Result<(), TraceError> {
+        let (done_tx, done_rx) = std::sync::mpsc::sync_channel(1);
+        let queue = self.queue.lock().clone();
+        if let Some(q) = queue {
+            if q.send(Line::Flush(done_tx)).is_ok() {
+                if let Ok(r) = done_rx.recv() {
+                    r?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Stops recording: writes what is queued and closes the file.
+    pub fn close(&self) -> Result<(), TraceError> {
+        drop(self.queue.lock().take());
+        match self.writer.lock().take().map(|w| w.join()) {
+            Some(Ok(r)) => Ok(r?),
+            Some(Err(_)) => Err(TraceError::Io(std::io::Error::other(
+                "trace writer panicked",
+            ))),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for Recorder {
+    fn drop(&mut self) {
+        let _ = self.close();
+    }
+}
+
+impl Recorder {
+    pub(crate) fn record_subscribe(&self, id: &str, filter: &Filter) {
         self.write(&Entry::Subscribe {
             id: id.to_owned(),
             filter: filter.clone(),
         });
     }
 
-    pub(crate) fn publish(&self, env: &Envelope) {
+    pub(crate) fn record_publish(&self, env: &Envelope) {
         match self
             .codec
             .encode(env)
@@ -91,16 +171,11 @@ impl Recorder {
         }
     }
 
-    pub(crate) fn deliver(&self, subscriber: &str, event_id: &str) {
+    pub(crate) fn record_delivery(&self, subscriber: &str, env: &Envelope) {
         self.write(&Entry::Deliver {
             subscriber: subscriber.to_owned(),
-            event_id: event_id.to_owned(),
+            event_id: env.event_id.clone(),
         });
-    }
-
-    /// Writes everything buffered to the file.
-    pub fn flush(&self) -> Result<(), TraceError> {
-        Ok(self.out.lock().flush()?)
     }
 }
 

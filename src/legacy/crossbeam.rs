@@ -28,7 +28,7 @@
 //! most one event per concurrently publishing task. Under `DropOldest` the router keeps a clone
 //! of the receiver to discard from, so a dropped receiver is noticed only at `shutdown`.
 
-use crate::bus::{filter_of, Core, CoreOptions};
+use crate::bus::{filter_of, Core, CoreOptions, Quota};
 use crate::codec::Envelope;
 use crate::router::{Offer, Sink};
 use async_trait::async_trait;
@@ -90,9 +90,10 @@ impl Default for HighPerformanceEventBusConfig {
 pub struct HighPerformanceEventBusImpl {
     core: Arc<Core>,
     config: HighPerformanceEventBusConfig,
+    quota: Quota,
     /// Keeps the bridge (and an embedded broker) alive as long as the facade.
     #[cfg(feature = "busrt")]
-    bridge: Option<Arc<crate::bridge::Bridged>>,
+    bridge: Option<crate::bridge::Bridged>,
 }
 
 impl HighPerformanceEventBusImpl {
@@ -110,13 +111,23 @@ impl HighPerformanceEventBusImpl {
 
     /// This facade over an existing core (for example a bridged one).
     pub fn with_core(core: Arc<Core>, config: HighPerformanceEventBusConfig) -> Self {
-        core.router().set_max_subscribers(config.max_subscribers);
         Self {
             core,
+            quota: Quota::new(config.max_subscribers),
             config,
             #[cfg(feature = "busrt")]
             bridge: None,
         }
+    }
+
+    /// This facade over a bridged bus: the one way every bridged crossbeam facade is made
+    /// ([`bridged`](Self::bridged) and [`Bridged::crossbeam`](crate::bridge::Bridged::crossbeam)
+    /// call it). The facade keeps the bus alive.
+    #[cfg(feature = "busrt")]
+    pub fn over(bridged: &crate::bridge::Bridged, config: HighPerformanceEventBusConfig) -> Self {
+        let mut bus = Self::with_core(bridged.core().clone(), config);
+        bus.bridge = Some(bridged.clone());
+        bus
     }
 
     /// The same bus bridged to busrt, in the phase the configuration names (embedded broker
@@ -126,15 +137,15 @@ impl HighPerformanceEventBusImpl {
         config: HighPerformanceEventBusConfig,
         bridge: &crate::config::Config,
     ) -> anyhow::Result<Self> {
-        let bridged = crate::bridge::Bridged::start(bridge).await?;
-        let mut bus = Self::with_core(bridged.core().clone(), config);
-        bus.bridge = Some(bridged);
-        Ok(bus)
+        Ok(Self::over(
+            &crate::bridge::Bridged::start(bridge).await?,
+            config,
+        ))
     }
 
     /// The bridge, if this bus was built with [`bridged`](Self::bridged).
     #[cfg(feature = "busrt")]
-    pub fn bridge(&self) -> Option<&Arc<crate::bridge::Bridged>> {
+    pub fn bridge(&self) -> Option<&crate::bridge::Bridged> {
         self.bridge.as_ref()
     }
 
@@ -175,7 +186,8 @@ impl HighPerformanceEventBus for HighPerformanceEventBusImpl {
             discard_from: (strategy == BackpressureStrategy::DropOldest).then(|| rx.clone()),
         };
         self.core
-            .subscribe(
+            .subscribe_within(
+                &self.quota,
                 subscription.subscriber_id.clone(),
                 filter_of(&subscription),
                 strategy.into(),
@@ -236,5 +248,13 @@ impl Sink for CrossbeamSink {
 
     fn queued(&self) -> usize {
         self.tx.len()
+    }
+}
+
+#[cfg(feature = "busrt")]
+impl crate::bridge::Bridged {
+    /// The crossbeam facade over this bus (it keeps the bus alive).
+    pub fn crossbeam(&self, config: HighPerformanceEventBusConfig) -> HighPerformanceEventBusImpl {
+        HighPerformanceEventBusImpl::over(self, config)
     }
 }

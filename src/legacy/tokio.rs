@@ -24,7 +24,7 @@
 //! # anyhow::Ok(()) }).unwrap();
 //! ```
 
-use crate::bus::{Core, CoreOptions};
+use crate::bus::{Core, CoreOptions, Quota};
 use crate::codec::Envelope;
 use crate::router::{Filter, Offer, Policy, Sink};
 use async_trait::async_trait;
@@ -177,10 +177,11 @@ pub struct EventBusStatistics {
 pub struct LocalEventBus {
     core: Arc<Core>,
     config: EventBusConfig,
+    quota: Quota,
     cleanup: Option<tokio::task::JoinHandle<()>>,
     /// Keeps the bridge (and an embedded broker) alive as long as the facade.
     #[cfg(feature = "busrt")]
-    bridge: Option<Arc<crate::bridge::Bridged>>,
+    bridge: Option<crate::bridge::Bridged>,
 }
 
 impl LocalEventBus {
@@ -199,14 +200,25 @@ impl LocalEventBus {
 
     /// This facade over an existing core (for example a bridged one).
     pub fn with_core(core: Arc<Core>, config: EventBusConfig) -> Self {
-        core.router().set_max_subscribers(config.max_subscribers);
         Self {
             core,
+            quota: Quota::new(config.max_subscribers),
             config,
             cleanup: None,
             #[cfg(feature = "busrt")]
             bridge: None,
         }
+    }
+
+    /// This facade over a bridged bus (already started): the one way every bridged tokio
+    /// facade is made ([`bridged`](Self::bridged) and
+    /// [`Bridged::tokio`](crate::bridge::Bridged::tokio) call it). The facade keeps the bus
+    /// alive.
+    #[cfg(feature = "busrt")]
+    pub fn over(bridged: &crate::bridge::Bridged, config: EventBusConfig) -> Self {
+        let mut bus = Self::with_core(bridged.core().clone(), config);
+        bus.bridge = Some(bridged.clone());
+        bus
     }
 
     /// The same bus bridged to busrt, in the phase the configuration names: the one
@@ -216,15 +228,15 @@ impl LocalEventBus {
         config: EventBusConfig,
         bridge: &crate::config::Config,
     ) -> anyhow::Result<Self> {
-        let bridged = crate::bridge::Bridged::start(bridge).await?;
-        let mut bus = Self::with_core(bridged.core().clone(), config);
-        bus.bridge = Some(bridged);
-        Ok(bus)
+        Ok(Self::over(
+            &crate::bridge::Bridged::start(bridge).await?,
+            config,
+        ))
     }
 
     /// The bridge, if this bus was built with [`bridged`](Self::bridged).
     #[cfg(feature = "busrt")]
-    pub fn bridge(&self) -> Option<&Arc<crate::bridge::Bridged>> {
+    pub fn bridge(&self) -> Option<&crate::bridge::Bridged> {
         self.bridge.as_ref()
     }
 
@@ -315,7 +327,8 @@ impl EventBus for LocalEventBus {
         let filter = filter_of(&subscription)?;
         let (tx, rx) = mpsc::channel(self.config.max_buffer_size.max(1));
         self.core
-            .subscribe(
+            .subscribe_within(
+                &self.quota,
                 subscription.subscriber_id,
                 filter,
                 Policy::BlockFor(self.config.delivery_timeout),
@@ -326,7 +339,7 @@ impl EventBus for LocalEventBus {
     }
 
     async fn unsubscribe(&mut self, subscriber_id: &str) -> anyhow::Result<()> {
-        self.core.router().unsubscribe(subscriber_id)?;
+        self.core.unsubscribe_within(&self.quota, subscriber_id)?;
         Ok(())
     }
 
@@ -360,10 +373,7 @@ impl EventBus for LocalEventBus {
         if !self.core.router().contains(subscriber_id) {
             return Err(crate::router::RouterError::UnknownSubscriber(subscriber_id.into()).into());
         }
-        for mut env in self.core.persisted(correlation_id) {
-            env.routing_metadata.insert("replay".into(), "true".into());
-            self.core.router().route_to(&env, subscriber_id).await;
-        }
+        self.core.replay_to(subscriber_id, correlation_id).await;
         Ok(())
     }
 }
@@ -400,5 +410,13 @@ impl Sink for TokioSink {
 
     fn queued(&self) -> usize {
         self.0.max_capacity() - self.0.capacity()
+    }
+}
+
+#[cfg(feature = "busrt")]
+impl crate::bridge::Bridged {
+    /// The tokio facade over this bus, already started (it keeps the bus alive).
+    pub fn tokio(&self, config: EventBusConfig) -> LocalEventBus {
+        LocalEventBus::over(self, config)
     }
 }

@@ -1,0 +1,897 @@
+//! The bridge: the one place where events cross between the local core and busrt.
+//!
+//! It has two halves. [`protocol`] is the bridge protocol as a state machine without I/O:
+//! numbering, the ledger of owed returns, the replay buffer, per-origin order with gap
+//! holds, heartbeats, hellos and resend requests, and the phase table of what a local publish
+//! and a received event become. This module is its thin async driver: [`Link`] owns the busrt
+//! client, feeds the protocol what arrives (with the time), carries out what it asks for, and
+//! implements the core's [`Uplink`] trait so that [`Core::publish`](crate::bus::Core::publish)
+//! can hand it local events.
+//!
+//! The path of one local event: `Core::publish` → [`Uplink::route`] (the protocol decides,
+//! numbers it and records what its return owes) → [`Uplink::encode`] → local delivery if
+//! the route says so → [`Uplink::send`] (queue) → the sender task (batching, acknowledgement
+//! window) → busrt. Inbound, the receive task hands each frame to the protocol and delivers
+//! what it releases through `Core::deliver_returned` / `Core::deliver_remote`.
+//!
+//! | phase | local publish | own event back from busrt | remote event |
+//! |---|---|---|---|
+//! | 0 | router | — (nothing sent) | ignored |
+//! | 1 | router (control) + mirror | candidate, compared | shadow only (counted) |
+//! | 2, 3 | legacy shadow control; sent | delivered (served), compared | delivered |
+//! | 4 | sent | delivered | delivered |
+//!
+//! Switching phase never loses or duplicates an event in flight: an event sent for delivery on
+//! its return is delivered by its return whatever the phase then, and while such returns are
+//! owed a legacy-routed publish also waits for its return, so per-subscriber order holds.
+
+pub mod protocol;
+
+use crate::broker::{Broker, BrokerError};
+use crate::bus::{BusError, Core, CoreOptions, Route, Uplink};
+use crate::client::{AsyncClient, ClientError, ClientOptions, Publisher, QoS};
+use crate::codec::{Codec, CodecKind, Envelope};
+use crate::config::Config;
+use crate::durable::Positions;
+use crate::parity::ParityConfig;
+use crate::phase::Phase;
+use crate::stats::Stats;
+use crate::topic::topic_for_event;
+use parking_lot::Mutex;
+use protocol::{Delivery, Output, Protocol, Settings, Transmit};
+pub use protocol::{HEARTBEAT_TOPIC, HELLO_TOPIC, RESEND_TOPIC};
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, oneshot, watch, Notify};
+
+/// Default most hops an envelope may have travelled.
+pub const DEFAULT_HOP_LIMIT: u32 = 8;
+
+/// How long events behind a sequence gap wait for the resend before they are delivered
+/// anyway (and the gap counted as lost), unless `bus.gap_wait` says otherwise.
+pub const GAP_WAIT: Duration = Duration::from_secs(2);
+
+/// How long a sender is idle before it announces its highest sequence number.
+pub const HEARTBEAT: Duration = Duration::from_millis(500);
+
+/// Resent frames in flight before their acknowledgements are awaited.
+const RESEND_WINDOW: usize = 256;
+
+/// Control messages (heartbeats, hellos, resend requests) waiting to be published.
+const CONTROL_QUEUE: usize = 4096;
+
+/// Why a bridge could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum BridgeError {
+    /// The core refused (phase not served by this build, for example).
+    #[error(transparent)]
+    Bus(#[from] BusError),
+    /// The busrt client failed (broker unreachable, name in use).
+    #[error(transparent)]
+    Client(#[from] ClientError),
+    /// The embedded broker could not start.
+    #[error(transparent)]
+    Broker(#[from] BrokerError),
+    /// The configuration is invalid.
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+}
+
+/// One encoded event on its way to busrt.
+struct Outgoing {
+    seq: u64,
+    topic: String,
+    bytes: Vec<u8>,
+}
+
+/// How the bridge sends.
+#[derive(Debug, Clone, Copy)]
+pub struct SendOptions {
+    /// Most events in one busrt frame; 1 turns batching off (the default: a batch frame is
+    /// not a legacy record, so legacy protobuf consumers cannot read it).
+    pub batch_max: usize,
+    /// Most acknowledged frames in flight at once.
+    pub window: usize,
+    /// Encoded events waiting for the sender; a full queue makes `publish` wait.
+    pub queue: usize,
+    /// Recently sent events kept to answer resend requests.
+    pub replay: usize,
+}
+
+impl Default for SendOptions {
+    fn default() -> Self {
+        Self {
+            batch_max: 1,
+            window: 256,
+            queue: 65_536,
+            replay: 100_000,
+        }
+    }
+}
+
+/// The live bridge of one bus: drives the [`Protocol`] and implements [`Uplink`].
+pub struct Link {
+    origin: String,
+    name: String,
+    proto: Mutex<Protocol>,
+    codec: Codec,
+    qos: QoS,
+    outbound: mpsc::Sender<Outgoing>,
+    control: mpsc::Sender<(&'static str, Vec<u8>)>,
+    /// For resends, subscriptions and hellos.
+    publisher: Publisher,
+    state: watch::Receiver<crate::client::ConnectionState>,
+    /// Whether the bridge is subscribed to the event topics (from the first local subscriber
+    /// on; a bus without local subscribers does not receive its own events back).
+    listening: AtomicBool,
+    listen_lock: tokio::sync::Mutex<()>,
+    /// Events handed to the sender and not yet confirmed (or failed).
+    unsent: AtomicUsize,
+    sent_all: Notify,
+    /// Signalled when a return is settled (room for another; maybe none owed any more).
+    settled: Notify,
+    /// Signalled when the protocol's next deadline may have moved earlier.
+    timer: Notify,
+    /// Most own events in flight: below the client's receive buffer, so no return of ours
+    /// can be dropped there.
+    max_in_flight: usize,
+    stats: Arc<Stats>,
+    close: Mutex<Option<oneshot::Sender<()>>>,
+}
+
+impl Link {
+    /// This bus's origin id (unique per instance).
+    pub fn origin(&self) -> &str {
+        &self.origin
+    }
+
+    /// The busrt client name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Remote events seen in phase 1 that went to the shadow path only.
+    pub fn shadow_remote(&self) -> u64 {
+        self.proto.lock().shadow_remote()
+    }
+
+    /// Watch the bridge's connection to the broker.
+    pub fn state(&self) -> watch::Receiver<crate::client::ConnectionState> {
+        self.state.clone()
+    }
+
+    /// Own events sent and not yet back from busrt.
+    pub fn in_flight(&self) -> usize {
+        self.proto.lock().in_flight()
+    }
+
+    /// Waits until every event handed to the sender has been confirmed by the broker (or
+    /// has failed and been counted). Wrap it in a timeout.
+    pub async fn flushed(&self) {
+        wait_until(&self.sent_all, || self.unsent.load(Relaxed) == 0).await;
+    }
+
+    /// Waits until every own event sent so far came back from busrt (and was delivered or
+    /// compared). Wrap it in a timeout: a lost broker keeps returns owed.
+    pub async fn settled(&self) {
+        wait_until(&self.settled, || self.in_flight() == 0).await;
+    }
+
+    fn sent(&self, n: usize) {
+        if self.unsent.fetch_sub(n, Relaxed) == n {
+            self.sent_all.notify_waiters();
+        }
+    }
+
+    fn release(&self, seq: u64) {
+        self.proto.lock().release(seq);
+        self.settled.notify_waiters();
+    }
+
+    /// Carries out what the protocol asks for, in order.
+    async fn drive(&self, core: &Core) {
+        loop {
+            let next = self.proto.lock().poll();
+            match next {
+                None => return,
+                Some(Output::Deliver(Delivery::Returned { env, owed })) => {
+                    core.deliver_returned(&env, owed.deliver, owed.compare)
+                        .await;
+                    // Only now is the return settled: a waiter sees the delivery done.
+                    self.proto.lock().settle(env.seq);
+                    self.settled.notify_waiters();
+                }
+                Some(Output::Deliver(Delivery::Remote(env))) => {
+                    core.deliver_remote(&env).await;
+                }
+                Some(Output::Transmit(Transmit::Control { topic, body })) => {
+                    if self.control.try_send((topic, body)).is_err() {
+                        Stats::add(&self.stats.bridge_send_errors, 1);
+                        tracing::warn!(topic, "control queue full; message dropped");
+                    }
+                }
+                Some(Output::Transmit(Transmit::Resend(frames))) => self.resend(frames).await,
+            }
+        }
+    }
+
+    /// Sends frames again, pipelined as the sender does: a resend that waited for each
+    /// acknowledgement could take longer than receivers hold events behind the gap.
+    async fn resend(&self, frames: Vec<(Arc<str>, Vec<u8>)>) {
+        let last = frames.len();
+        let mut acks = VecDeque::new();
+        for (i, (topic, bytes)) in frames.into_iter().enumerate() {
+            match self
+                .publisher
+                .publish_pipelined(topic.to_string(), bytes, self.qos, i + 1 < last)
+                .await
+            {
+                Ok(ack) => acks.push_back(ack),
+                Err(e) => tracing::warn!("resend failed: {e}"),
+            }
+            while acks.len() >= RESEND_WINDOW || (i + 1 == last && !acks.is_empty()) {
+                if let Some(ack) = acks.pop_front() {
+                    match ack.await {
+                        Ok(()) => Stats::add(&self.stats.bridge_resent, 1),
+                        Err(e) => tracing::warn!("resend failed: {e}"),
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Waits for `done`, re-checking it whenever `notify` fires.
+async fn wait_until(notify: &Notify, done: impl Fn() -> bool) {
+    loop {
+        let notified = notify.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        if done() {
+            return;
+        }
+        notified.await;
+    }
+}
+
+#[async_trait::async_trait]
+impl Uplink for Link {
+    async fn ready(&self) {
+        wait_until(&self.settled, || self.in_flight() < self.max_in_flight).await;
+    }
+
+    fn route(&self, phase: Phase, compare: bool, env: &mut Envelope) -> Route {
+        self.proto.lock().publish(phase, compare, env)
+    }
+
+    fn encode(&self, env: &Envelope) -> Result<Vec<u8>, BusError> {
+        self.codec.encode(env).map_err(|e| {
+            self.release(env.seq);
+            e.into()
+        })
+    }
+
+    async fn send(&self, env: &Envelope, bytes: Vec<u8>) -> Result<(), BusError> {
+        let topic = topic_for_event(&env.event).to_busrt();
+        {
+            let mut proto = self.proto.lock();
+            proto.remember(env.seq, Arc::from(topic.as_str()), &bytes);
+        }
+        self.unsent.fetch_add(1, Relaxed);
+        let out = Outgoing {
+            seq: env.seq,
+            topic,
+            bytes,
+        };
+        if self.outbound.send(out).await.is_err() {
+            self.sent(1);
+            self.release(env.seq);
+            return Err(BusError::ShutDown);
+        }
+        Ok(())
+    }
+
+    /// Subscribes the bridge to the event topics, once; returns when the broker confirmed.
+    async fn listen(&self) -> Result<(), BusError> {
+        if self.listening.load(Relaxed) {
+            return Ok(());
+        }
+        let _guard = self.listen_lock.lock().await;
+        if self.listening.load(Relaxed) {
+            return Ok(());
+        }
+        self.publisher
+            .subscribe(HEARTBEAT_TOPIC, QoS::Processed)
+            .await?;
+        for pattern in crate::topic::all_event_patterns() {
+            self.publisher
+                .subscribe(&pattern.to_dotted(), QoS::Processed)
+                .await?;
+        }
+        self.listening.store(true, Relaxed);
+        let hello = {
+            let mut proto = self.proto.lock();
+            proto.listening();
+            proto.poll()
+        };
+        // A durable subscriber's hello goes out before anything else is published.
+        if let Some(Output::Transmit(Transmit::Control { topic, body })) = hello {
+            self.publisher.publish(topic, body, QoS::Processed).await?;
+        }
+        Ok(())
+    }
+
+    fn in_flight(&self) -> usize {
+        Link::in_flight(self)
+    }
+
+    async fn drained(&self) {
+        self.flushed().await;
+        self.settled().await;
+    }
+
+    fn close(&self) {
+        if let Some(tx) = self.close.lock().take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+/// Sends queued events: batches what is queued now (up to `batch_max`, one topic a frame, so
+/// an idle bus sends each event at once), keeps up to `window` acknowledgements in flight.
+async fn sender(
+    link: Weak<Link>,
+    mut queue: mpsc::Receiver<Outgoing>,
+    publisher: Publisher,
+    qos: QoS,
+    codec: Codec,
+    opts: SendOptions,
+    stats: Arc<Stats>,
+) {
+    let mut carry: Option<Outgoing> = None;
+    let mut burst_high = 0u64;
+    let mut in_flight: VecDeque<(Vec<u64>, crate::client::Ack)> = VecDeque::new();
+    loop {
+        let first = match carry.take() {
+            Some(o) => o,
+            None => {
+                // Nothing queued: settle what is in flight before sleeping on the queue.
+                if queue.is_empty() {
+                    while let Some((seqs, ack)) = in_flight.pop_front() {
+                        finish(&link, &stats, seqs, ack.await);
+                    }
+                }
+                match queue.recv().await {
+                    Some(o) => o,
+                    None => break,
+                }
+            }
+        };
+        let mut group = vec![first];
+        let mut size = group[0].bytes.len();
+        while group.len() < opts.batch_max.max(1) {
+            match queue.try_recv() {
+                Ok(o)
+                    if o.topic == group[0].topic
+                        && size + o.bytes.len() + 16 <= codec.max_size() =>
+                {
+                    size += o.bytes.len() + 16;
+                    group.push(o);
+                }
+                Ok(o) => {
+                    carry = Some(o);
+                    break;
+                }
+                Err(_) => break,
+            }
+        }
+        let topic = group[0].topic.clone();
+        let seqs: Vec<u64> = group.iter().map(|o| o.seq).collect();
+        let n = group.len() as u64;
+        burst_high = burst_high.max(seqs.iter().copied().max().unwrap_or(0));
+        let frame = if group.len() == 1 {
+            group.pop().map(|o| o.bytes).unwrap_or_default()
+        } else {
+            Stats::add(&stats.bridge_batches, 1);
+            codec.batch(group.into_iter().map(|o| o.bytes).collect())
+        };
+        // More already queued: let busrt buffer this frame; the last one of the burst flushes.
+        let more = carry.is_some() || !queue.is_empty();
+        match publisher.publish_pipelined(topic, frame, qos, more).await {
+            Ok(ack) => {
+                Stats::add(&stats.bridge_sent, n);
+                if !more {
+                    if let Some(l) = link.upgrade() {
+                        // Arms the idle heartbeat: the receive task owns the timers.
+                        l.proto.lock().handed(burst_high, Instant::now());
+                        l.timer.notify_one();
+                    }
+                }
+                in_flight.push_back((seqs, ack));
+            }
+            Err(e) => finish(&link, &stats, seqs, Err(e)),
+        }
+        while in_flight.len() >= opts.window.max(1) {
+            if let Some((seqs, ack)) = in_flight.pop_front() {
+                finish(&link, &stats, seqs, ack.await);
+            }
+        }
+    }
+    for (seqs, ack) in in_flight {
+        finish(&link, &stats, seqs, ack.await);
+    }
+}
+
+/// Accounts for one frame's outcome; a refused frame releases what its events' returns owed.
+fn finish(link: &Weak<Link>, stats: &Stats, seqs: Vec<u64>, result: Result<(), ClientError>) {
+    let Some(link) = link.upgrade() else { return };
+    match result {
+        Ok(()) => {
+            let high = seqs.iter().copied().max().unwrap_or(0);
+            link.proto.lock().confirmed(high);
+        }
+        Err(e) => {
+            Stats::add(&stats.bridge_send_errors, seqs.len() as u64);
+            tracing::warn!(events = seqs.len(), "send failed: {e}");
+            for seq in &seqs {
+                link.release(*seq);
+            }
+        }
+    }
+    link.sent(seqs.len());
+}
+
+/// Publishes control messages in order (heartbeats best effort, the rest acknowledged).
+async fn control_sender(mut queue: mpsc::Receiver<(&'static str, Vec<u8>)>, publisher: Publisher) {
+    while let Some((topic, body)) = queue.recv().await {
+        let qos = if topic == HEARTBEAT_TOPIC {
+            QoS::Realtime
+        } else {
+            QoS::Processed
+        };
+        if let Err(e) = publisher.publish(topic, body, qos).await {
+            tracing::warn!(topic, "control message failed: {e}");
+        }
+    }
+}
+
+/// The inbound half and the timers: frames from busrt into the protocol, until the bus
+/// closes.
+async fn receive_loop(
+    core: Weak<Core>,
+    link: Arc<Link>,
+    mut client: AsyncClient,
+    mut close: oneshot::Receiver<()>,
+) {
+    loop {
+        let deadline = link.proto.lock().poll_timeout();
+        let timer = async {
+            match deadline {
+                Some(t) => tokio::time::sleep_until(t.into()).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            m = client.recv() => {
+                let Ok(m) = m else { break };
+                let Some(core) = core.upgrade() else { break };
+                let phase = core.phase();
+                link.proto.lock().on_message(
+                    m.topic(),
+                    m.primary_sender(),
+                    m.payload(),
+                    phase,
+                    Instant::now(),
+                );
+                link.drive(&core).await;
+            }
+            _ = timer => {
+                let Some(core) = core.upgrade() else { break };
+                link.proto.lock().handle_timeout(Instant::now(), core.phase());
+                link.drive(&core).await;
+            }
+            // The deadline may have moved earlier: compute it again.
+            _ = link.timer.notified() => {}
+            _ = &mut close => break,
+        }
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(5), client.disconnect()).await;
+}
+
+/// Builds a bridged bus: a core whose events also travel on busrt.
+///
+/// ```no_run
+/// # async fn run() -> Result<(), busbridge::bridge::BridgeError> {
+/// use busbridge::bridge::BridgeBuilder;
+/// use busbridge::phase::Phase;
+/// use busbridge::legacy::crossbeam::HighPerformanceEventBusConfig;
+///
+/// let bridged = BridgeBuilder::new()
+///     .phase(Phase::Topics)
+///     .connect("ipc:///run/daemoneye/daemoneye.sock")
+///     .name("procmond")
+///     .build()
+///     .await?;
+/// let bus = bridged.crossbeam(HighPerformanceEventBusConfig::default());
+/// # Ok(()) }
+/// ```
+pub struct BridgeBuilder {
+    phase: Phase,
+    connect: Option<String>,
+    embedded: Option<Broker>,
+    codec: CodecKind,
+    name: Option<String>,
+    qos: QoS,
+    client: ClientOptions,
+    hop_limit: u32,
+    core: CoreOptions,
+    send: SendOptions,
+    resume: Option<Positions>,
+    gap_wait: std::time::Duration,
+}
+
+impl Default for BridgeBuilder {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl BridgeBuilder {
+    /// Phase 2 by default once you bridge (phase 4 in a build without the legacy router),
+    /// protobuf, `Processed`.
+    pub fn new() -> Self {
+        Self {
+            phase: if cfg!(feature = "legacy") {
+                Phase::Topics
+            } else {
+                Phase::BusrtOnly
+            },
+            connect: None,
+            embedded: None,
+            codec: CodecKind::Protobuf,
+            name: None,
+            qos: QoS::Processed,
+            client: ClientOptions::default(),
+            hop_limit: DEFAULT_HOP_LIMIT,
+            core: CoreOptions::default(),
+            send: SendOptions::default(),
+            resume: None,
+            gap_wait: GAP_WAIT,
+        }
+    }
+
+    /// Everything from the configuration file: phase, codec, connection or embedded broker.
+    pub fn from_config(config: &Config) -> Result<Self, BridgeError> {
+        config.validate()?;
+        let mut b = Self::new()
+            .phase(config.phase)
+            .codec(config.codec)
+            .client_options(ClientOptions::from_config(
+                &config.client,
+                config.broker.max_message_size,
+            ));
+        b.core.max_subscribers = config.bus.max_subscribers;
+        b.send = SendOptions {
+            batch_max: config.bus.batch_max,
+            window: config.bus.publish_window,
+            queue: config.bus.outbound_queue,
+            replay: config.bus.replay_buffer,
+        };
+        b.gap_wait = config.bus.gap_wait;
+        if let Some(name) = &config.client.name {
+            b = b.name(name);
+        }
+        match &config.client.connect {
+            Some(uri) => b = b.connect(uri),
+            None if config.broker.embedded => {
+                let mut broker = Broker::from_config(config)?;
+                broker.set_name(format!("embedded-{}", uuid::Uuid::new_v4().simple()));
+                b = b.embedded(broker);
+            }
+            None => b = b.connect("ipc://daemoneye.sock"),
+        }
+        Ok(b)
+    }
+
+    /// The migration phase to start in.
+    pub fn phase(mut self, phase: Phase) -> Self {
+        self.phase = phase;
+        self
+    }
+    /// Connection string of a standalone broker.
+    pub fn connect(mut self, uri: impl Into<String>) -> Self {
+        self.connect = Some(uri.into());
+        self
+    }
+    /// Runs this broker inside the bus (started by `build`, stopped with the bus).
+    pub fn embedded(mut self, broker: Broker) -> Self {
+        self.embedded = Some(broker);
+        self
+    }
+    /// The wire format of events on busrt.
+    pub fn codec(mut self, codec: CodecKind) -> Self {
+        self.codec = codec;
+        self
+    }
+    /// busrt client name of the bridge (default `busbridge-<pid>-<n>`); must be unique.
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = Some(name.into());
+        self
+    }
+    /// The QoS events are published with.
+    pub fn qos(mut self, qos: QoS) -> Self {
+        self.qos = qos;
+        self
+    }
+    /// Options of the busrt client (timeouts, reconnection, queue sizes).
+    pub fn client_options(mut self, opts: ClientOptions) -> Self {
+        self.client = opts;
+        self
+    }
+    /// Batching, window and queue of the sender.
+    pub fn send_options(mut self, send: SendOptions) -> Self {
+        self.send = send;
+        self
+    }
+    /// Most hops an envelope may have travelled before it is dropped.
+    pub fn hop_limit(mut self, hops: u32) -> Self {
+        self.hop_limit = hops;
+        self
+    }
+    /// Core settings (subscriber limit, persistence, parity configuration).
+    pub fn core_options(mut self, core: CoreOptions) -> Self {
+        self.core = core;
+        self
+    }
+    /// Makes this a durable subscriber resuming after `positions` (see [`crate::durable`]):
+    /// what was processed is dropped, what follows is asked for again and delivered once, in
+    /// order; origins not in `positions` are expected from their first event. Empty
+    /// `positions` (a first start) join the stream live.
+    pub fn resume(mut self, positions: Positions) -> Self {
+        self.resume = Some(positions);
+        self
+    }
+    /// How long events behind a sequence gap wait for the resend ([`GAP_WAIT`] by default);
+    /// a subscriber that would rather wait than lose sets it longer.
+    pub fn gap_wait(mut self, wait: std::time::Duration) -> Self {
+        self.gap_wait = wait;
+        self
+    }
+    /// How the parity engine compares.
+    pub fn parity(mut self, parity: ParityConfig) -> Self {
+        self.core.parity = parity;
+        self
+    }
+
+    /// Starts the embedded broker (if any), connects, subscribes to the event topics and
+    /// starts the bridge loop. A name already in use on the broker is an error here.
+    pub async fn build(self) -> Result<Bridged, BridgeError> {
+        self.phase.check_build().map_err(BusError::from)?;
+        let mut broker = self.embedded;
+        let uri = match (&mut broker, self.connect) {
+            (Some(b), _) => {
+                b.spawn().await?;
+                format!("inproc://{}", b.name())
+            }
+            (None, Some(uri)) => uri,
+            (None, None) => "ipc://daemoneye.sock".to_owned(),
+        };
+        let mut opts = self.client;
+        if let Some(n) = self.name {
+            opts.name = Some(n);
+        }
+        let client = AsyncClient::connect_with(&uri, opts).await?;
+        client.subscribe(RESEND_TOPIC, QoS::Processed).await?;
+        client.subscribe(HELLO_TOPIC, QoS::Processed).await?;
+        let name = client.name().to_owned();
+        let mut core_opts = self.core;
+        if core_opts.publisher_id == CoreOptions::default().publisher_id {
+            core_opts.publisher_id = name.clone();
+        }
+        let core = Arc::new(Core::new(core_opts));
+        let (close_tx, close_rx) = oneshot::channel();
+        let codec = Codec::new(self.codec, client.max_message_size());
+        let (outbound, queue) = mpsc::channel(self.send.queue.max(1));
+        let (control, control_queue) = mpsc::channel(CONTROL_QUEUE);
+        let origin = format!("{name}#{}", uuid::Uuid::new_v4().simple());
+        let settings = Settings {
+            origin: origin.clone(),
+            name: name.clone(),
+            codec,
+            hop_limit: self.hop_limit,
+            gap_wait: self.gap_wait,
+            heartbeat: HEARTBEAT,
+            replay: self.send.replay,
+            resume: self.resume.map(|p| {
+                p.iter()
+                    .map(|(o, pos)| (o.to_owned(), pos))
+                    .collect::<Vec<_>>()
+            }),
+        };
+        let link = Arc::new(Link {
+            origin,
+            name,
+            proto: Mutex::new(Protocol::new(settings, core.stats().clone())),
+            codec,
+            qos: self.qos,
+            outbound,
+            control,
+            publisher: client.publisher(),
+            state: client.state(),
+            listening: AtomicBool::new(false),
+            listen_lock: tokio::sync::Mutex::new(()),
+            unsent: AtomicUsize::new(0),
+            sent_all: Notify::new(),
+            settled: Notify::new(),
+            timer: Notify::new(),
+            max_in_flight: (client.queue_size() / 2).max(1),
+            stats: core.stats().clone(),
+            close: Mutex::new(Some(close_tx)),
+        });
+        core.attach(link.clone());
+        core.set_phase(self.phase)?;
+        tokio::spawn(sender(
+            Arc::downgrade(&link),
+            queue,
+            client.publisher(),
+            self.qos,
+            codec,
+            self.send,
+            core.stats().clone(),
+        ));
+        tokio::spawn(control_sender(control_queue, client.publisher()));
+        let task = tokio::spawn(receive_loop(
+            Arc::downgrade(&core),
+            link.clone(),
+            client,
+            close_rx,
+        ));
+        Ok(Bridged(Arc::new(Inner {
+            core,
+            link,
+            broker: tokio::sync::Mutex::new(broker),
+            task: Mutex::new(Some(task)),
+        })))
+    }
+}
+
+/// A running bridged bus: make facades from it, switch its phase, read its parity.
+///
+/// A cheap handle (clone it freely); every facade made from it holds one, so the bus, its
+/// bridge and its embedded broker live as long as any of them.
+#[derive(Clone)]
+pub struct Bridged(Arc<Inner>);
+
+struct Inner {
+    core: Arc<Core>,
+    link: Arc<Link>,
+    broker: tokio::sync::Mutex<Option<Broker>>,
+    task: Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // The last handle is gone: stop the bridge's tasks (the broker stops with `broker`).
+        self.link.close();
+    }
+}
+
+impl Bridged {
+    /// Builds and starts the bus the configuration describes (what the facades' `bridged`
+    /// constructors use).
+    pub async fn start(config: &Config) -> Result<Self, BridgeError> {
+        BridgeBuilder::from_config(config)?.build().await
+    }
+
+    /// The core (shared by every facade made from this bus).
+    pub fn core(&self) -> &Arc<Core> {
+        &self.0.core
+    }
+
+    /// The bridge.
+    pub fn link(&self) -> &Arc<Link> {
+        &self.0.link
+    }
+
+    /// Switches the phase at run time.
+    pub fn set_phase(&self, phase: Phase) -> Result<(), BusError> {
+        self.0.core.set_phase(phase)
+    }
+
+    /// The phase now.
+    pub fn phase(&self) -> Phase {
+        self.0.core.phase()
+    }
+
+    /// The embedded broker's socket paths, if it has any.
+    pub async fn broker_socket_paths(&self) -> Vec<std::path::PathBuf> {
+        self.0
+            .broker
+            .lock()
+            .await
+            .as_ref()
+            .map(Broker::socket_paths)
+            .unwrap_or_default()
+    }
+
+    /// Stops the bus, the bridge, and the embedded broker.
+    pub async fn shutdown(&self) {
+        self.0.core.shutdown();
+        let task = self.0.task.lock().take();
+        if let Some(t) = task {
+            let _ = t.await;
+        }
+        if let Some(mut b) = self.0.broker.lock().await.take() {
+            b.shutdown_within(Duration::from_secs(2)).await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::scenario::sample_envelope;
+
+    /// Events already queued when the sender looks share frames; the receiver unbatches them
+    /// in order.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn queued_events_share_frames_and_unbatch_in_order() {
+        let mut broker = Broker::new();
+        broker.set_name(uuid::Uuid::new_v4().to_string());
+        broker.spawn().await.unwrap();
+        let uri = format!("inproc://{}", broker.name());
+        let mut sub = AsyncClient::connect(&uri).await.unwrap();
+        sub.subscribe("events.#", QoS::Processed).await.unwrap();
+        let publisher = AsyncClient::connect(&uri).await.unwrap();
+        let codec = Codec::default();
+        let (tx, rx) = tokio::sync::mpsc::channel(2000);
+        let envs: Vec<Envelope> = (0..1000)
+            .map(|i| {
+                let mut e = sample_envelope("batch", i * 5, "p");
+                e.seq = i as u64 + 1;
+                e
+            })
+            .collect();
+        for e in &envs {
+            tx.send(Outgoing {
+                seq: e.seq,
+                topic: topic_for_event(&e.event).to_busrt(),
+                bytes: codec.encode(e).unwrap(),
+            })
+            .await
+            .unwrap();
+        }
+        drop(tx);
+        let stats = Arc::new(Stats::default());
+        let opts = SendOptions {
+            batch_max: 300,
+            ..Default::default()
+        };
+        sender(
+            std::sync::Weak::new(),
+            rx,
+            publisher.publisher(),
+            QoS::Processed,
+            codec,
+            opts,
+            stats.clone(),
+        )
+        .await;
+        let mut got = Vec::new();
+        let mut frames = 0;
+        while got.len() < envs.len() {
+            let m = tokio::time::timeout(std::time::Duration::from_secs(10), sub.recv())
+                .await
+                .unwrap()
+                .unwrap();
+            frames += 1;
+            got.extend(codec.decode_frame(m.payload()).unwrap());
+        }
+        assert_eq!(got, envs);
+        assert_eq!(frames, 4, "1000 events in frames of at most 300");
+        assert_eq!(stats.snapshot().bridge_batches, 4);
+        assert_eq!(stats.snapshot().bridge_sent, 1000);
+    }
+}

@@ -1,0 +1,563 @@
+//! The bridge protocol as a state machine: no sockets, no clock of its own, no tasks.
+//!
+//! The driver ([`super::Link`]) feeds it what happens — a local publish, a frame from busrt, a
+//! confirmation from the broker, a deadline reached — with `now` passed in, and carries out
+//! what it asks for: [`Output::Deliver`] (hand an envelope to the core) and
+//! [`Output::Transmit`] (publish a frame). Timers are a deadline ([`Protocol::poll_timeout`])
+//! and a call when it is reached ([`Protocol::handle_timeout`]). The same machine runs in tests
+//! on a simulated clock between simulated bridges, with frames lost, duplicated and reordered.
+//!
+//! Two things come back from busrt that look alike and are kept apart by name:
+//! - a **loop**: our own event relayed back by another sender (a bridge of bridges). It is
+//!   dropped and counted (`bridge_echo_suppressed`).
+//! - a **return**: our own event delivered back to us by the broker, which may still be
+//!   *owed* a local delivery (busrt is the route) or a parity comparison. The owed returns are
+//!   the ledger that makes phase switches lossless and order-preserving.
+//!
+//! Decision table for a local publish:
+//!
+//! | phase | returns owed | local subscribers get it | sent to busrt | owed on return |
+//! |---|---|---|---|---|
+//! | any | not listening yet | now | if the phase uses busrt | nothing |
+//! | 0, 1 | none | now | in phase 1 | a comparison, if comparing |
+//! | 0, 1 | some | on return | yes | delivery (+ comparison) |
+//! | 2–4 | any | on return | yes | delivery (+ comparison) |
+//!
+//! "Listening" means the bridge is subscribed to the event topics, which it is from the bus's
+//! first local subscriber on: before that nothing could come back to deliver.
+
+use crate::bus::Route;
+use crate::codec::{Codec, Envelope};
+use crate::phase::Phase;
+use crate::sequence::{InOrder, Pushed};
+use crate::stats::Stats;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Topic on which an idle origin announces the highest sequence number it has sent.
+pub const HEARTBEAT_TOPIC: &str = "control.bridge.heartbeat";
+/// Topic on which a receiver asks an origin to send a gap again.
+pub const RESEND_TOPIC: &str = "control.bridge.resend";
+/// Topic on which a resuming subscriber asks every origin for its highest sequence number
+/// (answered with a heartbeat at once), so a tail it missed while down is found even if the
+/// origin is idle.
+pub const HELLO_TOPIC: &str = "control.bridge.hello";
+
+/// Missing sequence numbers remembered per origin (to accept them if they come late).
+const MAX_MISSING: usize = 100_000;
+/// Most events held behind gaps per origin before the wait is given up.
+const MAX_HELD: usize = 100_000;
+
+/// "`origin` has sent up to `highest`."
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Heartbeat {
+    origin: String,
+    highest: u64,
+}
+
+/// "`origin` is resuming: tell me how far you have got."
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Hello {
+    origin: String,
+}
+
+/// "Send `from..=to` of `origin` again."
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct ResendRequest {
+    origin: String,
+    from: u64,
+    to: u64,
+}
+
+/// What an own event still owes when it returns from busrt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Owed {
+    /// Deliver it to local subscribers (busrt is the route).
+    pub deliver: bool,
+    /// Record it as the parity candidate.
+    pub compare: bool,
+}
+
+/// Settings of one bridge's protocol.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// This bus instance's origin id (unique).
+    pub origin: String,
+    /// The busrt client name (what the broker reports as a frame's primary sender).
+    pub name: String,
+    /// Encodes and decodes frames.
+    pub codec: Codec,
+    /// Most hops an envelope may have travelled.
+    pub hop_limit: u32,
+    /// How long events behind a sequence gap wait for the resend.
+    pub gap_wait: Duration,
+    /// How long a sender is idle before it announces its highest sequence number.
+    pub heartbeat: Duration,
+    /// Recently sent events kept to answer resend requests.
+    pub replay: usize,
+    /// A durable subscriber resuming after these positions: origins it has not heard of are
+    /// expected from their first event. `None` joins every stream live.
+    pub resume: Option<Vec<(String, u64)>>,
+}
+
+/// What the driver must do.
+#[derive(Debug)]
+pub enum Output {
+    /// Hand an envelope to the core.
+    Deliver(Delivery),
+    /// Publish frames.
+    Transmit(Transmit),
+}
+
+/// An envelope for the core.
+#[derive(Debug)]
+pub enum Delivery {
+    /// Our own event, returned; do what is owed, then call [`Protocol::settle`] with its
+    /// sequence number.
+    Returned {
+        /// The event.
+        env: Envelope,
+        /// What it owes.
+        owed: Owed,
+    },
+    /// Another origin's event, to deliver to local subscribers.
+    Remote(Envelope),
+}
+
+/// Frames to publish.
+#[derive(Debug, PartialEq)]
+pub enum Transmit {
+    /// A control message: heartbeat, hello or resend request.
+    Control {
+        /// One of the `*_TOPIC` constants.
+        topic: &'static str,
+        /// JSON body.
+        body: Vec<u8>,
+    },
+    /// Events sent again from the replay buffer, in order: (busrt topic, frame).
+    Resend(Vec<(Arc<str>, Vec<u8>)>),
+}
+
+/// One origin's stream as this bridge receives it.
+struct Origin {
+    name: String,
+    stream: InOrder<Envelope>,
+    /// Since when events have been held behind a gap.
+    holding_since: Option<Instant>,
+}
+
+impl Origin {
+    fn new(name: &str, after: Option<u64>) -> Self {
+        Self {
+            name: name.to_owned(),
+            stream: match after {
+                Some(p) => InOrder::after(p, MAX_MISSING),
+                None => InOrder::new(MAX_MISSING),
+            },
+            holding_since: None,
+        }
+    }
+}
+
+/// The bridge protocol of one bus. See the module docs.
+pub struct Protocol {
+    s: Settings,
+    stats: Arc<Stats>,
+    durable: bool,
+    // Send side.
+    seq: u64,
+    owed: BTreeMap<u64, Owed>,
+    owed_deliveries: usize,
+    listening: bool,
+    replay: VecDeque<(u64, Arc<str>, Vec<u8>)>,
+    /// Highest sequence handed to busrt, and when.
+    handed: u64,
+    handed_at: Option<Instant>,
+    /// Highest sequence announced by heartbeat.
+    announced: u64,
+    /// Highest sequence busrt confirmed (what a hello is answered with).
+    confirmed: u64,
+    // Receive side.
+    origins: HashMap<String, Origin>,
+    shadow_remote: u64,
+    out: VecDeque<Output>,
+}
+
+impl Protocol {
+    /// A protocol with nothing sent or received; counters go to `stats`.
+    pub fn new(settings: Settings, stats: Arc<Stats>) -> Self {
+        // Nothing to resume from: join live, like any bus.
+        let resume = settings.resume.clone().unwrap_or_default();
+        let durable = !resume.is_empty();
+        let origins = resume
+            .iter()
+            .map(|(o, p)| (o.clone(), Origin::new(o, Some(*p))))
+            .collect();
+        Self {
+            s: settings,
+            stats,
+            durable,
+            seq: 0,
+            owed: BTreeMap::new(),
+            owed_deliveries: 0,
+            listening: false,
+            replay: VecDeque::new(),
+            handed: 0,
+            handed_at: None,
+            announced: 0,
+            confirmed: 0,
+            origins,
+            shadow_remote: 0,
+            out: VecDeque::new(),
+        }
+    }
+
+    /// This bus's origin id.
+    pub fn origin(&self) -> &str {
+        &self.s.origin
+    }
+
+    /// Own events sent and not yet returned (and settled).
+    pub fn in_flight(&self) -> usize {
+        self.owed.len()
+    }
+
+    /// Remote events seen in phase 1, which go to the shadow path only.
+    pub fn shadow_remote(&self) -> u64 {
+        self.shadow_remote
+    }
+
+    /// Whether the bridge listens to the event topics.
+    pub fn is_listening(&self) -> bool {
+        self.listening
+    }
+
+    /// The bridge now listens to the event topics; a durable subscriber says hello.
+    pub fn listening(&mut self) {
+        if self.listening {
+            return;
+        }
+        self.listening = true;
+        if self.durable {
+            let body = json(&Hello {
+                origin: self.s.origin.clone(),
+            });
+            self.transmit(HELLO_TOPIC, body);
+        }
+    }
+
+    /// Decides the route of a local publish (see the module's table), stamps the origin and,
+    /// for what is sent, the next sequence number. `compare`: the legacy path's answer is
+    /// being compared with busrt's.
+    pub fn publish(&mut self, phase: Phase, compare: bool, env: &mut Envelope) -> Route {
+        env.origin.clone_from(&self.s.origin);
+        let (deliver_now, send, owe) =
+            if !self.listening || (phase.legacy_authoritative() && self.owed_deliveries == 0) {
+                let owe = (compare && self.listening).then_some(Owed {
+                    deliver: false,
+                    compare: true,
+                });
+                (true, phase.uses_busrt(), owe)
+            } else if phase.uses_busrt() || self.owed_deliveries > 0 {
+                // Also in phase 0 while returns are owed: this event waits its turn behind them.
+                let owe = Owed {
+                    deliver: true,
+                    compare,
+                };
+                (false, true, Some(owe))
+            } else {
+                (true, false, None)
+            };
+        // Only what goes to busrt is numbered, so receivers see no false gaps.
+        if send {
+            self.seq += 1;
+            env.seq = self.seq;
+        }
+        if let Some(o) = owe {
+            self.owed.insert(env.seq, o);
+            self.owed_deliveries += usize::from(o.deliver);
+        }
+        Route {
+            deliver_now,
+            send,
+            compare: compare && !deliver_now,
+        }
+    }
+
+    /// Keeps an encoded event for resend requests (call for every event that is sent).
+    pub fn remember(&mut self, seq: u64, topic: Arc<str>, frame: &[u8]) {
+        if self.s.replay == 0 {
+            return;
+        }
+        if self.replay.len() >= self.s.replay {
+            self.replay.pop_front();
+        }
+        self.replay.push_back((seq, topic, frame.to_vec()));
+    }
+
+    /// The sender handed events up to `highest` to busrt at `now` (arms the heartbeat).
+    pub fn handed(&mut self, highest: u64, now: Instant) {
+        self.handed = self.handed.max(highest);
+        self.handed_at = Some(now);
+    }
+
+    /// busrt confirmed events up to `highest`.
+    pub fn confirmed(&mut self, highest: u64) {
+        self.confirmed = self.confirmed.max(highest);
+    }
+
+    /// An event could not be sent (or encoded): nothing will return for it.
+    pub fn release(&mut self, seq: u64) {
+        self.settle(seq);
+    }
+
+    /// A returned event's owed work is done.
+    pub fn settle(&mut self, seq: u64) {
+        if let Some(o) = self.owed.remove(&seq) {
+            self.owed_deliveries -= usize::from(o.deliver);
+        }
+    }
+
+    /// A message from busrt: on `topic`, from the client named `primary_sender`.
+    pub fn on_message(
+        &mut self,
+        topic: &str,
+        primary_sender: &str,
+        payload: &[u8],
+        phase: Phase,
+        now: Instant,
+    ) {
+        match topic {
+            RESEND_TOPIC => self.on_resend_request(payload),
+            HEARTBEAT_TOPIC => self.on_heartbeat(payload),
+            HELLO_TOPIC => self.on_hello(payload),
+            _ => self.on_frame(primary_sender, payload, phase, now),
+        }
+    }
+
+    /// The earliest deadline: a hold behind a gap to give up, or a heartbeat to send.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let hold = self
+            .origins
+            .values()
+            .filter_map(|o| o.holding_since)
+            .min()
+            .map(|t| t + self.s.gap_wait);
+        let beat = self
+            .handed_at
+            .filter(|_| self.handed > self.announced)
+            .map(|t| t + self.s.heartbeat);
+        match (hold, beat) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Does what is due at `now`: gives up holds that waited `gap_wait`, announces the
+    /// highest sequence of a sender idle for the heartbeat interval.
+    pub fn handle_timeout(&mut self, now: Instant, phase: Phase) {
+        let expired: Vec<String> = self
+            .origins
+            .iter()
+            .filter(|(_, o)| o.holding_since.is_some_and(|t| now >= t + self.s.gap_wait))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in expired {
+            let ready = self.origins.get_mut(&key).map(|o| give_up(&self.stats, o));
+            for env in ready.unwrap_or_default() {
+                self.dispatch(env, phase);
+            }
+        }
+        if self.handed > self.announced
+            && self.handed_at.is_some_and(|t| now >= t + self.s.heartbeat)
+        {
+            self.announced = self.handed;
+            let body = json(&Heartbeat {
+                origin: self.s.origin.clone(),
+                highest: self.handed,
+            });
+            self.transmit(HEARTBEAT_TOPIC, body);
+        }
+    }
+
+    /// The next thing to do, in the order it arose.
+    pub fn poll(&mut self) -> Option<Output> {
+        self.out.pop_front()
+    }
+
+    fn transmit(&mut self, topic: &'static str, body: Vec<u8>) {
+        self.out
+            .push_back(Output::Transmit(Transmit::Control { topic, body }));
+    }
+
+    fn decode_error(&self) {
+        Stats::add(&self.stats.bridge_decode_errors, 1);
+    }
+
+    fn request_resend(&mut self, origin: String, from: u64, to: u64) {
+        Stats::add(&self.stats.bridge_resend_requests, 1);
+        self.transmit(RESEND_TOPIC, json(&ResendRequest { origin, from, to }));
+    }
+
+    /// Answers a resend request for this origin from the replay buffer; what is no longer
+    /// there is counted and reported with its range.
+    fn on_resend_request(&mut self, payload: &[u8]) {
+        let Ok(r) = serde_json::from_slice::<ResendRequest>(payload) else {
+            return self.decode_error();
+        };
+        if r.origin != self.s.origin || r.to < r.from {
+            return;
+        }
+        let frames: Vec<_> = self
+            .replay
+            .iter()
+            .filter(|(seq, _, _)| (r.from..=r.to).contains(seq))
+            .map(|(_, topic, frame)| (topic.clone(), frame.clone()))
+            .collect();
+        let lost = (r.to - r.from + 1).saturating_sub(frames.len() as u64);
+        if lost > 0 {
+            Stats::add(&self.stats.bridge_resend_unavailable, lost);
+            tracing::error!(
+                from = r.from,
+                to = r.to,
+                lost,
+                "events asked for are no longer in the replay buffer"
+            );
+        }
+        if !frames.is_empty() {
+            self.out
+                .push_back(Output::Transmit(Transmit::Resend(frames)));
+        }
+    }
+
+    /// A heartbeat from another origin: anything up to its highest that never arrived is a
+    /// gap (the tail of its stream was lost), asked for again.
+    fn on_heartbeat(&mut self, payload: &[u8]) {
+        let Ok(h) = serde_json::from_slice::<Heartbeat>(payload) else {
+            return self.decode_error();
+        };
+        if h.origin == self.s.origin {
+            return;
+        }
+        // Never heard of it: nothing to compare with, unless this subscriber wants every
+        // origin's stream from its start.
+        if self.durable && !self.origins.contains_key(&h.origin) {
+            self.origins
+                .insert(h.origin.clone(), Origin::new(&h.origin, Some(0)));
+        }
+        let Some(state) = self.origins.get_mut(&h.origin) else {
+            return;
+        };
+        if let Some((from, to)) = state.stream.expect_up_to(h.highest) {
+            Stats::add(&self.stats.bridge_gaps, to - from + 1);
+            tracing::warn!(origin = %h.origin, from, to, "tail of a stream missing; asking for a resend");
+            self.request_resend(h.origin, from, to);
+        }
+    }
+
+    /// A resuming subscriber said hello: tell it at once how far this origin has got.
+    fn on_hello(&mut self, payload: &[u8]) {
+        let Ok(h) = serde_json::from_slice::<Hello>(payload) else {
+            return self.decode_error();
+        };
+        if h.origin != self.s.origin && self.confirmed > 0 {
+            let body = json(&Heartbeat {
+                origin: self.s.origin.clone(),
+                highest: self.confirmed,
+            });
+            self.transmit(HEARTBEAT_TOPIC, body);
+        }
+    }
+
+    /// One event frame (one envelope or a batch).
+    fn on_frame(&mut self, primary_sender: &str, payload: &[u8], phase: Phase, now: Instant) {
+        let envelopes = match self.s.codec.decode_frame(payload) {
+            Ok(e) => e,
+            Err(e) => {
+                self.decode_error();
+                return tracing::debug!(sender = primary_sender, "dropped frame: {e}");
+            }
+        };
+        for env in envelopes {
+            self.on_envelope(primary_sender, env, phase, now);
+        }
+    }
+
+    fn on_envelope(&mut self, primary_sender: &str, env: Envelope, phase: Phase, now: Instant) {
+        if env.hops > self.s.hop_limit {
+            return Stats::add(&self.stats.bridge_hop_limited, 1);
+        }
+        if env.origin == self.s.origin && primary_sender != self.s.name {
+            // A loop: our own event relayed back by someone else.
+            return Stats::add(&self.stats.bridge_echo_suppressed, 1);
+        }
+        // Looked up by reference: the origin's name is copied once, when first heard of.
+        if !self.origins.contains_key(&env.origin) {
+            let after = self.durable.then_some(0);
+            self.origins
+                .insert(env.origin.clone(), Origin::new(&env.origin, after));
+        }
+        let Some(state) = self.origins.get_mut(&env.origin) else {
+            return;
+        };
+        let stats = &self.stats;
+        let (gap, mut ready) = match state.stream.push(env.seq, env) {
+            Pushed::Duplicate => return Stats::add(&stats.bridge_duplicates, 1),
+            Pushed::Accepted { gap, filled, ready } => {
+                if filled {
+                    Stats::add(&stats.bridge_gaps_filled, 1);
+                }
+                (gap, ready)
+            }
+        };
+        if state.stream.held() > MAX_HELD {
+            ready.extend(give_up(stats, state));
+        }
+        state.holding_since = match (state.stream.held(), state.holding_since) {
+            (0, _) => None,
+            (_, Some(t)) => Some(t),
+            (_, None) => Some(now),
+        };
+        if let Some((from, to)) = gap {
+            let origin = state.name.clone();
+            Stats::add(&stats.bridge_gaps, to - from + 1);
+            tracing::warn!(%origin, from, to, "sequence gap; asking for a resend");
+            self.request_resend(origin, from, to);
+        }
+        for env in ready {
+            self.dispatch(env, phase);
+        }
+    }
+
+    /// Hands one accepted envelope on as the phase says.
+    fn dispatch(&mut self, env: Envelope, phase: Phase) {
+        Stats::add(&self.stats.bridge_received, 1);
+        if env.origin == self.s.origin {
+            if let Some(&owed) = self.owed.get(&env.seq) {
+                self.out
+                    .push_back(Output::Deliver(Delivery::Returned { env, owed }));
+            }
+        } else if phase >= Phase::Topics {
+            self.out.push_back(Output::Deliver(Delivery::Remote(env)));
+        } else {
+            self.shadow_remote += 1;
+        }
+    }
+}
+
+/// Stops waiting for an origin's gaps: they are lost (counted), held events are released.
+fn give_up(stats: &Stats, state: &mut Origin) -> Vec<Envelope> {
+    let (lost, ready) = state.stream.give_up();
+    state.holding_since = None;
+    if lost > 0 {
+        Stats::add(&stats.bridge_gaps_lost, lost);
+        tracing::error!(origin = %state.name, lost, "sequence gap not filled in time; events lost");
+    }
+    ready
+}
+
+fn json<T: Serialize>(v: &T) -> Vec<u8> {
+    serde_json::to_vec(v).unwrap_or_default()
+}
