@@ -104,6 +104,8 @@ pub struct Settings {
 
 /// What the driver must do.
 #[derive(Debug)]
+// Outputs live briefly in one queue; boxing the envelope would cost an allocation per event.
+#[allow(clippy::large_enum_variant)]
 pub enum Output {
     /// Hand an envelope to the core.
     Deliver(Delivery),
@@ -240,6 +242,11 @@ impl Protocol {
             return;
         }
         self.listening = true;
+        // Our own returns are expected from the next number on: one lost at the broker is
+        // then a gap (asked for again), never a return owed forever.
+        let own = self.s.origin.clone();
+        self.origins
+            .insert(own.clone(), Origin::new(&own, Some(self.seq)));
         if self.durable {
             let body = json(&Hello {
                 origin: self.s.origin.clone(),
@@ -438,12 +445,10 @@ impl Protocol {
         let Ok(h) = serde_json::from_slice::<Heartbeat>(payload) else {
             return self.decode_error();
         };
-        if h.origin == self.s.origin {
-            return;
-        }
         // Never heard of it: nothing to compare with, unless this subscriber wants every
-        // origin's stream from its start.
-        if self.durable && !self.origins.contains_key(&h.origin) {
+        // origin's stream from its start. (Our own heartbeat finds a lost tail of our own
+        // returns, once we have received any.)
+        if self.durable && h.origin != self.s.origin && !self.origins.contains_key(&h.origin) {
             self.origins
                 .insert(h.origin.clone(), Origin::new(&h.origin, Some(0)));
         }
