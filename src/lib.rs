@@ -6,7 +6,8 @@
 //! phase against the old path.
 //!
 //! ```
-//! # tokio::runtime::Runtime::new().unwrap().block_on(async {
+//! # #[cfg(feature = "legacy")]
+//! # fn main() { tokio::runtime::Runtime::new().unwrap().block_on(async {
 //! // Before: use collector_core::{HighPerformanceEventBus, HighPerformanceEventBusImpl, ...};
 //! use busbridge::legacy::crossbeam::{
 //!     CollectionEvent, EventSubscription, HighPerformanceEventBus, HighPerformanceEventBusConfig,
@@ -27,7 +28,9 @@
 //! });
 //! bus.publish(event.clone(), "scan-1".into()).await?;
 //! assert_eq!(rx.recv()?.event, event);
-//! # anyhow::Ok(()) }).unwrap();
+//! # anyhow::Ok(()) }).unwrap(); }
+//! # #[cfg(not(feature = "legacy"))]
+//! # fn main() {}
 //! ```
 //!
 //! ## Cargo features
@@ -100,7 +103,7 @@
 //!   ([`durable`]): the legacy API has no acknowledgements, so only the subscriber knows what it
 //!   processed; the bridge turns its positions into resend requests.
 
-#[cfg(all(feature = "busrt", feature = "legacy"))]
+#[cfg(all(feature = "cli", feature = "legacy"))]
 pub mod bench;
 #[cfg(feature = "busrt")]
 pub mod bridge;
@@ -110,7 +113,7 @@ pub mod bus;
 #[cfg(feature = "busrt")]
 pub mod client;
 pub mod codec;
-#[cfg(feature = "busrt")]
+#[cfg(feature = "cli")]
 pub mod collector;
 pub mod config;
 pub mod durable;
@@ -122,11 +125,13 @@ pub mod legacy;
 pub mod observe;
 pub mod parity;
 pub mod phase;
+#[cfg(feature = "cli")]
 pub mod procscan;
 pub mod queue;
 pub mod router;
 #[cfg(feature = "busrt")]
 pub mod rpc;
+#[cfg(any(test, feature = "cli"))]
 pub mod scenario;
 pub mod sequence;
 pub mod stats;

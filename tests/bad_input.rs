@@ -1,7 +1,7 @@
 //! Bad input from outside: every case gets a typed error or a counted drop, and the bus keeps
 //! serving everyone else.
 
-#![cfg(feature = "legacy")]
+#![cfg(all(feature = "legacy", feature = "cli"))]
 
 use busbridge::bridge::BridgeBuilder;
 use busbridge::codec::{Codec, CodecKind};

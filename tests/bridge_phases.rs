@@ -1,7 +1,7 @@
 //! Phases switched on a running bus: nothing lost, nothing duplicated, order kept, parity
 //! clean; the phase-1 shadow path and phase-2 remote delivery.
 
-#![cfg(feature = "legacy")]
+#![cfg(all(feature = "legacy", feature = "cli"))]
 
 mod common;
 

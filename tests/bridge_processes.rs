@@ -1,6 +1,6 @@
 //! Bridged legacy-facade programs in separate processes, through a standalone broker.
 
-#![cfg(feature = "legacy")]
+#![cfg(all(feature = "legacy", feature = "cli"))]
 
 mod common;
 

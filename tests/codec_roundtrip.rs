@@ -1,5 +1,6 @@
 //! Every event round-trips through every codec with every field equal; a decoder that knows
 //! only the legacy records reads busbridge's protobuf; arbitrary bytes never panic a decoder.
+#![cfg(feature = "cli")]
 
 mod common;
 

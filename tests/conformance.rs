@@ -1,6 +1,6 @@
 //! The conformance suite against every backend: one line per backend.
 
-#![cfg(feature = "legacy")]
+#![cfg(all(feature = "legacy", feature = "cli"))]
 
 mod common;
 #[path = "conformance/scenarios.rs"]

@@ -1,6 +1,6 @@
 //! The README's first command, as a user runs it.
 
-#![cfg(feature = "legacy")]
+#![cfg(all(feature = "legacy", feature = "cli"))]
 
 mod common;
 

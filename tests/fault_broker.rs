@@ -3,7 +3,7 @@
 //! broker lost is detected as a sequence gap, asked for again and sent from the publisher's
 //! replay buffer: the subscriber gets every event exactly once.
 
-#![cfg(feature = "legacy")]
+#![cfg(all(feature = "legacy", feature = "cli"))]
 
 mod common;
 

@@ -3,6 +3,7 @@
 //! broker killed and restarted while its collectors keep publishing. The journal is the
 //! subscriber's output and its checkpoint; at the end it must hold every published event
 //! exactly once, in publish order per collector.
+#![cfg(feature = "cli")]
 
 mod common;
 

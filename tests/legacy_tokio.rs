@@ -1,6 +1,6 @@
 //! The tokio facade (`EventBus` / `LocalEventBus`): its own filters, lifecycle and replay.
 
-#![cfg(feature = "legacy")]
+#![cfg(all(feature = "legacy", feature = "cli"))]
 
 mod common;
 

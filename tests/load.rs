@@ -1,6 +1,6 @@
 //! Load tests, ignored by default: `cargo test --release -- --ignored`.
 
-#![cfg(feature = "legacy")]
+#![cfg(all(feature = "legacy", feature = "cli"))]
 
 mod common;
 

@@ -1,4 +1,5 @@
 //! Every example configuration in `migration/` loads, validates and names its phase.
+#![cfg(feature = "cli")]
 
 mod common;
 

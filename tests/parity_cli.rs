@@ -1,7 +1,7 @@
 //! `busbridge parity`: the built-in scenarios per phase, record and replay, and a broken
 //! candidate that must fail.
 
-#![cfg(feature = "legacy")]
+#![cfg(all(feature = "legacy", feature = "cli"))]
 
 mod common;
 

@@ -1,4 +1,5 @@
 //! A deliberately broken candidate: each kind of mismatch is caught and named.
+#![cfg(feature = "cli")]
 
 use busbridge::event::CollectionEvent;
 use busbridge::parity::{MismatchKind, Parity, ParityConfig};

@@ -1,5 +1,6 @@
 //! The phase-4 API: `busbridge::EventBus` with busbridge's own `Receiver`, over busrt only.
 //! Runs in the default build and in the build without `legacy` (no crossbeam-channel).
+#![cfg(feature = "cli")]
 
 use busbridge::bridge::BridgeBuilder;
 use busbridge::event::SourceCaps;

@@ -3,7 +3,7 @@
 //! tokio, no wall clock; every randomized case is reproducible from its seed.
 
 use busbridge::bridge::protocol::{
-    Delivery, Output, Protocol, Settings, Transmit, HEARTBEAT_TOPIC, HELLO_TOPIC, RESEND_TOPIC,
+    Delivery, Output, Protocol, Settings, Transmit, HELLO_TOPIC, RESEND_TOPIC,
 };
 use busbridge::codec::{Codec, Envelope};
 use busbridge::event::{CollectionEvent, PerformanceEvent};

@@ -1,5 +1,6 @@
 //! RPC for collector lifecycle: each operation over every transport, timeouts, concurrency,
 //! panics, discovery, and phase-3 parity of the control path.
+#![cfg(feature = "cli")]
 
 use busbridge::bus::{Core, CoreOptions};
 use busbridge::collector::ProcessCollector;

@@ -1,4 +1,5 @@
 //! A collector in its own process, driven through its whole lifecycle with `busbridge rpc`.
+#![cfg(feature = "cli")]
 
 mod common;
 

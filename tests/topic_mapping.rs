@@ -1,4 +1,5 @@
 //! Topic translation is a bijection on valid names; patterns translate and match like busrt.
+#![cfg(feature = "cli")]
 
 mod common;
 

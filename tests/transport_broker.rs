@@ -1,5 +1,6 @@
 //! The broker and client against the real world: a standalone broker process, plain busrt
 //! peers, a broker killed mid-stream, bursts, idleness, permissions, access rules, limits.
+#![cfg(feature = "cli")]
 
 mod common;
 

@@ -506,15 +506,15 @@ async fn receive_loop(
 /// # async fn run() -> Result<(), busbridge::bridge::BridgeError> {
 /// use busbridge::bridge::BridgeBuilder;
 /// use busbridge::phase::Phase;
-/// use busbridge::legacy::crossbeam::HighPerformanceEventBusConfig;
 ///
 /// let bridged = BridgeBuilder::new()
-///     .phase(Phase::Topics)
+///     .phase(Phase::BusrtOnly)
 ///     .connect("ipc:///run/daemoneye/daemoneye.sock")
 ///     .name("procmond")
 ///     .build()
 ///     .await?;
-/// let bus = bridged.crossbeam(HighPerformanceEventBusConfig::default());
+/// // Any facade: `bridged.crossbeam(..)` and `bridged.tokio(..)` with the `legacy` feature.
+/// let bus = bridged.event_bus(Default::default());
 /// # Ok(()) }
 /// ```
 pub struct BridgeBuilder {
