@@ -388,6 +388,66 @@ impl Parity {
     }
 }
 
+/// Pass or fail, with every reason it failed: the verdict `busbridge parity` prints, for
+/// any set of parity results (a live bus's, a replay's, RPC answers, counts).
+///
+/// ```
+/// use busbridge::parity::{ParityReport, Verdict};
+/// let clean = ParityReport { compared: 10, matched: 10, ..Default::default() };
+/// let empty = ParityReport::default();
+/// let v = Verdict::new().report("local", &clean).report("remote", &empty);
+/// assert!(!v.passed());
+/// assert_eq!(v.reasons, ["remote: nothing was compared"]);
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Verdict {
+    /// Why it failed; empty when it passed.
+    pub reasons: Vec<String>,
+}
+
+impl Verdict {
+    /// A verdict with nothing checked yet (passing).
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Whether every check passed.
+    pub fn passed(&self) -> bool {
+        self.reasons.is_empty()
+    }
+
+    /// A report passes when it compared something and found no mismatch.
+    pub fn report(mut self, name: &str, r: &ParityReport) -> Self {
+        if r.compared == 0 {
+            self.reasons.push(format!("{name}: nothing was compared"));
+        }
+        if !r.is_clean() {
+            self.reasons
+                .push(format!("{name}: {} mismatches", r.mismatch_count));
+        }
+        self
+    }
+
+    /// Compared answers (RPC, for example) pass when there were some and none differed.
+    pub fn answers(mut self, name: &str, compared: u64, mismatches: &[String]) -> Self {
+        if compared == 0 {
+            self.reasons.push(format!("{name}: nothing was compared"));
+        }
+        for m in mismatches {
+            self.reasons.push(format!("{name}: {m}"));
+        }
+        self
+    }
+
+    /// A count passes when it is what was expected.
+    pub fn count(mut self, name: &str, got: u64, want: u64) -> Self {
+        if got != want {
+            self.reasons.push(format!("{name}: {got}, expected {want}"));
+        }
+        self
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

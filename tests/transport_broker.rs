@@ -523,8 +523,14 @@ async fn another_uid_is_refused() {
     let broker = embedded(&socket, |_| {}).await;
     // Open the file permissions so only the peer-credential check stands in the way.
     std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o666)).unwrap();
-    let status = tokio::process::Command::new(procs::BIN)
+    // The other user runs its own copy of the binary: the checkout may live where that
+    // user cannot enter (under root's 0700 home, for example).
+    let bin = dir.path().join("busbridge");
+    std::fs::copy(procs::BIN, &bin).unwrap();
+    std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let status = tokio::process::Command::new(&bin)
         .args(["pub", "events.process.new", "x", "--connect", &uri(&socket)])
+        .current_dir(dir.path())
         .uid(65534)
         .gid(65534)
         .status()

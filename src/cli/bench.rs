@@ -3,7 +3,23 @@
 use busbridge::bench::{self, BenchOptions};
 use std::process::ExitCode;
 
-pub async fn run(json: bool, quick: bool, only: Option<String>) -> anyhow::Result<ExitCode> {
+/// Measure every path in one run (legacy crossbeam router, phase 0, raw busrt, phase 2,
+/// RPC) and print the ratios against the targets.
+#[derive(clap::Args)]
+pub struct Args {
+    #[arg(long)]
+    json: bool,
+    /// Smaller samples: under a minute.
+    #[arg(long)]
+    quick: bool,
+    /// Only the paths whose name contains this text ("steady" and "stall" name the
+    /// last two runs); ratios whose two paths both ran are still printed.
+    #[arg(long)]
+    only: Option<String>,
+}
+
+pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
+    let Args { json, quick, only } = a;
     let mut opts = if quick {
         BenchOptions::quick()
     } else {

@@ -6,11 +6,26 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-pub async fn run(
+/// Run the broker as its own process until SIGINT/SIGTERM.
+#[derive(clap::Args)]
+pub struct Args {
+    /// Configuration file (TOML).
+    #[arg(long)]
     config: Option<PathBuf>,
+    /// Unix socket path (relative: in the private runtime directory).
+    #[arg(long)]
     socket: Option<PathBuf>,
+    /// Also listen on TCP, host:port (loopback unless the configuration allows more).
+    #[arg(long)]
     tcp: Option<String>,
-) -> anyhow::Result<ExitCode> {
+}
+
+pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
+    let Args {
+        config,
+        socket,
+        tcp,
+    } = a;
     let mut config = match config {
         Some(path) => Config::load(&path)?,
         None => Config::default(),

@@ -186,7 +186,16 @@ impl Drop for External {
     }
 }
 
-pub async fn run(json_out: bool) -> anyhow::Result<ExitCode> {
+/// Publish this machine's processes through the legacy bus and show what subscribers got.
+#[derive(clap::Args)]
+pub struct Args {
+    /// Print the summary as one JSON object.
+    #[arg(long)]
+    json: bool,
+}
+
+pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
+    let json_out = a.json;
     let started = Instant::now();
     let mut scanner = ProcessScanner::new();
     let mut rows = Vec::new();

@@ -15,10 +15,12 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
+/// A durable subscriber: append every event to FILE (JSON lines with origin and sequence);
+/// restarted, it resumes after the last line, so FILE holds each event once.
 #[derive(clap::Args)]
-pub struct JournalArgs {
+pub struct Args {
     file: PathBuf,
-    #[arg(long, default_value = super::pubsub::DEFAULT_CONNECT)]
+    #[arg(long, default_value = super::DEFAULT_CONNECT)]
     connect: String,
     /// Host the broker on this Unix socket instead of connecting to one.
     #[arg(long)]
@@ -32,7 +34,7 @@ pub struct JournalArgs {
     gap_wait: Duration,
 }
 
-pub async fn run(a: JournalArgs) -> anyhow::Result<ExitCode> {
+pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
     let mut journal = Journal::open(&a.file)?;
     // busrt only: the journal has no legacy subscribers to compare with. A fresh journal
     // joins the stream live; one with history resumes after it.

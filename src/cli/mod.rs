@@ -1,8 +1,14 @@
 //! Subcommands. `anyhow` is used here, at the edge, and nowhere in the library.
 
+//!
+//! One convention: every subcommand is a module `name` with `name::Args` (its clap
+//! arguments) and `name::run(args)`.
+
 #[cfg(feature = "legacy")]
 pub mod bench;
 pub mod broker;
+pub mod check_config;
+pub mod collector;
 #[cfg(feature = "legacy")]
 pub mod demo;
 pub mod journal;
@@ -10,38 +16,43 @@ pub mod journal;
 pub mod parity;
 #[cfg(feature = "legacy")]
 pub mod peer;
-pub mod pubsub;
+pub mod publish;
 pub mod rpc;
+pub mod subscribe;
 
-use anyhow::Context;
-use busbridge::config::Config;
-use std::path::Path;
+use busbridge::client::{AsyncClient, ClientError, ClientOptions};
 use std::process::ExitCode;
+
+/// Without `--connect`: the default socket of `busbridge broker`.
+pub const DEFAULT_CONNECT: &str = "ipc://daemoneye.sock";
 
 /// Exit code for an invalid configuration or invalid arguments.
 pub const EXIT_USAGE: u8 = 2;
 /// Exit code when the broker cannot be reached.
 pub const EXIT_CONNECT: u8 = 3;
 
-/// `busbridge check-config FILE`: validates and prints the resolved configuration.
-pub fn check_config(file: &Path, json: bool) -> anyhow::Result<ExitCode> {
-    match Config::load(file) {
-        Ok(config) => {
-            if json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&config).context("render")?
-                );
-            } else {
-                print!("{}", config.to_toml());
+/// A client for `pub`/`sub`; a failure is printed and becomes its exit code.
+pub async fn connect(uri: &str) -> Result<AsyncClient, ExitCode> {
+    AsyncClient::connect_with(uri, ClientOptions::default())
+        .await
+        .map_err(|e| {
+            eprintln!("busbridge: {e}");
+            match e {
+                ClientError::Endpoint(_) => ExitCode::from(EXIT_USAGE),
+                _ => ExitCode::from(EXIT_CONNECT),
             }
-            Ok(ExitCode::SUCCESS)
-        }
-        Err(e) => {
-            eprintln!("busbridge: {}: {e}", file.display());
-            Ok(ExitCode::from(EXIT_USAGE))
-        }
-    }
+        })
+}
+
+/// Parses a phase number for clap.
+pub fn parse_phase(s: &str) -> Result<busbridge::phase::Phase, String> {
+    let n: u8 = s.parse().map_err(|e| format!("{e}"))?;
+    busbridge::phase::Phase::try_from(n).map_err(|e| e.to_string())
+}
+
+/// Parses a codec name (`protobuf`, `json`) for clap.
+pub fn parse_codec(s: &str) -> Result<busbridge::codec::CodecKind, String> {
+    serde_json::from_value(serde_json::Value::String(s.into())).map_err(|e| e.to_string())
 }
 
 /// Phase-3 control parity: an in-process collector served over busrt RPC at `uri`, asked

@@ -5,7 +5,7 @@ use busbridge::bridge::{BridgeBuilder, Bridged};
 use busbridge::codec::Envelope;
 use busbridge::config::Config;
 use busbridge::legacy::crossbeam::*;
-use busbridge::parity::{Parity, ParityConfig, ParityReport};
+use busbridge::parity::{Parity, ParityConfig, ParityReport, Verdict};
 use busbridge::phase::Phase;
 use busbridge::router::{Policy, QueueSink};
 use busbridge::scenario::{sample_envelope, sample_event, sample_subscriptions};
@@ -19,14 +19,30 @@ use std::process::{ExitCode, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
-pub struct ParityArgs {
-    pub phase: Option<u8>,
-    pub config: Option<PathBuf>,
-    pub json: bool,
-    pub record: Option<PathBuf>,
-    pub replay: Option<PathBuf>,
-    pub events: usize,
-    pub remote: usize,
+/// Run the built-in parity scenarios for a phase (or replay a recorded trace on phase 4);
+/// exits non-zero on any mismatch.
+#[derive(clap::Args)]
+pub struct Args {
+    /// Phase to verify: 1, 2 or 3 (4 with --replay).
+    #[arg(long)]
+    phase: Option<u8>,
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// One JSON object instead of a table.
+    #[arg(long)]
+    json: bool,
+    /// Record the control path to this trace file (JSON lines).
+    #[arg(long)]
+    record: Option<PathBuf>,
+    /// Replay this trace on the phase-4 path and compare.
+    #[arg(long)]
+    replay: Option<PathBuf>,
+    /// Local events to publish.
+    #[arg(long, default_value_t = 500)]
+    events: usize,
+    /// Events the remote publisher process sends.
+    #[arg(long, default_value_t = 100)]
+    remote: usize,
 }
 
 const AGENT: &str = "parity-agent";
@@ -53,7 +69,7 @@ struct Outcome {
     remote: Option<ParityReport>,
     received: BTreeMap<String, usize>,
     shadow_remote: u64,
-    ok: bool,
+    verdict: Verdict,
 }
 
 fn print(o: &Outcome, as_json: bool) {
@@ -62,7 +78,8 @@ fn print(o: &Outcome, as_json: bool) {
             "{}",
             json!({
                 "phase": o.phase as u8,
-                "ok": o.ok,
+                "ok": o.verdict.passed(),
+                "reasons": o.verdict.reasons,
                 "local": o.local,
                 "remote": o.remote,
                 "received": o.received,
@@ -106,9 +123,12 @@ fn print(o: &Outcome, as_json: bool) {
             serde_json::to_string(m).unwrap_or_default()
         );
     }
+    for reason in &o.verdict.reasons {
+        println!("  FAILED {reason}");
+    }
     println!(
         "{}",
-        if o.ok {
+        if o.verdict.passed() {
             "parity: OK"
         } else {
             "parity: MISMATCH"
@@ -116,14 +136,15 @@ fn print(o: &Outcome, as_json: bool) {
     );
 }
 
-pub async fn run(a: ParityArgs) -> anyhow::Result<ExitCode> {
+pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
     if let Some(trace) = &a.replay {
         let report = replay(trace).await?;
-        let ok = report.is_clean() && report.compared > 0;
+        let verdict = Verdict::new().report("replay", &report);
+        let ok = verdict.passed();
         if a.json {
             println!(
                 "{}",
-                json!({"phase": 4, "replay": trace, "ok": ok, "report": report})
+                json!({"phase": 4, "replay": trace, "ok": ok, "reasons": verdict.reasons, "report": report})
             );
         } else {
             println!(
@@ -168,14 +189,14 @@ pub async fn run(a: ParityArgs) -> anyhow::Result<ExitCode> {
     bridged.shutdown().await;
     let outcome = outcome?;
     print(&outcome, a.json);
-    Ok(if outcome.ok {
+    Ok(if outcome.verdict.passed() {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(1)
     })
 }
 
-async fn scenarios(a: &ParityArgs, bridged: &Bridged, phase: Phase) -> anyhow::Result<Outcome> {
+async fn scenarios(a: &Args, bridged: &Bridged, phase: Phase) -> anyhow::Result<Outcome> {
     let recorder = match &a.record {
         Some(p) => Some(Arc::new(Recorder::create(p)?)),
         None => None,
@@ -284,13 +305,19 @@ async fn scenarios(a: &ParityArgs, bridged: &Bridged, phase: Phase) -> anyhow::R
     } else {
         None
     };
-    let ok = rpc.as_ref().is_none_or(|(c, m)| *c > 0 && m.is_empty())
-        && local.is_clean()
-        && local.compared > 0
-        && remote
-            .as_ref()
-            .is_none_or(|r| r.is_clean() && r.compared > 0)
-        && (phase >= Phase::Topics || shadow_remote == a.remote as u64);
+    let mut verdict = Verdict::new().report("local events", &local);
+    if let Some(r) = &remote {
+        verdict = verdict.report("remote events", r);
+    } else {
+        verdict = verdict.count(
+            "remote events in the shadow path",
+            shadow_remote,
+            a.remote as u64,
+        );
+    }
+    if let Some((c, m)) = &rpc {
+        verdict = verdict.answers("control (rpc)", *c, m);
+    }
     Ok(Outcome {
         phase,
         rpc,
@@ -298,7 +325,7 @@ async fn scenarios(a: &ParityArgs, bridged: &Bridged, phase: Phase) -> anyhow::R
         remote,
         received,
         shadow_remote,
-        ok,
+        verdict,
     })
 }
 

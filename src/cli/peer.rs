@@ -15,17 +15,34 @@ use std::io::{BufRead, Write};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-pub struct PeerArgs {
-    pub connect: String,
-    pub name: String,
-    pub count: usize,
-    pub expect: usize,
-    pub phase: Phase,
-    pub codec: CodecKind,
-    pub tokio_facade: bool,
-    pub timeout: Duration,
+/// A bridged legacy-facade program: subscribe to everything, wait for `go` on stdin,
+/// publish the sample events, print what arrives (JSON lines).
+#[derive(clap::Args)]
+pub struct Args {
+    #[arg(long, default_value = super::DEFAULT_CONNECT)]
+    connect: String,
+    /// busrt client name, also the sample seed and publisher id.
+    #[arg(long)]
+    name: String,
+    /// Events to publish.
+    #[arg(long, default_value_t = 10)]
+    count: usize,
+    /// Events to wait for before exiting.
+    #[arg(long, default_value_t = 10)]
+    expect: usize,
+    #[arg(long, default_value = "2", value_parser = super::parse_phase)]
+    phase: Phase,
+    #[arg(long, default_value = "protobuf", value_parser = super::parse_codec)]
+    codec: CodecKind,
+    /// Publish through the tokio facade instead of the crossbeam one.
+    #[arg(long = "tokio")]
+    tokio_facade: bool,
+    /// Give up waiting after this long.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    timeout: Duration,
     /// Publish the sample envelopes with their deterministic event ids (for parity runs).
-    pub exact_ids: bool,
+    #[arg(long)]
+    exact_ids: bool,
 }
 
 fn line(v: serde_json::Value) -> std::io::Result<()> {
@@ -34,7 +51,7 @@ fn line(v: serde_json::Value) -> std::io::Result<()> {
     out.flush()
 }
 
-pub async fn run(a: PeerArgs) -> anyhow::Result<ExitCode> {
+pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
     let bridged = BridgeBuilder::new()
         .connect(&a.connect)
         .name(&a.name)

@@ -1,18 +1,24 @@
-//! `busbridge rpc` (call a method from a script) and `busbridge collector` (a real process
-//! collector in its own process, serving the lifecycle operations).
+//! `busbridge rpc TARGET METHOD [JSON]`: call an RPC method from a script.
 
 use super::{EXIT_CONNECT, EXIT_USAGE};
-use busbridge::bridge::BridgeBuilder;
 use busbridge::client::ClientOptions;
-use busbridge::collector::ProcessCollector;
-use busbridge::config::Config;
-use busbridge::phase::Phase;
-use busbridge::rpc::{serve_control, CollectorSettings, RpcCallError, RpcNode};
-use std::io::Write;
-use std::path::PathBuf;
+use busbridge::rpc::{RpcCallError, RpcNode};
 use std::process::ExitCode;
-
 use std::time::Duration;
+
+/// Call an RPC method and print the JSON reply. TARGET `-` finds the method's provider.
+/// Exit codes: 0 ok, 3 unreachable, 4 timeout, 5 not found, 6 remote error.
+#[derive(clap::Args)]
+pub struct Args {
+    target: String,
+    method: String,
+    /// Parameters as JSON (default `{}`).
+    params: Option<String>,
+    #[arg(long, default_value = super::DEFAULT_CONNECT)]
+    connect: String,
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    timeout: Duration,
+}
 
 /// Exit code: no reply within the timeout.
 pub const EXIT_TIMEOUT: u8 = 4;
@@ -37,13 +43,14 @@ fn exit_for(e: &RpcCallError) -> u8 {
 }
 
 /// `busbridge rpc TARGET METHOD [JSON]`; TARGET `-` finds the method's one provider.
-pub async fn call(
-    target: String,
-    method: String,
-    params: Option<String>,
-    connect: String,
-    timeout: Duration,
-) -> anyhow::Result<ExitCode> {
+pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
+    let Args {
+        target,
+        method,
+        params,
+        connect,
+        timeout,
+    } = a;
     let params = params.unwrap_or_else(|| "{}".into());
     if serde_json::from_str::<serde_json::Value>(&params).is_err() {
         eprintln!("busbridge: the parameters are not JSON: {params}");
@@ -80,51 +87,4 @@ pub async fn call(
             Ok(ExitCode::from(exit_for(&e)))
         }
     }
-}
-
-/// `busbridge collector`: scans this machine's processes when told to, publishes them on
-/// `events.process.new`, and serves the lifecycle operations under `--name`.
-pub async fn collector(
-    name: String,
-    connect: String,
-    config: Option<PathBuf>,
-    interval: Option<Duration>,
-) -> anyhow::Result<ExitCode> {
-    let config = match config {
-        Some(p) => Config::load(&p)?,
-        None => Config::default(),
-    };
-    let opts = ClientOptions::from_config(&config.client, config.broker.max_message_size);
-    // Events go out on their own connection; RPC has its own (busrt's RPC client owns one).
-    let bridged = BridgeBuilder::new()
-        .phase(Phase::BusrtOnly)
-        .connect(&connect)
-        .codec(config.codec)
-        .client_options(opts.clone().name(format!("{name}.events")))
-        .build()
-        .await?;
-    let mut settings = CollectorSettings::default();
-    if let Some(i) = interval {
-        settings.interval = i;
-    }
-    settings.validate().map_err(anyhow::Error::msg)?;
-    let collector = ProcessCollector::new(&name, bridged.core().clone(), settings);
-    let node = RpcNode::connect_with(&connect, opts.name(&name)).await?;
-    serve_control(&node, collector.clone()).await?;
-    let scan = tokio::spawn(collector.clone().run());
-    println!("ready");
-    std::io::stdout().flush()?;
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    tokio::select! {
-        _ = collector.stopped() => {}
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
-    // The shutdown reply is written before the connection goes: close flushes with a ping.
-    node.close().await;
-    let _ = tokio::time::timeout(Duration::from_secs(5), bridged.link().flushed()).await;
-    bridged.shutdown().await;
-    scan.abort();
-    println!("stopped");
-    Ok(ExitCode::SUCCESS)
 }

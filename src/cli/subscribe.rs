@@ -1,60 +1,26 @@
-//! `busbridge pub` and `busbridge sub`: talk to a broker from scripts.
+//! `busbridge sub PATTERN…`: print messages on topics matching patterns.
 
-use super::{EXIT_CONNECT, EXIT_USAGE};
-use busbridge::client::{AsyncClient, ClientError, ClientOptions};
+use super::{connect, EXIT_USAGE};
 use busbridge::codec::{Codec, CodecKind};
 use busbridge::QoS;
 use serde_json::{json, Value};
 use std::process::ExitCode;
 use std::time::Duration;
 
-/// Without `--connect`: the default socket of `busbridge broker`.
-pub const DEFAULT_CONNECT: &str = "ipc://daemoneye.sock";
-
-async fn connect(uri: &str) -> Result<AsyncClient, ExitCode> {
-    AsyncClient::connect_with(uri, ClientOptions::default())
-        .await
-        .map_err(|e| {
-            eprintln!("busbridge: {e}");
-            match e {
-                ClientError::Endpoint(_) => ExitCode::from(EXIT_USAGE),
-                _ => ExitCode::from(EXIT_CONNECT),
-            }
-        })
-}
-
-pub async fn publish(
-    topic: String,
-    payload: Option<String>,
-    connect_uri: String,
-    qos: QoS,
-    count: u64,
-) -> anyhow::Result<ExitCode> {
-    let bytes = match payload.as_deref() {
-        Some(p) if p.starts_with('@') => std::fs::read(&p[1..])?,
-        Some(p) => p.as_bytes().to_vec(),
-        None => Vec::new(),
-    };
-    let mut client = match connect(&connect_uri).await {
-        Ok(c) => c,
-        Err(code) => return Ok(code),
-    };
-    for _ in 0..count {
-        if let Err(e) = client.publish(&topic, bytes.clone(), qos).await {
-            eprintln!("busbridge: publish: {e}");
-            return Ok(ExitCode::from(match e {
-                ClientError::Topic(_) | ClientError::TooLarge { .. } => EXIT_USAGE,
-                _ => 1,
-            }));
-        }
-    }
-    match tokio::time::timeout(Duration::from_secs(10), client.disconnect()).await {
-        Ok(Ok(())) => Ok(ExitCode::SUCCESS),
-        _ => {
-            eprintln!("busbridge: could not hand every message to the broker");
-            Ok(ExitCode::from(1))
-        }
-    }
+/// Print messages on topics matching patterns.
+#[derive(clap::Args)]
+pub struct Args {
+    /// Dotted patterns, e.g. events.process.* or events.#.
+    #[arg(required = true)]
+    patterns: Vec<String>,
+    #[arg(long, default_value = super::DEFAULT_CONNECT)]
+    connect: String,
+    /// Exit after this many messages.
+    #[arg(long)]
+    count: Option<u64>,
+    /// One JSON object a line.
+    #[arg(long)]
+    json: bool,
 }
 
 /// One message as a JSON object: the envelope (or a batch's envelopes) decoded when it is
@@ -84,12 +50,13 @@ pub fn message_json(topic: &str, sender: &str, payload: &[u8]) -> Value {
     out
 }
 
-pub async fn subscribe(
-    patterns: Vec<String>,
-    connect_uri: String,
-    count: Option<u64>,
-    json_out: bool,
-) -> anyhow::Result<ExitCode> {
+pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
+    let Args {
+        patterns,
+        connect: connect_uri,
+        count,
+        json: json_out,
+    } = a;
     let mut client = match connect(&connect_uri).await {
         Ok(c) => c,
         Err(code) => return Ok(code),

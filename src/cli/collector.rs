@@ -1,0 +1,75 @@
+//! `busbridge collector`: a real process collector in its own process, serving the
+//! lifecycle operations.
+
+use busbridge::bridge::BridgeBuilder;
+use busbridge::client::ClientOptions;
+use busbridge::collector::ProcessCollector;
+use busbridge::config::Config;
+use busbridge::phase::Phase;
+use busbridge::rpc::{serve_control, CollectorSettings, RpcNode};
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+/// Run a process collector that serves the lifecycle operations over RPC.
+#[derive(clap::Args)]
+pub struct Args {
+    #[arg(long, default_value = "procmond")]
+    name: String,
+    #[arg(long, default_value = super::DEFAULT_CONNECT)]
+    connect: String,
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Time between scans.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    interval: Option<Duration>,
+}
+
+/// `busbridge collector`: scans this machine's processes when told to, publishes them on
+/// `events.process.new`, and serves the lifecycle operations under `--name`.
+pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
+    let Args {
+        name,
+        connect,
+        config,
+        interval,
+    } = a;
+    let config = match config {
+        Some(p) => Config::load(&p)?,
+        None => Config::default(),
+    };
+    let opts = ClientOptions::from_config(&config.client, config.broker.max_message_size);
+    // Events go out on their own connection; RPC has its own (busrt's RPC client owns one).
+    let bridged = BridgeBuilder::new()
+        .phase(Phase::BusrtOnly)
+        .connect(&connect)
+        .codec(config.codec)
+        .client_options(opts.clone().name(format!("{name}.events")))
+        .build()
+        .await?;
+    let mut settings = CollectorSettings::default();
+    if let Some(i) = interval {
+        settings.interval = i;
+    }
+    settings.validate().map_err(anyhow::Error::msg)?;
+    let collector = ProcessCollector::new(&name, bridged.core().clone(), settings);
+    let node = RpcNode::connect_with(&connect, opts.name(&name)).await?;
+    serve_control(&node, collector.clone()).await?;
+    let scan = tokio::spawn(collector.clone().run());
+    println!("ready");
+    std::io::stdout().flush()?;
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = collector.stopped() => {}
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    // The shutdown reply is written before the connection goes: close flushes with a ping.
+    node.close().await;
+    let _ = tokio::time::timeout(Duration::from_secs(5), bridged.link().flushed()).await;
+    bridged.shutdown().await;
+    scan.abort();
+    println!("stopped");
+    Ok(ExitCode::SUCCESS)
+}
