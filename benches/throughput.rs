@@ -1,7 +1,10 @@
 //! Criterion benchmarks: the same paths as `busbridge bench`, side by side, so their ratios
 //! can be read from one `cargo bench` run.
 
-use busbridge::bench;
+// The measurement code is the tool's (src/cli/measure.rs), not the library's.
+#[allow(dead_code)]
+#[path = "../src/cli/measure.rs"]
+mod bench;
 use busbridge::client::QoS;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use std::time::Duration;

@@ -44,49 +44,78 @@ use tokio::task::JoinHandle;
 #[derive(Debug, thiserror::Error)]
 pub enum BrokerError {
     #[error(transparent)]
+    /// The socket path or address is invalid or unsafe.
     Endpoint(#[from] EndpointError),
     #[error("cannot listen on {addr}: {source}")]
+    /// A listener could not be opened.
     Bind {
+        /// The address or path that was to be listened on.
         addr: String,
+        /// The operating system's error.
         source: std::io::Error,
     },
     #[error("another broker is already listening on {0}")]
+    /// A live broker already listens on this socket.
     InUse(PathBuf),
     #[error("{0} exists and is not a socket; refusing to replace it")]
+    /// The socket path exists and is something else; it is never replaced.
     NotASocket(PathBuf),
     #[error("plaintext TCP on non-loopback address {0} is refused; set transport.allow_plaintext_remote = true to allow it, or use tls://")]
+    /// Plaintext TCP was asked for on a non-loopback address.
     PlaintextRemote(SocketAddr),
     #[error("`{0}` is not an IP address and port")]
+    /// A TCP listen address is not `ip:port`.
     BadAddress(String),
     #[error("access rule for `{client}`: {source}")]
-    Access { client: String, source: TopicError },
+    /// An access rule names an invalid topic pattern.
+    Access {
+        /// The client the rule is for.
+        client: String,
+        /// The operating system's error.
+        source: TopicError,
+    },
     #[error("the broker is not running")]
+    /// The operation needs a running broker.
     NotRunning,
     #[error("the broker is already running")]
+    /// `spawn` was called twice.
     AlreadyRunning,
     #[error("an embedded broker named `{0}` is already running in this process")]
+    /// Another embedded broker in this process has the same name.
     NameTaken(String),
     #[error("busrt: {0}")]
+    /// busrt itself refused.
     Busrt(#[from] busrt::Error),
     #[error(transparent)]
+    /// The TLS listener's certificates could not be loaded.
     Tls(#[from] crate::tls::TlsError),
     #[error("I/O: {0}")]
+    /// Another I/O error.
     Io(#[from] std::io::Error),
 }
 
 /// Counters of the broker's own front door (busrt counts frames separately).
 #[derive(Debug, Clone, Default, Serialize, PartialEq)]
 pub struct BrokerStats {
+    /// Connections accepted since start.
     pub connections_accepted: u64,
+    /// Connections open now.
     pub connections_active: usize,
+    /// Connections refused because the limit was reached.
     pub refused_connection_limit: u64,
+    /// Unix connections refused because the peer's uid is not allowed.
     pub refused_peer_credentials: u64,
     /// TLS handshakes that failed, or a busrt name that was not the certificate's identity.
     pub refused_tls: u64,
+    /// Frames the broker received from clients.
     pub frames_received: u64,
+    /// Frames the broker sent to clients.
     pub frames_sent: u64,
+    /// Bytes relayed from clients to busrt.
     pub bytes_received: u64,
+    /// Bytes relayed from busrt to clients.
     pub bytes_sent: u64,
+    /// Seconds since the broker started.
     pub uptime_secs: u64,
 }
 

@@ -304,12 +304,12 @@ impl Core {
         self.uplink.get().is_some()
     }
 
-    /// The router.
+    /// The subscriber table and delivery loop.
     pub fn router(&self) -> &Router {
         &self.router
     }
 
-    /// The counters.
+    /// The bus's counters (every drop has one).
     pub fn stats(&self) -> &Arc<Stats> {
         &self.stats
     }

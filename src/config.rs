@@ -28,15 +28,26 @@ use std::time::Duration;
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read {path}: {source}")]
+    /// The file could not be read.
     Io {
+        /// The file.
         path: PathBuf,
+        /// The operating system's error.
         source: std::io::Error,
     },
     #[error("{0}")]
+    /// The file is not valid TOML or has an unknown key.
     Parse(#[from] toml::de::Error),
     #[error("`{key}`: {reason}")]
-    Invalid { key: String, reason: String },
+    /// A value is out of range or inconsistent with another.
+    Invalid {
+        /// The dotted key, e.g. `bus.batch_max`.
+        key: String,
+        /// Why the value is refused.
+        reason: String,
+    },
     #[error("`phase`: {0}")]
+    /// The phase is unknown or not served by this build.
     Phase(#[from] PhaseError),
 }
 
@@ -55,9 +66,13 @@ pub struct Config {
     pub phase: Phase,
     /// Encoding of events on busrt; both are accepted on receive.
     pub codec: CodecKind,
+    /// Socket path, TCP listeners, permissions (`[transport]`).
     pub transport: TransportConfig,
+    /// The broker: embedded or not, limits, access rules (`[broker]`).
     pub broker: BrokerConfig,
+    /// How clients connect: address, name, timeouts (`[client]`).
     pub client: ClientConfig,
+    /// The bus and its bridge: queues, batching, replay (`[bus]`).
     pub bus: BusConfig,
     /// Per-client access rules, by client name (see [`AccessRule`]).
     pub access: BTreeMap<String, AccessRule>,
@@ -86,7 +101,7 @@ pub struct TransportConfig {
     pub allowed_uids: Vec<u32>,
 }
 
-/// The broker.
+/// The broker's own settings: embedded or standalone, limits, access rules.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct BrokerConfig {
@@ -119,6 +134,7 @@ pub struct ClientConfig {
     #[serde(with = "humantime_serde")]
     pub reconnect_initial: Duration,
     #[serde(with = "humantime_serde")]
+    /// Longest delay between reconnection attempts.
     pub reconnect_max: Duration,
     /// Acknowledged publishes kept while disconnected.
     pub outbox_capacity: usize,
@@ -163,7 +179,9 @@ pub struct TlsConfig {
 pub struct BusConfig {
     /// Queue size of each local subscriber.
     pub channel_capacity: usize,
+    /// Most subscribers on the bus.
     pub max_subscribers: usize,
+    /// What a full subscriber queue does.
     pub backpressure_strategy: BackpressureStrategy,
     /// Most events per busrt frame when the bridge batches; 1 = off (the default, because a
     /// batch frame is not a legacy record).
@@ -184,7 +202,9 @@ pub struct BusConfig {
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct AccessRule {
+    /// Topic patterns the client may publish to.
     pub publish: Vec<String>,
+    /// Topic patterns the client may subscribe to.
     pub subscribe: Vec<String>,
 }
 

@@ -63,6 +63,7 @@ use std::path::{Path, PathBuf};
 pub struct Positions(BTreeMap<String, u64>);
 
 impl Positions {
+    /// No positions: a first start.
     pub fn new() -> Self {
         Self::default()
     }
@@ -87,10 +88,12 @@ impl Positions {
         self.0.iter().map(|(o, p)| (o.as_str(), *p))
     }
 
+    /// Origins with a position.
     pub fn len(&self) -> usize {
         self.0.len()
     }
 
+    /// True if no origin has a position.
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
@@ -100,17 +103,25 @@ impl Positions {
 #[derive(Debug, thiserror::Error)]
 pub enum JournalError {
     #[error("journal {path}: {source}")]
+    /// The journal file could not be read or written.
     Io {
+        /// The journal file.
         path: PathBuf,
+        /// The underlying error.
         source: std::io::Error,
     },
     #[error("journal {path}, line {line}: {source}")]
+    /// A line before the last one does not decode (a torn last line is cut instead).
     Corrupt {
+        /// The journal file.
         path: PathBuf,
+        /// The line number, from 1.
         line: usize,
+        /// The underlying error.
         source: CodecError,
     },
     #[error(transparent)]
+    /// An envelope could not be encoded.
     Encode(#[from] CodecError),
 }
 
@@ -186,6 +197,7 @@ impl Journal {
         self.lines
     }
 
+    /// True if the journal holds no event.
     pub fn is_empty(&self) -> bool {
         self.lines == 0
     }

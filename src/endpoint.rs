@@ -39,14 +39,25 @@ pub enum Endpoint {
 #[derive(Debug, thiserror::Error)]
 pub enum EndpointError {
     #[error("`{0}` is not a connection string: use inproc://, ipc://PATH, tcp://HOST:PORT or tls://HOST:PORT")]
+    /// The connection string's scheme is not `ipc://`, `tcp://`, `tls://` or `inproc://`.
     Scheme(String),
     #[error("`{0}`: {1}")]
+    /// The connection string is malformed; says how.
     Invalid(String, &'static str),
     #[error("runtime directory {path}: {reason}")]
-    UnsafeDirectory { path: PathBuf, reason: String },
-    #[error("runtime directory {path}: {source}")]
-    Io {
+    /// The socket's directory is writable by others or not owned by this user.
+    UnsafeDirectory {
+        /// The directory or path.
         path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    #[error("runtime directory {path}: {source}")]
+    /// The runtime directory could not be created or checked.
+    Io {
+        /// The directory or path.
+        path: PathBuf,
+        /// The operating system's error.
         source: std::io::Error,
     },
 }

@@ -70,7 +70,7 @@ pub struct EventBus {
 }
 
 impl EventBus {
-    /// A local bus.
+    /// A bus of its own, legacy router only until it is bridged.
     pub fn new(config: EventBusConfig) -> Self {
         let core = Arc::new(Core::new(CoreOptions {
             max_subscribers: config.max_subscribers,
@@ -113,7 +113,7 @@ impl EventBus {
         ))
     }
 
-    /// The core.
+    /// The core this facade publishes through (shared with other facades of the bus).
     pub fn core(&self) -> &Arc<Core> {
         &self.core
     }
@@ -165,7 +165,7 @@ impl EventBus {
         self.subscribe_as(subscription, Clone::clone).await
     }
 
-    /// The statistics.
+    /// The crossbeam-era statistics of the whole bus.
     pub async fn get_statistics(&self) -> EventBusStatistics {
         self.core.legacy_statistics()
     }

@@ -57,8 +57,8 @@
 //!   [`sequence`]: per-origin duplicate and gap tracking.
 //! - [`rpc`]: typed RPC and the `CollectorControl` lifecycle operations; [`collector`]: a real
 //!   process collector; [`procscan`]: this machine's processes as events.
-//! - [`scenario`]: deterministic sample events and subscriptions; [`bench`](mod@bench): the measurements
-//!   behind `busbridge bench`.
+//! - [`scenario`] (feature `cli`): deterministic sample events and subscriptions for the
+//!   demo, the parity scenarios and tests.
 //!
 //! ## Design notes
 //!
@@ -103,8 +103,8 @@
 //!   ([`durable`]): the legacy API has no acknowledgements, so only the subscriber knows what it
 //!   processed; the bridge turns its positions into resend requests.
 
-#[cfg(all(feature = "cli", feature = "legacy"))]
-pub mod bench;
+#![warn(missing_docs)]
+
 #[cfg(feature = "busrt")]
 pub mod bridge;
 #[cfg(feature = "busrt")]

@@ -64,7 +64,7 @@ impl Observers {
         }
     }
 
-    /// The parity engine.
+    /// The parity engine (always present; it can be switched off).
     pub fn parity(&self) -> &Arc<Parity> {
         &self.parity
     }

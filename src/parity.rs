@@ -88,8 +88,11 @@ pub enum MismatchKind {
     Reordered,
     /// Both delivered it, with a field that differs (the first one found).
     Field {
+        /// Dotted path of the field.
         field: String,
+        /// Its value on the control path.
         control: Value,
+        /// Its value on the candidate path.
         candidate: Value,
     },
 }
@@ -97,19 +100,27 @@ pub enum MismatchKind {
 /// One difference, with context.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Mismatch {
+    /// The subscriber that saw the difference.
     pub subscriber: String,
+    /// The event.
     pub event_id: String,
+    /// Its type (`process`, `network`, ...).
     pub event_type: String,
     #[serde(flatten)]
+    /// What differed.
     pub kind: MismatchKind,
 }
 
 /// The outcome of a comparison.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct ParityReport {
+    /// Deliveries compared.
     pub compared: u64,
+    /// Deliveries that matched.
     pub matched: u64,
+    /// Differences found (all of them, even beyond `max_reports`).
     pub mismatch_count: u64,
+    /// The differences kept (at most `max_reports`).
     pub mismatches: Vec<Mismatch>,
 }
 
@@ -197,7 +208,7 @@ fn first_difference(a: &Value, b: &Value, path: &str) -> Option<(String, Value, 
 }
 
 impl Parity {
-    /// An enabled engine.
+    /// An engine that records from the start (switch it off with `set_enabled`).
     pub fn new(config: ParityConfig) -> Self {
         Self {
             config,
@@ -212,7 +223,7 @@ impl Parity {
         }
     }
 
-    /// The configuration.
+    /// What it compares and how much.
     pub fn config(&self) -> &ParityConfig {
         &self.config
     }

@@ -14,7 +14,7 @@
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
-/// A migration phase.
+/// A migration phase: which path delivers local events and what is compared.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(try_from = "u8", into = "u8")]
 pub enum Phase {
@@ -34,14 +34,18 @@ pub enum Phase {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PhaseError {
     #[error("unknown phase {0}: phases are 0 (legacy) to 4 (busrt only)")]
+    /// The phase number is not 0 to 4.
     Unknown(u8),
     #[error("phase {0} needs the legacy router, but this build has no `legacy` feature; use phase 4 or rebuild with `--features legacy`")]
+    /// The phase needs the legacy router, which this build leaves out.
     NeedsLegacy(u8),
     #[error("phase {0} needs busrt, but this build has no `busrt` feature")]
+    /// The phase needs busrt, which this build leaves out.
     NeedsBusrt(u8),
     #[error(
         "phase {0} needs a bridged bus (built with a busrt connection); this bus is legacy-only"
     )]
+    /// The phase needs a bridged bus.
     NeedsBridge(u8),
 }
 

@@ -32,8 +32,10 @@ pub struct RecvError;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum TryRecvError {
     #[error("receiving on an empty channel")]
+    /// Nothing queued now.
     Empty,
     #[error("receiving on an empty and disconnected channel")]
+    /// Nothing queued and the sender is gone.
     Disconnected,
 }
 
@@ -41,15 +43,19 @@ pub enum TryRecvError {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum RecvTimeoutError {
     #[error("timed out waiting on receive operation")]
+    /// Nothing arrived within the timeout.
     Timeout,
     #[error("channel is empty and disconnected")]
+    /// Nothing queued and the sender is gone.
     Disconnected,
 }
 
 /// Why [`Sender::try_send`] could not queue an item; the item is handed back.
 #[derive(Debug, PartialEq, Eq)]
 pub enum TrySendError<T> {
+    /// The queue is full; the value is handed back.
     Full(T),
+    /// The receiver is gone; the value is handed back.
     Disconnected(T),
 }
 

@@ -117,8 +117,11 @@ pub enum Policy {
 /// The result of offering an event to a sink.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Offer {
+    /// Queued.
     Sent,
+    /// The queue is full.
     Full,
+    /// The receiver is gone.
     Closed,
 }
 
@@ -146,8 +149,10 @@ struct Subscriber {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RouterError {
     #[error("subscriber limit of {0} reached")]
+    /// The subscriber limit (the number) is reached.
     TooManySubscribers(usize),
     #[error("unknown subscriber `{0}`")]
+    /// No subscriber has this id.
     UnknownSubscriber(String),
 }
 

@@ -21,7 +21,11 @@ pub enum Seen {
     /// The next one, or the first ever seen.
     New,
     /// Ahead of the next one: `missing` numbers were skipped (delivered; the gap is noted).
-    Gap { missing: u64 },
+    /// New, and numbers before it are missing.
+    Gap {
+        /// How many numbers are missing just before it.
+        missing: u64,
+    },
     /// One of the noted missing numbers, arriving late (delivered).
     FilledGap,
     /// Seen before (dropped).
@@ -153,8 +157,11 @@ pub enum Pushed<T> {
     /// Accepted. `gap` names numbers found missing by this item (ask for them again);
     /// `ready` are the items now deliverable, in sequence order.
     Accepted {
+        /// Numbers found missing by this item (ask for them again).
         gap: Option<(u64, u64)>,
+        /// This item filled a gap.
         filled: bool,
+        /// Items now deliverable, in sequence order.
         ready: Vec<T>,
     },
 }

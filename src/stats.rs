@@ -93,21 +93,37 @@ impl Stats {
 /// A copy of a bus's counters, for `stats --json` and for the legacy statistics structs.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct StatsSnapshot {
+    /// Events accepted by `publish`.
     pub events_published: u64,
+    /// Deliveries to local subscribers.
     pub events_delivered: u64,
+    /// Deliveries dropped on a full queue (`DropNewest`, `DropOldest`).
     pub dropped_full: u64,
+    /// Deliveries dropped after waiting the delivery timeout.
     pub dropped_timeout: u64,
+    /// Deliveries dropped because the receiver was gone.
     pub dropped_disconnected: u64,
+    /// Subscribers removed because their receiver was gone.
     pub subscribers_removed: u64,
+    /// Events kept for replay.
     pub events_persisted: u64,
+    /// Persisted events evicted because the store was full.
     pub persist_evicted: u64,
+    /// Average delivery latency (one event in 16 sampled), milliseconds.
     pub avg_delivery_latency_ms: f64,
+    /// Events the bridge handed to busrt.
     pub bridge_sent: u64,
+    /// Events accepted from busrt (own returns included).
     pub bridge_received: u64,
+    /// Loops dropped: own events relayed back by another client.
     pub bridge_echo_suppressed: u64,
+    /// Events received twice and dropped.
     pub bridge_duplicates: u64,
+    /// Frames that did not decode (dropped).
     pub bridge_decode_errors: u64,
+    /// Events or control messages busrt did not take.
     pub bridge_send_errors: u64,
+    /// Events dropped for exceeding the hop limit.
     pub bridge_hop_limited: u64,
     /// Sequence numbers found missing (a gap), whether or not they came later.
     pub bridge_gaps: u64,
@@ -123,7 +139,9 @@ pub struct StatsSnapshot {
     pub bridge_resent: u64,
     /// Events asked for that had left the replay buffer: lost, reported with their range.
     pub bridge_resend_unavailable: u64,
+    /// Parity comparisons made.
     pub parity_compared: u64,
+    /// Parity differences found.
     pub parity_mismatches: u64,
 }
 

@@ -9,9 +9,11 @@ use std::time::SystemTime;
 /// What a subscriber wants.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct EventSubscription {
+    /// Unique id of the subscriber.
     pub subscriber_id: String,
     /// Events whose capability is contained here are delivered.
     pub capabilities: SourceCaps,
+    /// Narrower filters (event types, pids, priority, metadata).
     pub event_filter: Option<EventFilter>,
     /// Exact correlation id to match.
     pub correlation_filter: Option<String>,
@@ -31,11 +33,17 @@ pub struct EventFilter {
 /// One delivered event.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct BusEvent {
+    /// Unique id of the event.
     pub event_id: String,
+    /// The event.
     pub event: CollectionEvent,
+    /// Correlation id given at publish.
     pub correlation_id: String,
+    /// Publisher id of the facade that published it.
     pub publisher_id: String,
+    /// When the bus accepted it.
     pub timestamp: SystemTime,
+    /// Delivery priority, 0 (low) to 10.
     pub priority: u8,
 }
 
@@ -67,11 +75,18 @@ pub enum BackpressureStrategy {
 /// The crossbeam-era statistics.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct EventBusStatistics {
+    /// Events published.
     pub events_published: u64,
+    /// Deliveries to subscribers.
     pub events_delivered: u64,
+    /// Deliveries dropped (full queue, timeout, gone receiver).
     pub events_dropped: u64,
+    /// Subscribers now.
     pub active_subscribers: usize,
+    /// Average delivery latency (sampled), milliseconds.
     pub avg_delivery_latency_ms: f64,
+    /// Estimated memory held by queued events.
     pub memory_usage_bytes: u64,
+    /// When these numbers were read.
     pub last_updated: SystemTime,
 }

@@ -15,10 +15,18 @@ pub use crate::config::TlsConfig;
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
     #[error("{path}: {reason}")]
-    File { path: PathBuf, reason: String },
+    /// A certificate or key file could not be read or parsed.
+    File {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
     #[error("TLS setup: {0}")]
+    /// rustls refused the configuration.
     Rustls(#[from] rustls::Error),
     #[error("client certificate verifier: {0}")]
+    /// The client-certificate verifier could not be built.
     Verifier(String),
 }
 

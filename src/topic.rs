@@ -43,20 +43,37 @@ pub const MAX_LEN: usize = 255;
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TopicError {
     #[error("topic is empty")]
+    /// The topic is empty.
     Empty,
     #[error("topic `{0}` is longer than {MAX_LEN} bytes")]
+    /// The topic is longer than 255 bytes.
     TooLong(String),
     #[error("topic `{topic}` has {depth} levels; at most {MAX_DEPTH} are allowed")]
-    TooDeep { topic: String, depth: usize },
+    /// The topic has too many levels.
+    TooDeep {
+        /// The topic.
+        topic: String,
+        /// Its number of levels.
+        depth: usize,
+    },
     #[error("topic `{0}` has an empty level")]
+    /// A level is empty (`a..b`).
     EmptyLevel(String),
     #[error("topic `{topic}` has a character `{ch}` that is not allowed (use letters, digits, `_`, `-`)")]
-    BadChar { topic: String, ch: char },
+    /// A level holds a character topics may not contain.
+    BadChar {
+        /// The topic.
+        topic: String,
+        /// The character.
+        ch: char,
+    },
     #[error(
         "topic `{0}`: wildcards (`*`, `+`, `#`) are for subscription patterns, not for publishing"
     )]
+    /// A wildcard in a topic to publish to (only patterns may have them).
     WildcardInTopic(String),
     #[error("pattern `{0}`: `#` may only be the last level")]
+    /// `#` is not the last level of the pattern.
     HashNotLast(String),
 }
 

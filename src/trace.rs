@@ -23,10 +23,18 @@ use std::path::Path;
 #[derive(Debug, thiserror::Error)]
 pub enum TraceError {
     #[error("trace I/O: {0}")]
+    /// The trace file could not be read or written.
     Io(#[from] std::io::Error),
     #[error("trace line {line}: {reason}")]
-    Line { line: usize, reason: String },
+    /// A line of the trace does not parse.
+    Line {
+        /// The line number, from 1.
+        line: usize,
+        /// Why it does not parse.
+        reason: String,
+    },
     #[error(transparent)]
+    /// An envelope in the trace does not decode.
     Codec(#[from] CodecError),
 }
 
@@ -34,13 +42,20 @@ pub enum TraceError {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Entry {
+    /// A subscriber was added.
     Subscribe {
+        /// Its id.
         id: String,
+        /// Its filter.
         filter: Filter,
     },
+    /// An event was published (the envelope, as JSON).
     Publish(Value),
+    /// The control path delivered an event to a subscriber.
     Deliver {
+        /// The subscriber.
         subscriber: String,
+        /// The event.
         event_id: String,
     },
 }
@@ -182,7 +197,9 @@ impl Recorder {
 /// A trace read back.
 #[derive(Debug, Default)]
 pub struct Trace {
+    /// Subscribers, in the order they were added.
     pub subscriptions: Vec<(String, Filter)>,
+    /// Published envelopes, in order.
     pub publishes: Vec<Envelope>,
     /// Control deliveries in order: (subscriber, event id).
     pub deliveries: Vec<(String, String)>,

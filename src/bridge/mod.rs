@@ -790,7 +790,7 @@ impl Bridged {
         &self.0.core
     }
 
-    /// The bridge.
+    /// The bridge's link: connection state, in-flight events, flush and settle waits.
     pub fn link(&self) -> &Arc<Link> {
         &self.0.link
     }
@@ -800,7 +800,7 @@ impl Bridged {
         self.0.core.set_phase(phase)
     }
 
-    /// The phase now.
+    /// The migration phase now.
     pub fn phase(&self) -> Phase {
         self.0.core.phase()
     }

@@ -1,6 +1,6 @@
 //! `busbridge bench`: every path measured in one run, with the ratios the targets name.
 
-use busbridge::bench::{self, BenchOptions};
+use super::measure::{self as bench, BenchOptions};
 use std::process::ExitCode;
 
 /// Measure every path in one run (legacy crossbeam router, phase 0, raw busrt, phase 2,

@@ -13,6 +13,8 @@ pub mod collector;
 pub mod demo;
 pub mod journal;
 #[cfg(feature = "legacy")]
+pub mod measure;
+#[cfg(feature = "legacy")]
 pub mod parity;
 #[cfg(feature = "legacy")]
 pub mod peer;

@@ -88,28 +88,50 @@ impl std::str::FromStr for QoS {
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     #[error(transparent)]
+    /// The connection string is invalid.
     Endpoint(#[from] EndpointError),
     #[error("cannot connect to {endpoint}: {reason}")]
-    Connect { endpoint: String, reason: String },
+    /// The broker could not be reached.
+    Connect {
+        /// The connection string.
+        endpoint: String,
+        /// Why it failed.
+        reason: String,
+    },
     #[error("{0} timed out")]
+    /// An operation took longer than the client's timeout; names the operation.
     Timeout(&'static str),
     #[error(transparent)]
+    /// The topic or pattern is invalid.
     Topic(#[from] TopicError),
     #[error("message of {size} bytes exceeds the limit of {limit} bytes")]
-    TooLarge { size: usize, limit: usize },
+    /// The payload is larger than the broker accepts.
+    TooLarge {
+        /// The payload's size in bytes.
+        size: usize,
+        /// The largest size accepted.
+        limit: usize,
+    },
     #[error("outbox full ({0} messages waiting for the broker); message refused")]
+    /// Disconnected, and the outbox holds its maximum (the number); the message was not accepted.
     OutboxFull(usize),
     #[error("access denied by the broker: {0}")]
+    /// The broker's access rules refused the operation.
     Denied(String),
     #[error("the client is closed")]
+    /// The client was disconnected by its owner.
     Closed,
     #[error("the name `{0}` is already in use on the broker: every bridge and client needs its own name")]
+    /// Another client with this name is connected to the broker.
     NameInUse(String),
     #[error("tls:// needs a client certificate: set client.tls (cert, key, ca)")]
+    /// A `tls://` connection string without client certificates configured.
     TlsNotConfigured,
     #[error("TLS: {0}")]
+    /// The TLS handshake or certificate check failed.
     Tls(String),
     #[error("busrt: {0}")]
+    /// busrt reported another error.
     Busrt(String),
 }
 
@@ -124,9 +146,11 @@ fn busrt_err(e: busrt::Error) -> ClientError {
 /// Where the client is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub enum ConnectionState {
+    /// Connected; publishes go straight to the broker.
     Connected,
     /// Lost; reconnecting (attempts so far).
     Reconnecting(u32),
+    /// Closed by its owner; it will not reconnect.
     Closed,
 }
 
@@ -137,14 +161,21 @@ pub use crate::config::OutboxOverflow;
 pub struct ClientOptions {
     /// busrt client name; default `busbridge-<pid>-<n>`.
     pub name: Option<String>,
+    /// Timeout of each operation (connect, publish, subscribe).
     pub timeout: Duration,
+    /// Interval of the acknowledged keepalive round trip that detects a dead connection.
     pub keepalive: Duration,
+    /// First delay before reconnecting; doubles on each failure.
     pub reconnect_initial: Duration,
+    /// Longest delay between reconnection attempts.
     pub reconnect_max: Duration,
+    /// Most `Processed` messages held while disconnected.
     pub outbox_capacity: usize,
+    /// What a full outbox does: refuse the publish or drop the oldest (counted).
     pub outbox_overflow: OutboxOverflow,
     /// Received messages buffered for `recv`; beyond it they are dropped and counted.
     pub queue_size: usize,
+    /// Largest payload accepted, in bytes.
     pub max_message_size: usize,
     /// Certificate, key and CA for `tls://` endpoints.
     pub tls: Option<crate::tls::TlsConfig>,
@@ -226,15 +257,25 @@ struct Counters {
 /// A copy of a client's counters.
 #[derive(Debug, Clone, Default, Serialize, PartialEq)]
 pub struct ClientStats {
+    /// Messages handed to the client for publishing.
     pub published: u64,
+    /// Acknowledged publishes confirmed by the broker.
     pub acked: u64,
+    /// Messages put in the outbox while disconnected.
     pub outbox_queued: u64,
+    /// Messages dropped from a full outbox (`drop_oldest`).
     pub outbox_dropped: u64,
+    /// Outbox messages sent after reconnecting.
     pub outbox_resent: u64,
+    /// Messages in the outbox now.
     pub outbox_len: usize,
+    /// Messages received.
     pub received: u64,
+    /// Messages dropped because the receiving queue was full.
     pub dropped_inbox: u64,
+    /// Successful reconnections.
     pub reconnects: u64,
+    /// Keepalive round trips that failed (each one reconnects).
     pub keepalive_failures: u64,
 }
 

@@ -106,22 +106,41 @@ pub enum CodecKind {
 #[derive(Debug, thiserror::Error)]
 pub enum CodecError {
     #[error("message of {size} bytes exceeds the limit of {limit} bytes")]
-    TooLarge { size: usize, limit: usize },
+    /// The encoded event is larger than the broker accepts.
+    TooLarge {
+        /// The encoded size in bytes.
+        size: usize,
+        /// The largest size accepted.
+        limit: usize,
+    },
     #[error("empty message")]
+    /// The frame is empty.
     Empty,
     #[error("not a busbridge envelope: {0}")]
+    /// The frame is not a busbridge envelope; says what was missing.
     NotAnEnvelope(&'static str),
     #[error("unsupported envelope version {0} (this build reads version {ENVELOPE_VERSION})")]
+    /// The envelope's format version is newer than this build reads.
     UnsupportedVersion(u32),
     #[error("invalid protobuf: {0}")]
+    /// The protobuf frame does not decode.
     Protobuf(#[from] prost::DecodeError),
     #[error("invalid JSON: {0}")]
+    /// The JSON frame does not decode.
     Json(#[from] serde_json::Error),
     #[error("field `{field}`: {reason}")]
-    InvalidField { field: &'static str, reason: String },
+    /// A field decodes but its value is not allowed.
+    InvalidField {
+        /// The field's name.
+        field: &'static str,
+        /// What is wrong with it.
+        reason: String,
+    },
     #[error("timestamp in `{0}` is outside the representable range")]
+    /// A timestamp cannot be represented; names the field.
     TimestampOutOfRange(&'static str),
     #[error("field `{0}` is not a finite number, which JSON cannot carry")]
+    /// A number is NaN or infinite; names the field.
     NonFinite(&'static str),
 }
 

@@ -12,29 +12,40 @@ use std::collections::HashMap;
 #[derive(Clone, PartialEq, Message)]
 pub struct Header {
     #[prost(uint32, tag = "1")]
+    /// Envelope format version (1).
     pub version: u32,
     /// 1 process, 2 network, 3 filesystem, 4 performance, 5 trigger request.
     #[prost(uint32, tag = "2")]
     pub kind: u32,
     #[prost(string, tag = "3")]
+    /// The publishing bus instance.
     pub origin: String,
     #[prost(uint64, tag = "4")]
+    /// Sequence number per origin, from 1 (0: not sent by a bridge).
     pub seq: u64,
     #[prost(uint32, tag = "5")]
+    /// Bridges the envelope has crossed.
     pub hops: u32,
     #[prost(string, tag = "6")]
+    /// Unique id of the event.
     pub event_id: String,
     #[prost(string, tag = "7")]
+    /// Correlation id given at publish.
     pub correlation_id: String,
     #[prost(string, tag = "8")]
+    /// Publisher id of the facade that published it.
     pub publisher_id: String,
     #[prost(int64, tag = "9")]
+    /// Bus timestamp, milliseconds since the Unix epoch.
     pub timestamp_ms: i64,
     #[prost(uint32, tag = "10")]
+    /// Nanoseconds within that millisecond's second (sub-millisecond precision).
     pub timestamp_nanos: u32,
     #[prost(uint32, tag = "11")]
+    /// Delivery priority, 0 (low) to 10.
     pub priority: u32,
     #[prost(map = "string, string", tag = "12")]
+    /// Routing metadata (for example `replay`).
     pub routing_metadata: HashMap<String, String>,
 }
 
@@ -59,31 +70,43 @@ struct HeaderKind {
 #[derive(Clone, PartialEq, Message)]
 pub struct ProcessRecord {
     #[prost(uint32, tag = "1")]
+    /// Process id.
     pub pid: u32,
     #[prost(uint32, optional, tag = "2")]
+    /// Parent process id.
     pub ppid: Option<u32>,
     #[prost(string, tag = "3")]
+    /// Process name.
     pub name: String,
     #[prost(string, optional, tag = "4")]
+    /// Path of the executable.
     pub executable_path: Option<String>,
     #[prost(string, repeated, tag = "5")]
+    /// Command line, one argument per entry.
     pub command_line: Vec<String>,
     /// Unix seconds.
     #[prost(int64, optional, tag = "6")]
     pub start_time: Option<i64>,
     #[prost(double, optional, tag = "7")]
+    /// CPU usage in percent.
     pub cpu_usage: Option<f64>,
     #[prost(uint64, optional, tag = "8")]
+    /// Resident memory in bytes.
     pub memory_usage: Option<u64>,
     #[prost(string, optional, tag = "9")]
+    /// Hash of the executable, hex.
     pub executable_hash: Option<String>,
     #[prost(string, optional, tag = "10")]
+    /// Algorithm of `executable_hash` (legacy field; `sha256` when set).
     pub hash_algorithm: Option<String>,
     #[prost(string, optional, tag = "11")]
+    /// Owner's user id.
     pub user_id: Option<String>,
     #[prost(bool, tag = "12")]
+    /// Whether the process's details could be read.
     pub accessible: bool,
     #[prost(bool, tag = "13")]
+    /// Whether the executable still exists on disk.
     pub file_exists: bool,
     /// Unix milliseconds.
     #[prost(int64, tag = "14")]
@@ -98,6 +121,7 @@ pub struct ProcessRecord {
     #[prost(bytes = "vec", optional, tag = "17")]
     pub platform_metadata: Option<Vec<u8>>,
     #[prost(message, optional, tag = "100")]
+    /// busbridge's envelope header (absent in legacy records).
     pub header: Option<Header>,
 }
 
@@ -105,26 +129,37 @@ pub struct ProcessRecord {
 #[derive(Clone, PartialEq, Message)]
 pub struct NetworkRecord {
     #[prost(string, tag = "1")]
+    /// Connection identifier.
     pub connection_id: String,
     #[prost(string, tag = "2")]
+    /// Local address and port.
     pub source_address: String,
     #[prost(string, tag = "3")]
+    /// Remote address and port.
     pub destination_address: String,
     #[prost(string, tag = "4")]
+    /// Protocol (`tcp`, `udp`).
     pub protocol: String,
     #[prost(string, tag = "5")]
+    /// Connection state (`ESTABLISHED`, ...).
     pub state: String,
     #[prost(uint32, optional, tag = "6")]
+    /// Owning process id.
     pub pid: Option<u32>,
     #[prost(uint64, tag = "7")]
+    /// Bytes sent on the connection.
     pub bytes_sent: u64,
     #[prost(uint64, tag = "8")]
+    /// Bytes received on the connection.
     pub bytes_received: u64,
     #[prost(int64, tag = "9")]
+    /// Collection time, milliseconds since the Unix epoch.
     pub collection_time: i64,
     #[prost(uint32, tag = "10")]
+    /// Nanoseconds within that second.
     pub collection_time_nanos: u32,
     #[prost(message, optional, tag = "100")]
+    /// busbridge's envelope header (absent in legacy records).
     pub header: Option<Header>,
 }
 
@@ -135,22 +170,31 @@ pub struct FilesystemRecord {
     #[prost(string, tag = "1")]
     pub operation_id: String,
     #[prost(string, tag = "2")]
+    /// Path of the file.
     pub path: String,
     #[prost(string, tag = "3")]
+    /// Operation (`create`, `modify`, `delete`, ...).
     pub operation_type: String,
     #[prost(uint32, optional, tag = "4")]
+    /// Process that performed it.
     pub pid: Option<u32>,
     #[prost(uint64, optional, tag = "5")]
+    /// File size in bytes.
     pub file_size: Option<u64>,
     #[prost(string, optional, tag = "6")]
+    /// Permissions, as text.
     pub permissions: Option<String>,
     #[prost(string, optional, tag = "7")]
+    /// Hash of the file's contents, hex.
     pub file_hash: Option<String>,
     #[prost(int64, tag = "8")]
+    /// Collection time, milliseconds since the Unix epoch.
     pub collection_time: i64,
     #[prost(uint32, tag = "9")]
+    /// Nanoseconds within that second.
     pub collection_time_nanos: u32,
     #[prost(message, optional, tag = "100")]
+    /// busbridge's envelope header (absent in legacy records).
     pub header: Option<Header>,
 }
 
@@ -161,20 +205,28 @@ pub struct PerformanceRecord {
     #[prost(string, tag = "1")]
     pub metric_id: String,
     #[prost(string, tag = "2")]
+    /// Name of the metric.
     pub metric_name: String,
     #[prost(double, tag = "3")]
+    /// Its value.
     pub value: f64,
     #[prost(string, tag = "4")]
+    /// Its unit.
     pub unit: String,
     #[prost(uint32, optional, tag = "5")]
+    /// Process measured, if any.
     pub pid: Option<u32>,
     #[prost(string, tag = "6")]
+    /// Component measured.
     pub component: String,
     #[prost(int64, tag = "7")]
+    /// Collection time, milliseconds since the Unix epoch.
     pub collection_time: i64,
     #[prost(uint32, tag = "8")]
+    /// Nanoseconds within that second.
     pub collection_time_nanos: u32,
     #[prost(message, optional, tag = "100")]
+    /// busbridge's envelope header (absent in legacy records).
     pub header: Option<Header>,
 }
 
@@ -182,29 +234,40 @@ pub struct PerformanceRecord {
 #[derive(Clone, PartialEq, Message)]
 pub struct TriggerRecord {
     #[prost(string, tag = "1")]
+    /// Trigger identifier.
     pub trigger_id: String,
     #[prost(string, tag = "2")]
+    /// Collector that should act on it.
     pub target_collector: String,
     /// 0 binary hash, 1 memory, 2 yara, 3 network, 4 behavioral, 5 custom.
     #[prost(uint32, tag = "3")]
     pub analysis_type: u32,
     #[prost(string, tag = "4")]
+    /// Name of a custom analysis (with `AnalysisType::Custom`).
     pub custom_analysis: String,
     #[prost(uint32, tag = "5")]
+    /// Priority, 0 (low) to 3 (critical).
     pub priority: u32,
     #[prost(uint32, optional, tag = "6")]
+    /// Process to analyse.
     pub target_pid: Option<u32>,
     #[prost(string, optional, tag = "7")]
+    /// File to analyse.
     pub target_path: Option<String>,
     #[prost(string, tag = "8")]
+    /// Correlation id of the trigger.
     pub correlation_id: String,
     #[prost(map = "string, string", tag = "9")]
+    /// Free-form metadata.
     pub metadata: HashMap<String, String>,
     #[prost(int64, tag = "10")]
+    /// Request time, milliseconds since the Unix epoch.
     pub collection_time: i64,
     #[prost(uint32, tag = "11")]
+    /// Nanoseconds within that second.
     pub collection_time_nanos: u32,
     #[prost(message, optional, tag = "100")]
+    /// busbridge's envelope header (absent in legacy records).
     pub header: Option<Header>,
 }
 
@@ -220,8 +283,10 @@ const KIND_BATCH: u32 = 6;
 #[derive(Clone, PartialEq, Message)]
 pub struct BatchRecord {
     #[prost(bytes = "vec", repeated, tag = "1")]
+    /// Encoded envelopes, in order.
     pub items: Vec<Vec<u8>>,
     #[prost(message, optional, tag = "100")]
+    /// Header marking the frame as a batch.
     pub header: Option<Header>,
 }
 

@@ -65,11 +65,17 @@ pub trait HighPerformanceEventBus: Send + Sync {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default)]
 pub struct HighPerformanceEventBusConfig {
+    /// Queue size of each subscriber.
     pub channel_capacity: usize,
+    /// Most subscribers through this facade.
     pub max_subscribers: usize,
+    /// What a full subscriber queue does to the publisher.
     pub backpressure_strategy: BackpressureStrategy,
+    /// Keep recent events for replay.
     pub enable_persistence: bool,
+    /// How many events persistence keeps.
     pub max_persisted_events: usize,
+    /// Accepted for compatibility; correlation filters always work.
     pub enable_correlation_tracking: bool,
 }
 
@@ -159,7 +165,7 @@ impl HighPerformanceEventBusImpl {
         self.core.snapshot()
     }
 
-    /// The core.
+    /// The core this facade publishes through (shared with other facades of the bus).
     pub fn core(&self) -> &Arc<Core> {
         &self.core
     }

@@ -72,16 +72,24 @@ pub trait EventBus: Send + Sync {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default)]
 pub struct EventBusConfig {
+    /// Queue size of each subscriber.
     pub max_buffer_size: usize,
+    /// Most subscribers through this facade.
     pub max_subscribers: usize,
     #[serde(with = "humantime_serde")]
+    /// How long a publish waits on a full subscriber queue before dropping (counted).
     pub delivery_timeout: Duration,
+    /// Keep recent events for `replay_events`.
     pub enable_persistence: bool,
+    /// How many events persistence keeps.
     pub max_persisted_events: usize,
     #[serde(with = "humantime_serde")]
+    /// How often expired persisted events are removed.
     pub cleanup_interval: Duration,
     #[serde(with = "humantime_serde")]
+    /// Age after which a persisted event expires.
     pub max_event_age: Duration,
+    /// Log every publish at debug level.
     pub enable_debug_logging: bool,
     /// Kept for compatibility; delivery waits up to `delivery_timeout` on a full queue.
     pub backpressure_threshold: usize,
@@ -110,9 +118,13 @@ impl Default for EventBusConfig {
 /// What a subscriber wants.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct EventSubscription {
+    /// Unique id of the subscriber.
     pub subscriber_id: String,
+    /// Event sources wanted.
     pub capabilities: SourceCaps,
+    /// Narrower filters (event types, pids, priority, metadata).
     pub event_filter: Option<EventFilter>,
+    /// Correlation ids and patterns wanted.
     pub correlation_filter: Option<CorrelationFilter>,
 }
 
@@ -132,18 +144,26 @@ pub struct EventFilter {
 /// Correlation matching: any exact id or any regular expression passes.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct CorrelationFilter {
+    /// Exact correlation ids.
     pub correlation_ids: Vec<String>,
+    /// Regular expressions over correlation ids.
     pub correlation_patterns: Vec<String>,
 }
 
 /// One delivered event.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct BusEvent {
+    /// Unique id of the event.
     pub event_id: String,
+    /// The event.
     pub event: CollectionEvent,
+    /// Correlation id given at publish.
     pub correlation_id: String,
+    /// When the bus accepted it.
     pub bus_timestamp: SystemTime,
+    /// Publisher id of the facade that published it.
     pub publisher_id: String,
+    /// Routing metadata (`replay = true` on replayed events).
     pub routing_metadata: HashMap<String, String>,
 }
 
@@ -163,13 +183,21 @@ impl From<&Envelope> for BusEvent {
 /// Counters, with `events_persisted`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct EventBusStatistics {
+    /// Events published.
     pub events_published: u64,
+    /// Deliveries to subscribers.
     pub events_delivered: u64,
+    /// Deliveries dropped (full queue, timeout, gone receiver).
     pub events_dropped: u64,
+    /// Events kept for replay.
     pub events_persisted: u64,
+    /// Subscribers now.
     pub active_subscribers: usize,
+    /// Average delivery latency (sampled), milliseconds.
     pub avg_delivery_latency_ms: f64,
+    /// Estimated memory held by queued events.
     pub memory_usage_bytes: u64,
+    /// When these numbers were read.
     pub last_updated: SystemTime,
 }
 
@@ -266,7 +294,7 @@ impl LocalEventBus {
         self.core.snapshot()
     }
 
-    /// The core.
+    /// The core this facade publishes through (shared with other facades of the bus).
     pub fn core(&self) -> &Arc<Core> {
         &self.core
     }

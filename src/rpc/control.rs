@@ -21,8 +21,11 @@ pub const STATE_CHANGING_OPERATIONS: [&str; 4] = [
 /// Collector lifecycle, the same for an in-process collector and one in another process.
 #[async_trait]
 pub trait CollectorControl: Send + Sync {
+    /// Whether the collector is healthy, with its counters.
     async fn health_check(&self) -> Result<HealthCheckResponse, RpcCallError>;
+    /// Starts collecting (idempotent).
     async fn start_collection(&self) -> Result<CollectionStateResponse, RpcCallError>;
+    /// Stops collecting (idempotent).
     async fn stop_collection(&self) -> Result<CollectionStateResponse, RpcCallError>;
     /// A bad configuration is refused with the reason ([`RpcCallError::InvalidParams`]) and the
     /// old one stays.
@@ -30,7 +33,9 @@ pub trait CollectorControl: Send + Sync {
         &self,
         config: CollectorSettings,
     ) -> Result<UpdateConfigResponse, RpcCallError>;
+    /// What the collector produces, from its real configuration.
     async fn get_capabilities(&self) -> Result<CapabilitiesResponse, RpcCallError>;
+    /// Stops, flushes what was published within the deadline, answers, then exits.
     async fn shutdown(&self, request: ShutdownRequest) -> Result<ShutdownResponse, RpcCallError>;
 }
 
@@ -150,7 +155,9 @@ impl CollectorControl for RemoteCollector {
 /// Which path answered, for parity reports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ControlPath {
+    /// Calls the collector in this process.
     InProcess,
+    /// Calls the collector over busrt RPC.
     Rpc,
 }
 
@@ -166,6 +173,7 @@ pub struct PhasedControl {
 }
 
 impl PhasedControl {
+    /// Lifecycle control for `phase`: in process, or over RPC with the in-process answers compared.
     pub fn new(
         phase: Phase,
         local: Arc<dyn CollectorControl>,

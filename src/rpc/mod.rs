@@ -53,29 +53,47 @@ pub const DISCOVER_TOPIC: &str = "control.rpc.discover";
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum RpcCallError {
     #[error("method `{0}` not found on the target")]
+    /// The target serves no such method.
     MethodNotFound(String),
     #[error("invalid parameters: {0}")]
+    /// The target refused the parameters.
     InvalidParams(String),
     #[error("the handler failed: {0}")]
+    /// The handler failed (or panicked).
     Handler(String),
     #[error("no reply within {0:?}")]
+    /// No reply within the timeout.
     Timeout(Duration),
     #[error("no such target `{0}` on the broker")]
+    /// No client of this name is connected.
     NoSuchTarget(String),
     #[error("no provider announced method `{0}`")]
+    /// No client announced this method.
     NoProvider(String),
     #[error("method `{method}` has several providers ({providers:?}); name one with rpc_call_to")]
+    /// More than one client announced this method; name the target.
     Ambiguous {
+        /// The method.
         method: String,
+        /// The clients that serve it.
         providers: Vec<String>,
     },
     #[error("disconnected from the broker: {0}")]
+    /// The connection was lost before the reply.
     Disconnected(String),
     #[error("cannot encode or decode: {0}")]
+    /// The parameters or the reply do not (de)serialize.
     Codec(String),
     #[error("remote error {code}: {message}")]
-    Remote { code: i16, message: String },
+    /// Another error code from the remote side.
+    Remote {
+        /// busrt's error code.
+        code: i16,
+        /// The remote side's message.
+        message: String,
+    },
     #[error(transparent)]
+    /// The broker could not be reached.
     Connect(#[from] ClientErrorText),
 }
 

@@ -13,11 +13,15 @@ pub struct HealthCheckRequest {}
 pub struct HealthCheckResponse {
     /// `healthy`, `degraded` (a recent error) or `stopping`.
     pub status: String,
+    /// Seconds since the collector started.
     pub uptime_seconds: u64,
+    /// Whether it is collecting.
     pub collecting: bool,
+    /// Events published since start.
     pub events_published: u64,
     /// Events queued locally plus events sent and not yet confirmed back.
     pub queue_depth: u64,
+    /// The last publish error, if any.
     pub last_error: Option<String>,
 }
 
@@ -32,6 +36,7 @@ pub struct StopCollectionRequest {}
 /// The answer to `start_collection` and `stop_collection`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct CollectionStateResponse {
+    /// Whether it is collecting now.
     pub collecting: bool,
     /// False if it was already in that state.
     pub changed: bool,
@@ -82,12 +87,14 @@ impl CollectorSettings {
 /// `update_config`: the new settings.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct UpdateConfigRequest {
+    /// The new settings (validated before they apply).
     pub config: CollectorSettings,
 }
 
 /// The settings in force after `update_config`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct UpdateConfigResponse {
+    /// The settings now in force.
     pub config: CollectorSettings,
 }
 
@@ -98,8 +105,11 @@ pub struct GetCapabilitiesRequest {}
 /// What the collector really produces, from its configuration.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct CapabilitiesResponse {
+    /// The collector's name.
     pub collector: String,
+    /// The event sources it produces.
     pub capabilities: SourceCaps,
+    /// The busrt topics it publishes to.
     pub topics: Vec<String>,
 }
 
@@ -108,6 +118,7 @@ pub struct CapabilitiesResponse {
 #[serde(default)]
 pub struct ShutdownRequest {
     #[serde(with = "humantime_serde")]
+    /// How long the collector may take to flush before it answers.
     pub deadline: Duration,
 }
 
@@ -124,5 +135,6 @@ impl Default for ShutdownRequest {
 pub struct ShutdownResponse {
     /// Everything published was confirmed back before the deadline.
     pub flushed: bool,
+    /// Events published in its lifetime.
     pub events_published: u64,
 }

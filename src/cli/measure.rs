@@ -5,14 +5,14 @@
 //! Numbers are only compared with each other (ratios), never with fixed thresholds: machines
 //! differ and are shared.
 
-use crate::bridge::{BridgeBuilder, SendOptions};
-use crate::client::QoS;
-use crate::codec::Codec;
-use crate::event::{CollectionEvent, PerformanceEvent, SourceCaps};
-use crate::phase::Phase;
-use crate::rpc::RpcNode;
-use crate::subscription::{BusEvent, EventSubscription};
-use crate::Broker;
+use busbridge::bridge::{BridgeBuilder, SendOptions};
+use busbridge::client::QoS;
+use busbridge::codec::Codec;
+use busbridge::event::{CollectionEvent, PerformanceEvent, SourceCaps};
+use busbridge::phase::Phase;
+use busbridge::rpc::RpcNode;
+use busbridge::subscription::{BusEvent, EventSubscription};
+use busbridge::Broker;
 use serde::Serialize;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -256,7 +256,7 @@ pub async fn reference_router(events: usize) -> Vec<f64> {
 /// (b) busbridge phase 0: the crossbeam facade over the legacy router, same fan-out.
 #[cfg(feature = "legacy")]
 pub async fn phase0(events: usize) -> Vec<f64> {
-    use crate::legacy::crossbeam::*;
+    use busbridge::legacy::crossbeam::*;
     let bus = HighPerformanceEventBusImpl::new(HighPerformanceEventBusConfig::default())
         .await
         .expect("bus");
@@ -284,7 +284,11 @@ pub async fn phase0(events: usize) -> Vec<f64> {
 /// Payload of the raw busrt runs: the same bytes busbridge sends for the bench event.
 fn raw_payload() -> Vec<u8> {
     Codec::default()
-        .encode(&crate::codec::Envelope::new(bench_event(0), "", "bench"))
+        .encode(&busbridge::codec::Envelope::new(
+            bench_event(0),
+            "",
+            "bench",
+        ))
         .unwrap_or_default()
 }
 
@@ -390,7 +394,7 @@ pub async fn raw_busrt(events: usize, unix: bool, window: usize, pace: Option<us
 /// Reads `n` events on a blocking thread (each bounded by 30 s) and returns their
 /// publish-to-delivery latencies.
 fn read_latencies(
-    rx: crate::queue::Receiver<BusEvent>,
+    rx: busbridge::queue::Receiver<BusEvent>,
     n: usize,
 ) -> tokio::task::JoinHandle<Vec<f64>> {
     tokio::task::spawn_blocking(move || {
@@ -444,7 +448,7 @@ pub async fn phase2(events: usize, transport: Transport, batch: bool, qos: QoS) 
             .name(name)
             .qos(qos)
             .send_options(send)
-            .client_options(crate::client::ClientOptions {
+            .client_options(busbridge::client::ClientOptions {
                 queue_size: 262_144,
                 ..Default::default()
             })
@@ -452,7 +456,7 @@ pub async fn phase2(events: usize, transport: Transport, batch: bool, qos: QoS) 
     };
     let publisher = build("bench-pub").await.expect("bridge");
     let subscriber = build("bench-sub").await.expect("bridge");
-    let sub_bus = subscriber.event_bus(crate::EventBusConfig {
+    let sub_bus = subscriber.event_bus(busbridge::EventBusConfig {
         channel_capacity: events + 1,
         ..Default::default()
     });
@@ -583,11 +587,11 @@ pub async fn steady(secs: u64) -> Steady {
 /// of 10,000): queue bound, counted drops, publisher never blocked.
 #[cfg(feature = "legacy")]
 pub async fn stall(secs: u64) -> Stall {
-    use crate::legacy::crossbeam::*;
+    use busbridge::legacy::crossbeam::*;
     let capacity = 10_000;
     let bus = HighPerformanceEventBusImpl::new(HighPerformanceEventBusConfig {
         channel_capacity: capacity,
-        backpressure_strategy: crate::subscription::BackpressureStrategy::DropOldest,
+        backpressure_strategy: busbridge::subscription::BackpressureStrategy::DropOldest,
         ..Default::default()
     })
     .await
