@@ -241,6 +241,21 @@ impl<T> InOrder<T> {
         self.tracker.expect_up_to(highest)
     }
 
+    /// The missing numbers as ranges `(from, to)`, oldest first, at most `max` of them.
+    pub fn missing_ranges(&self, max: usize) -> Vec<(u64, u64)> {
+        let mut ranges: Vec<(u64, u64)> = Vec::new();
+        for &s in &self.tracker.missing {
+            if let Some((_, to)) = ranges.last_mut().filter(|(_, to)| *to + 1 == s) {
+                *to = s;
+            } else if ranges.len() == max {
+                break;
+            } else {
+                ranges.push((s, s));
+            }
+        }
+        ranges
+    }
+
     /// Items held behind a gap.
     pub fn held(&self) -> usize {
         self.held.len()

@@ -49,6 +49,8 @@ pub const HELLO_TOPIC: &str = "control.bridge.hello";
 const MAX_MISSING: usize = 100_000;
 /// Most events held behind gaps per origin before the wait is given up.
 const MAX_HELD: usize = 100_000;
+/// Most ranges asked for again in one retry.
+const MAX_RETRY_RANGES: usize = 64;
 
 /// "`origin` has sent up to `highest`."
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -148,6 +150,9 @@ struct Origin {
     stream: InOrder<Envelope>,
     /// Since when events have been held behind a gap.
     holding_since: Option<Instant>,
+    /// A resend was asked for: when first, when last. A request or its answer can be lost
+    /// (a broker restarting), so it is asked again until the gap wait has passed.
+    asked: Option<(Instant, Instant)>,
 }
 
 impl Origin {
@@ -159,7 +164,13 @@ impl Origin {
                 None => InOrder::new(MAX_MISSING),
             },
             holding_since: None,
+            asked: None,
         }
+    }
+
+    fn note_asked(&mut self, now: Instant) {
+        let first = self.asked.map_or(now, |(first, _)| first);
+        self.asked = Some((first, now));
     }
 }
 
@@ -338,7 +349,7 @@ impl Protocol {
     ) {
         match topic {
             RESEND_TOPIC => self.on_resend_request(payload),
-            HEARTBEAT_TOPIC => self.on_heartbeat(payload),
+            HEARTBEAT_TOPIC => self.on_heartbeat(payload, now),
             HELLO_TOPIC => self.on_hello(payload),
             _ => self.on_frame(primary_sender, payload, phase, now),
         }
@@ -352,6 +363,16 @@ impl Protocol {
             .filter_map(|o| o.holding_since)
             .min()
             .map(|t| t + self.s.gap_wait);
+        let retry = self
+            .origins
+            .values()
+            .filter_map(|o| o.asked)
+            .map(|(_, last)| last + self.retry_interval())
+            .min();
+        let hold = match (hold, retry) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
         let beat = self
             .handed_at
             .filter(|_| self.handed > self.announced)
@@ -377,6 +398,7 @@ impl Protocol {
                 self.dispatch(env, phase);
             }
         }
+        self.retry_resends(now);
         if self.handed > self.announced
             && self.handed_at.is_some_and(|t| now >= t + self.s.heartbeat)
         {
@@ -386,6 +408,37 @@ impl Protocol {
                 highest: self.handed,
             });
             self.transmit(HEARTBEAT_TOPIC, body);
+        }
+    }
+
+    /// How often a gap still missing is asked for again.
+    fn retry_interval(&self) -> Duration {
+        (self.s.gap_wait / 4).max(Duration::from_millis(50))
+    }
+
+    /// Asks again for what is still missing, until the gap wait has passed since the first
+    /// request.
+    fn retry_resends(&mut self, now: Instant) {
+        let (wait, retry) = (self.s.gap_wait, self.retry_interval());
+        let mut again = Vec::new();
+        for o in self.origins.values_mut() {
+            let Some((first, last)) = o.asked else {
+                continue;
+            };
+            if now < last + retry {
+                continue;
+            }
+            let ranges = o.stream.missing_ranges(MAX_RETRY_RANGES);
+            if ranges.is_empty() || now >= first + wait {
+                o.asked = None;
+                continue;
+            }
+            o.asked = Some((first, now));
+            again.extend(ranges.into_iter().map(|r| (o.name.clone(), r)));
+        }
+        for (origin, (from, to)) in again {
+            tracing::debug!(%origin, from, to, "gap still missing; asking again");
+            self.request_resend(origin, from, to);
         }
     }
 
@@ -441,7 +494,7 @@ impl Protocol {
 
     /// A heartbeat from another origin: anything up to its highest that never arrived is a
     /// gap (the tail of its stream was lost), asked for again.
-    fn on_heartbeat(&mut self, payload: &[u8]) {
+    fn on_heartbeat(&mut self, payload: &[u8], now: Instant) {
         let Ok(h) = serde_json::from_slice::<Heartbeat>(payload) else {
             return self.decode_error();
         };
@@ -456,6 +509,7 @@ impl Protocol {
             return;
         };
         if let Some((from, to)) = state.stream.expect_up_to(h.highest) {
+            state.note_asked(now);
             Stats::add(&self.stats.bridge_gaps, to - from + 1);
             tracing::warn!(origin = %h.origin, from, to, "tail of a stream missing; asking for a resend");
             self.request_resend(h.origin, from, to);
@@ -526,6 +580,7 @@ impl Protocol {
             (_, None) => Some(now),
         };
         if let Some((from, to)) = gap {
+            state.note_asked(now);
             let origin = state.name.clone();
             Stats::add(&stats.bridge_gaps, to - from + 1);
             tracing::warn!(%origin, from, to, "sequence gap; asking for a resend");
@@ -556,6 +611,7 @@ impl Protocol {
 fn give_up(stats: &Stats, state: &mut Origin) -> Vec<Envelope> {
     let (lost, ready) = state.stream.give_up();
     state.holding_since = None;
+    state.asked = None;
     if lost > 0 {
         Stats::add(&stats.bridge_gaps_lost, lost);
         tracing::error!(origin = %state.name, lost, "sequence gap not filled in time; events lost");
