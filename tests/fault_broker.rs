@@ -207,3 +207,71 @@ async fn tcp_partition_then_heal_every_event_arrives_once() {
     assert!(!extra);
     assert_eq!(s.bridge_resend_unavailable, 0);
 }
+
+/// Phase 2 with the broker gone and the client's outbox full: every publish returned `Ok`, so
+/// every event reaches the local subscriber — the ones busrt refused from the kept copy at
+/// once, the ones in the outbox when the broker is back. None is lost, none twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_outbox_loses_no_accepted_event() {
+    const BEFORE: usize = 5;
+    const DURING: usize = 50;
+    const OUTBOX: usize = 8;
+    let dir = procs::sock_dir();
+    let socket = procs::sock_path(&dir, "b.sock");
+    let mut broker = procs::broker(&socket, &[]);
+    let uri = format!("ipc://{}", socket.display());
+    let bridged = bridge(
+        &uri,
+        ClientOptions {
+            outbox_capacity: OUTBOX,
+            ..common::fast_client("outbox-full")
+        },
+    )
+    .await;
+    let bus = bridged.crossbeam(Default::default());
+    let reader = read_all(&bridged, BEFORE + DURING).await;
+    let publish = |i: usize| {
+        bus.publish(
+            busbridge::scenario::sample_event("outbox", i),
+            i.to_string(),
+        )
+    };
+    for i in 0..BEFORE {
+        publish(i).await.unwrap();
+    }
+    tokio::time::timeout(LIMIT, bridged.link().settled())
+        .await
+        .unwrap();
+    broker.signal(libc::SIGKILL);
+    broker.wait_exit();
+    let mut state = bridged.link().state();
+    tokio::time::timeout(
+        LIMIT,
+        state.wait_for(|s| !matches!(s, busbridge::client::ConnectionState::Connected)),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    for i in BEFORE..BEFORE + DURING {
+        publish(i).await.expect("accepted");
+    }
+    // The refused ones are delivered without the broker.
+    let refused = (DURING - OUTBOX) as u64;
+    tokio::time::timeout(LIMIT, async {
+        while bridged.core().stats().snapshot().bridge_send_errors < refused {
+            tokio::time::sleep(Duration::from_millis(5)).await; // bounded by LIMIT
+        }
+    })
+    .await
+    .expect("busrt refused what did not fit in the outbox");
+    let _broker = procs::broker(&socket, &[]);
+    let (got, extra) = tokio::task::spawn_blocking(move || reader.join().unwrap())
+        .await
+        .unwrap();
+    let unique: BTreeSet<usize> = got.iter().copied().collect();
+    let s = bridged.core().stats().snapshot();
+    assert_eq!(got.len(), BEFORE + DURING, "every accepted event delivered; {s:?}");
+    assert_eq!(unique.len(), BEFORE + DURING, "none twice");
+    assert!(!extra);
+    assert_eq!(s.bridge_send_errors, refused);
+}

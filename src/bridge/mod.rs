@@ -424,7 +424,8 @@ async fn sender(
     }
 }
 
-/// Accounts for one frame's outcome; a refused frame releases what its events' returns owed.
+/// Accounts for one frame's outcome; for a refused frame, what its events' returns owed is
+/// done locally (see [`Protocol::send_failed`]).
 fn finish(link: &Weak<Link>, stats: &Stats, seqs: Vec<u64>, result: Result<(), ClientError>) {
     let Some(link) = link.upgrade() else { return };
     match result {
@@ -434,10 +435,14 @@ fn finish(link: &Weak<Link>, stats: &Stats, seqs: Vec<u64>, result: Result<(), C
         }
         Err(e) => {
             Stats::add(&stats.bridge_send_errors, seqs.len() as u64);
-            tracing::warn!(events = seqs.len(), "send failed: {e}");
+            tracing::warn!(events = seqs.len(), "busrt did not take events: {e}");
+            let mut proto = link.proto.lock();
             for seq in &seqs {
-                link.release(*seq);
+                proto.send_failed(*seq);
             }
+            drop(proto);
+            // The receive task carries out the owed local deliveries.
+            link.timer.notify_one();
         }
     }
     link.sent(seqs.len());
@@ -492,8 +497,12 @@ async fn receive_loop(
                 link.proto.lock().handle_timeout(Instant::now(), core.phase());
                 link.drive(&core).await;
             }
-            // The deadline may have moved earlier: compute it again.
-            _ = link.timer.notified() => {}
+            // The deadline may have moved earlier, or deliveries are waiting (an event busrt
+            // refused): carry them out and compute the deadline again.
+            _ = link.timer.notified() => {
+                let Some(core) = core.upgrade() else { break };
+                link.drive(&core).await;
+            }
             _ = &mut close => break,
         }
     }

@@ -305,14 +305,21 @@ impl Protocol {
     }
 
     /// Keeps an encoded event for resend requests (call for every event that is sent).
+    ///
+    /// An event is kept at least until busrt confirms it, whatever the replay size (even 0):
+    /// if busrt refuses it, what its return owes is done from this copy
+    /// ([`send_failed`](Self::send_failed)).
     pub fn remember(&mut self, seq: u64, topic: Arc<str>, frame: &[u8]) {
-        if self.s.replay == 0 {
-            return;
-        }
-        if self.replay.len() >= self.s.replay {
+        self.replay.push_back((seq, topic, frame.to_vec()));
+        self.trim_replay();
+    }
+
+    fn trim_replay(&mut self) {
+        while self.replay.len() > self.s.replay
+            && self.replay.front().is_some_and(|(seq, _, _)| *seq <= self.confirmed)
+        {
             self.replay.pop_front();
         }
-        self.replay.push_back((seq, topic, frame.to_vec()));
     }
 
     /// The sender handed events up to `highest` to busrt at `now` (arms the heartbeat).
@@ -324,11 +331,42 @@ impl Protocol {
     /// busrt confirmed events up to `highest`.
     pub fn confirmed(&mut self, highest: u64) {
         self.confirmed = self.confirmed.max(highest);
+        self.trim_replay();
     }
 
-    /// An event could not be sent (or encoded): nothing will return for it.
+    /// An event could not be encoded or queued: nothing will return for it, nothing is owed.
     pub fn release(&mut self, seq: u64) {
         self.settle(seq);
+    }
+
+    /// busrt did not take event `seq` (its outbox was full, the client closed) after the
+    /// publish had returned: what its return owes — the local delivery busrt was to make —
+    /// is done now from the kept copy, so an accepted event is never lost locally. (Other
+    /// receivers find the gap and ask for it again.) Returns false if nothing was owed.
+    pub fn send_failed(&mut self, seq: u64) -> bool {
+        let Some(&owed) = self.owed.get(&seq) else {
+            return false;
+        };
+        let env = self
+            .replay
+            .iter()
+            .rev()
+            .find(|(s, _, _)| *s == seq)
+            .and_then(|(_, _, frame)| self.s.codec.decode_frame(frame).ok())
+            .and_then(|mut envs| envs.pop());
+        match env {
+            Some(env) => {
+                self.out
+                    .push_back(Output::Deliver(Delivery::Returned { env, owed }));
+                true
+            }
+            None => {
+                // Kept until confirmed, so this cannot happen; settle rather than owe forever.
+                tracing::error!(seq, "refused event not found in the replay buffer");
+                self.settle(seq);
+                false
+            }
+        }
     }
 
     /// A returned event's owed work is done.
