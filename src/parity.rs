@@ -29,10 +29,11 @@ use crate::codec::{Codec, CodecKind, Envelope};
 use parking_lot::Mutex;
 use serde::Serialize;
 use serde_json::Value;
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
+use std::time::Instant;
 
 /// Turns an envelope into what is compared (for fields known to differ between paths).
 pub type Normalizer = Arc<dyn Fn(&mut Envelope) + Send + Sync>;
@@ -52,7 +53,18 @@ pub struct ParityConfig {
     /// A/A mode: the candidate is the control path run a second time, to measure the noise
     /// of the comparison itself (it should be zero).
     pub aa: bool,
+    /// How long one side's delivery waits for the other's. Past it, live and without
+    /// [`Parity::finish`], a control delivery the candidate never made is `Missing` (busrt
+    /// lacks it) and a candidate delivery the control never made is `Extra` (the legacy path
+    /// lacks it). `None` waits until `finish`.
+    pub missing_after: Option<std::time::Duration>,
 }
+
+/// How long a delivery waits for the other side's before it counts as missing, by default.
+pub const DEFAULT_MISSING_AFTER: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Expired event ids remembered per subscriber, so a very late delivery is not counted again.
+const MAX_EXPIRED: usize = 10_000;
 
 impl Default for ParityConfig {
     fn default() -> Self {
@@ -62,6 +74,7 @@ impl Default for ParityConfig {
             sample_percent: 100,
             max_reports: 1000,
             aa: false,
+            missing_after: Some(DEFAULT_MISSING_AFTER),
         }
     }
 }
@@ -80,9 +93,11 @@ impl std::fmt::Debug for ParityConfig {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum MismatchKind {
-    /// The control delivered it; the candidate never did.
+    /// The control (legacy) path delivered it; the candidate (busrt) path never did, or not
+    /// within `missing_after`.
     Missing,
-    /// The candidate delivered it; the control never did.
+    /// The candidate (busrt) path delivered it; the control (legacy) path never did, or not
+    /// within `missing_after`.
     Extra,
     /// Both delivered it, in a different order relative to the events before it.
     Reordered,
@@ -138,8 +153,26 @@ struct PerSubscriber {
     next_order: u64,
     /// Order of the last matched control delivery.
     last_matched: Option<u64>,
-    /// Candidate deliveries that arrived before their control (kept until `finish`).
+    /// Candidate deliveries that arrived before their control.
     early: Vec<Envelope>,
+    /// When each pending control delivery and early candidate was recorded, oldest first.
+    ages: VecDeque<(Instant, String)>,
+    /// Ids already reported as missing or extra by expiry (bounded), so a late arrival is
+    /// not reported a second time.
+    expired: HashSet<String>,
+    expired_order: VecDeque<String>,
+}
+
+impl PerSubscriber {
+    fn note_expired(&mut self, id: String) {
+        if self.expired_order.len() >= MAX_EXPIRED {
+            if let Some(old) = self.expired_order.pop_front() {
+                self.expired.remove(&old);
+            }
+        }
+        self.expired.insert(id.clone());
+        self.expired_order.push_back(id);
+    }
 }
 
 /// The engine. Cheap to share; every method takes `&self`.
@@ -155,6 +188,10 @@ pub struct Parity {
     /// Since the engine was made (for the statistics).
     total_compared: AtomicU64,
     total_mismatches: AtomicU64,
+    /// Deliveries that waited longer than `missing_after` (counted in the mismatches too).
+    total_expired: AtomicU64,
+    /// When pending deliveries are next checked for expiry.
+    next_sweep: Mutex<Instant>,
 }
 
 fn json(env: &Envelope) -> Value {
@@ -220,7 +257,69 @@ impl Parity {
             mismatches: AtomicU64::new(0),
             total_compared: AtomicU64::new(0),
             total_mismatches: AtomicU64::new(0),
+            total_expired: AtomicU64::new(0),
+            next_sweep: Mutex::new(Instant::now()),
         }
+    }
+
+    /// Reports what has waited longer than `missing_after` for the other side, as of `now`:
+    /// control deliveries as `Missing`, candidate deliveries as `Extra`. The engine does this by
+    /// itself as it records and whenever its counters are read; call it to check at a given
+    /// time (a test's clock, say). Returns how many expired.
+    pub fn expire(&self, now: Instant) -> u64 {
+        let Some(window) = self.config.missing_after else {
+            return 0;
+        };
+        let mut found = Vec::new();
+        {
+            let mut state = self.state.lock();
+            for (subscriber, s) in state.iter_mut() {
+                while let Some((t, _)) = s.ages.front() {
+                    if now.duration_since(*t) < window {
+                        break;
+                    }
+                    let Some((_, id)) = s.ages.pop_front() else {
+                        break;
+                    };
+                    if let Some((_, env)) = s.pending.remove(&id) {
+                        s.note_expired(id);
+                        found.push((subscriber.clone(), env, MismatchKind::Missing));
+                    } else if let Some(i) = s.early.iter().position(|e| e.event_id == id) {
+                        let env = s.early.swap_remove(i);
+                        s.note_expired(id);
+                        found.push((subscriber.clone(), env, MismatchKind::Extra));
+                    }
+                }
+            }
+        }
+        let n = found.len() as u64;
+        self.total_expired.fetch_add(n, Relaxed);
+        for (subscriber, env, kind) in found {
+            self.report(&subscriber, &env, kind);
+        }
+        n
+    }
+
+    /// Expires at most every tenth of the window, so recording stays cheap.
+    fn sweep(&self) {
+        let Some(window) = self.config.missing_after else {
+            return;
+        };
+        let now = Instant::now();
+        {
+            let mut next = self.next_sweep.lock();
+            if now < *next {
+                return;
+            }
+            *next = now + window / 10;
+        }
+        self.expire(now);
+    }
+
+    /// Deliveries reported because the other side's did not come within `missing_after`.
+    pub fn expired(&self) -> u64 {
+        self.sweep();
+        self.total_expired.load(Relaxed)
     }
 
     /// What it compares and how much.
@@ -261,8 +360,13 @@ impl Parity {
         if !self.active(env) {
             return;
         }
+        self.sweep();
         let mut state = self.state.lock();
         let s = state.entry(subscriber.to_owned()).or_default();
+        if s.expired.contains(&env.event_id) {
+            // Its candidate was reported extra already: too late to match.
+            return;
+        }
         let order = s.next_order;
         s.next_order += 1;
         // A candidate that came first (possible with concurrent paths) is matched now.
@@ -274,6 +378,9 @@ impl Parity {
             return;
         }
         s.pending.insert(env.event_id.clone(), (order, env.clone()));
+        if self.config.missing_after.is_some() {
+            s.ages.push_back((Instant::now(), env.event_id.clone()));
+        }
     }
 
     /// Records a delivery on the candidate path.
@@ -281,10 +388,18 @@ impl Parity {
         if !self.active(env) {
             return;
         }
+        self.sweep();
         let mut state = self.state.lock();
         let s = state.entry(subscriber.to_owned()).or_default();
         let Some((order, control)) = s.pending.remove(&env.event_id) else {
+            if s.expired.contains(&env.event_id) {
+                // Reported missing already: arriving this late does not undo that.
+                return;
+            }
             s.early.push(env.clone());
+            if self.config.missing_after.is_some() {
+                s.ages.push_back((Instant::now(), env.event_id.clone()));
+            }
             return;
         };
         let reordered = s.last_matched.is_some_and(|last| order < last);
@@ -347,6 +462,7 @@ impl Parity {
 
     /// Comparisons and mismatches since the engine was made: (compared, mismatches).
     pub fn totals(&self) -> (u64, u64) {
+        self.sweep();
         (
             self.total_compared.load(Relaxed),
             self.total_mismatches.load(Relaxed),
@@ -355,6 +471,7 @@ impl Parity {
 
     /// Reports since the last `finish`, without closing anything that is still pending.
     pub fn report_so_far(&self) -> ParityReport {
+        self.sweep();
         ParityReport {
             compared: self.compared.load(Relaxed),
             matched: self.matched.load(Relaxed),
@@ -365,6 +482,7 @@ impl Parity {
 
     /// Events recorded on one side and still waiting for the other.
     pub fn pending(&self) -> usize {
+        self.sweep();
         self.state
             .lock()
             .values()
@@ -484,6 +602,34 @@ mod tests {
 
     fn kinds(r: &ParityReport) -> Vec<&MismatchKind> {
         r.mismatches.iter().map(|m| &m.kind).collect()
+    }
+
+    #[test]
+    fn what_waits_past_the_window_is_reported_live_once() {
+        let window = std::time::Duration::from_secs(5);
+        let p = Parity::new(ParityConfig {
+            missing_after: Some(window),
+            ..Default::default()
+        });
+        let (lost, early) = (env(1), env(2));
+        p.record_control("s", &lost);
+        p.record_candidate("s", &early);
+        let start = Instant::now();
+        assert_eq!(p.expire(start), 0, "not yet");
+        assert_eq!(p.expire(start + window + window), 2);
+        let kinds: Vec<_> = p
+            .report_so_far()
+            .mismatches
+            .into_iter()
+            .map(|m| m.kind)
+            .collect();
+        assert_eq!(kinds, [MismatchKind::Missing, MismatchKind::Extra]);
+        // Arriving after being reported does not count again, at expiry or at finish.
+        p.record_candidate("s", &lost);
+        p.record_control("s", &early);
+        assert_eq!(p.expire(start + window * 4), 0);
+        assert_eq!(p.finish().mismatch_count, 2);
+        assert_eq!(p.pending(), 0);
     }
 
     #[test]

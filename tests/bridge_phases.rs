@@ -295,3 +295,83 @@ async fn batching_bridge_keeps_every_event_once_in_order() {
     assert_eq!((stats.bridge_duplicates, stats.bridge_gaps), (0, 0));
     bridged.shutdown().await;
 }
+
+/// Phase 1 on a broker that silently drops one kind of event (its access rules refuse the
+/// bridge's network events, published unacknowledged): live parity reports each dropped event
+/// as missing within the window, while the bus runs, without `finish()`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_parity_reports_events_busrt_silently_dropped() {
+    use busbridge::config::AccessRule;
+    use busbridge::parity::{MismatchKind, ParityConfig};
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = busbridge::config::Config::default();
+    config.transport.socket_path = dir.path().join("b.sock");
+    config.access.insert(
+        "lossy-agent".into(),
+        AccessRule {
+            publish: vec![
+                "events.process.#".into(),
+                "events.performance.#".into(),
+                "control.#".into(),
+            ],
+            subscribe: vec!["#".into()],
+        },
+    );
+    let mut broker = busbridge::Broker::from_config(&config).unwrap();
+    broker.set_name(uuid::Uuid::new_v4().to_string());
+    broker.spawn().await.unwrap();
+    let window = Duration::from_millis(300);
+    // Over the socket: the access rules apply to socket clients.
+    let bridged = BridgeBuilder::new()
+        .phase(Phase::Shadow)
+        .connect(format!("ipc://{}", config.transport.socket_path.display()))
+        .name("lossy-agent")
+        .qos(busbridge::QoS::Realtime)
+        .parity(ParityConfig {
+            missing_after: Some(window),
+            ..Default::default()
+        })
+        .build()
+        .await
+        .unwrap();
+    let bus = bridged.crossbeam(HighPerformanceEventBusConfig::default());
+    let rx = bus.subscribe(common::sub_all("all")).await.unwrap();
+    let (kept, dropped) = (20, 5);
+    for i in 0..kept {
+        bus.publish(common::process(i), "c".into()).await.unwrap();
+    }
+    for i in 0..dropped {
+        bus.publish(common::network(i), "c".into()).await.unwrap();
+    }
+    // Phase 1: the legacy router delivered every event at once.
+    for _ in 0..kept + dropped {
+        rx.recv_timeout(LIMIT).unwrap();
+    }
+    let parity = bridged.core().parity().clone();
+    let report = tokio::time::timeout(LIMIT, async {
+        loop {
+            let r = parity.report_so_far();
+            if r.mismatch_count >= u64::from(dropped) && r.compared >= u64::from(kept) {
+                return r;
+            }
+            tokio::time::sleep(window / 10).await; // polling a live counter; bounded by LIMIT
+        }
+    })
+    .await
+    .unwrap_or_else(|_| {
+        panic!(
+            "the dropped events are reported while the bus runs: {:?} {:?}",
+            parity.report_so_far(),
+            bridged.core().snapshot()
+        )
+    });
+    assert_eq!(report.mismatch_count, u64::from(dropped), "{report:?}");
+    assert_eq!(report.matched, u64::from(kept));
+    assert!(report
+        .mismatches
+        .iter()
+        .all(|m| m.kind == MismatchKind::Missing && m.event_type == "network"));
+    assert_eq!(parity.expired(), u64::from(dropped));
+    assert_eq!(parity.pending(), 0);
+    bridged.shutdown().await;
+}

@@ -270,7 +270,11 @@ async fn a_full_outbox_loses_no_accepted_event() {
         .unwrap();
     let unique: BTreeSet<usize> = got.iter().copied().collect();
     let s = bridged.core().stats().snapshot();
-    assert_eq!(got.len(), BEFORE + DURING, "every accepted event delivered; {s:?}");
+    assert_eq!(
+        got.len(),
+        BEFORE + DURING,
+        "every accepted event delivered; {s:?}"
+    );
     assert_eq!(unique.len(), BEFORE + DURING, "none twice");
     assert!(!extra);
     assert_eq!(s.bridge_send_errors, refused);

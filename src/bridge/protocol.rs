@@ -316,7 +316,10 @@ impl Protocol {
 
     fn trim_replay(&mut self) {
         while self.replay.len() > self.s.replay
-            && self.replay.front().is_some_and(|(seq, _, _)| *seq <= self.confirmed)
+            && self
+                .replay
+                .front()
+                .is_some_and(|(seq, _, _)| *seq <= self.confirmed)
         {
             self.replay.pop_front();
         }
@@ -346,6 +349,16 @@ impl Protocol {
     pub fn send_failed(&mut self, seq: u64) -> bool {
         let Some(&owed) = self.owed.get(&seq) else {
             return false;
+        };
+        if !owed.deliver {
+            // Only a comparison was owed: busrt did not deliver it, and parity will say so.
+            self.settle(seq);
+            return false;
+        }
+        // The local delivery is done; busrt's side is not compared (it never delivered).
+        let owed = Owed {
+            deliver: true,
+            compare: false,
         };
         let env = self
             .replay
