@@ -97,6 +97,12 @@ pub struct CoreOptions {
     pub publisher_id: String,
     /// How the parity engine compares (used once the bus is bridged).
     pub parity: ParityConfig,
+    /// Queue size of every subscriber, whatever each facade's own configuration says
+    /// (`bus.channel_capacity`); `None` leaves it to each facade.
+    pub channel_capacity: Option<usize>,
+    /// What a full queue does, for every facade (`bus.backpressure_strategy`); `None` leaves
+    /// it to each facade.
+    pub backpressure_strategy: Option<BackpressureStrategy>,
 }
 
 impl Default for CoreOptions {
@@ -107,6 +113,8 @@ impl Default for CoreOptions {
             require_start: false,
             publisher_id: "busbridge".into(),
             parity: ParityConfig::default(),
+            channel_capacity: None,
+            backpressure_strategy: None,
         }
     }
 }
@@ -178,6 +186,7 @@ pub struct Core {
     phase: AtomicU8,
     observers: Observers,
     uplink: OnceLock<Arc<dyn Uplink>>,
+    queues: (Option<usize>, Option<BackpressureStrategy>),
 }
 
 impl Core {
@@ -195,7 +204,18 @@ impl Core {
             phase: AtomicU8::new(Phase::Legacy as u8),
             observers: Observers::new(Arc::new(Parity::new(opts.parity))),
             uplink: OnceLock::new(),
+            queues: (opts.channel_capacity, opts.backpressure_strategy),
         }
+    }
+
+    /// Queue size every facade of this bus must use, if the bus's configuration sets one.
+    pub fn channel_capacity(&self) -> Option<usize> {
+        self.queues.0
+    }
+
+    /// Back-pressure every facade of this bus must use, if the bus's configuration sets one.
+    pub fn backpressure_strategy(&self) -> Option<BackpressureStrategy> {
+        self.queues.1
     }
 
     /// The migration phase now.

@@ -173,16 +173,28 @@ pub struct TlsConfig {
     pub ca: PathBuf,
 }
 
+/// Default most hops an envelope may have travelled (`bus.hop_limit`).
+pub const DEFAULT_HOP_LIMIT: u32 = 8;
+
+/// How long a delivery waits for the other path's before parity counts it missing, by
+/// default (`bus.parity_window`).
+pub const DEFAULT_PARITY_WINDOW: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Local delivery.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct BusConfig {
-    /// Queue size of each local subscriber.
-    pub channel_capacity: usize,
-    /// Most subscribers on the bus.
+    /// Queue size of each local subscriber of a bus bridged from this configuration. Unset,
+    /// each facade keeps its own (`channel_capacity` of the crossbeam facade's config,
+    /// `max_buffer_size` of the tokio facade's, `channel_capacity` of the phase-4
+    /// `EventBusConfig`); set, it applies to every facade of the bus, whatever the code says.
+    pub channel_capacity: Option<usize>,
+    /// Most subscribers on the bus, across all its facades.
     pub max_subscribers: usize,
-    /// What a full subscriber queue does.
-    pub backpressure_strategy: BackpressureStrategy,
+    /// What a full subscriber queue does on a bus bridged from this configuration. Unset, each
+    /// facade keeps its own; set, it applies to every facade (the tokio facade's `Blocking`
+    /// waits at most its `delivery_timeout`, as the legacy bus did).
+    pub backpressure_strategy: Option<BackpressureStrategy>,
     /// Most events per busrt frame when the bridge batches; 1 = off (the default, because a
     /// batch frame is not a legacy record).
     pub batch_max: usize,
@@ -196,6 +208,13 @@ pub struct BusConfig {
     /// lost and they are delivered.
     #[serde(with = "humantime_serde")]
     pub gap_wait: std::time::Duration,
+    /// Most bridges an event may cross; beyond, it is dropped and counted
+    /// (`bridge_hop_limited`).
+    pub hop_limit: u32,
+    /// How long parity waits for one path's delivery to match the other's before it counts
+    /// the event missing (or extra), live.
+    #[serde(with = "humantime_serde")]
+    pub parity_window: std::time::Duration,
 }
 
 /// What one client may do; topics are dotted patterns.
@@ -254,14 +273,16 @@ impl Default for ClientConfig {
 impl Default for BusConfig {
     fn default() -> Self {
         Self {
-            channel_capacity: 65_536,
+            channel_capacity: None,
             max_subscribers: 1000,
-            backpressure_strategy: BackpressureStrategy::Blocking,
+            backpressure_strategy: None,
             batch_max: 1,
             publish_window: 256,
             outbound_queue: 65_536,
             replay_buffer: 100_000,
             gap_wait: std::time::Duration::from_secs(2),
+            hop_limit: DEFAULT_HOP_LIMIT,
+            parity_window: DEFAULT_PARITY_WINDOW,
         }
     }
 }
@@ -336,7 +357,14 @@ impl Config {
         )?;
         nonzero("broker.queue_size", self.broker.queue_size)?;
         nonzero("client.queue_size", self.client.queue_size)?;
-        nonzero("bus.channel_capacity", self.bus.channel_capacity)?;
+        nonzero(
+            "bus.channel_capacity",
+            self.bus.channel_capacity.unwrap_or(1),
+        )?;
+        nonzero("bus.hop_limit", self.bus.hop_limit as usize)?;
+        if self.bus.parity_window.is_zero() {
+            return Err(invalid("bus.parity_window", "must be above zero"));
+        }
         nonzero("bus.max_subscribers", self.bus.max_subscribers)?;
         nonzero("bus.batch_max", self.bus.batch_max)?;
         if self.bus.gap_wait.is_zero() {

@@ -61,7 +61,7 @@ pub struct ParityConfig {
 }
 
 /// How long a delivery waits for the other side's before it counts as missing, by default.
-pub const DEFAULT_MISSING_AFTER: std::time::Duration = std::time::Duration::from_secs(10);
+pub const DEFAULT_MISSING_AFTER: std::time::Duration = crate::config::DEFAULT_PARITY_WINDOW;
 
 /// Expired event ids remembered per subscriber, so a very late delivery is not counted again.
 const MAX_EXPIRED: usize = 10_000;

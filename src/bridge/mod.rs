@@ -46,8 +46,7 @@ use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot, watch, Notify};
 
-/// Default most hops an envelope may have travelled.
-pub const DEFAULT_HOP_LIMIT: u32 = 8;
+pub use crate::config::DEFAULT_HOP_LIMIT;
 
 /// How long events behind a sequence gap wait for the resend before they are delivered
 /// anyway (and the gap counted as lost), unless `bus.gap_wait` says otherwise.
@@ -582,6 +581,10 @@ impl BridgeBuilder {
                 config.broker.max_message_size,
             ));
         b.core.max_subscribers = config.bus.max_subscribers;
+        b.core.channel_capacity = config.bus.channel_capacity;
+        b.core.backpressure_strategy = config.bus.backpressure_strategy;
+        b.core.parity.missing_after = Some(config.bus.parity_window);
+        b.hop_limit = config.bus.hop_limit;
         b.send = SendOptions {
             batch_max: config.bus.batch_max,
             window: config.bus.publish_window,

@@ -27,6 +27,7 @@
 use crate::bus::{Core, CoreOptions, Quota};
 use crate::codec::Envelope;
 use crate::router::{Filter, Offer, Policy, Sink};
+use crate::subscription::BackpressureStrategy;
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -227,7 +228,9 @@ impl LocalEventBus {
     }
 
     /// This facade over an existing core (for example a bridged one).
-    pub fn with_core(core: Arc<Core>, config: EventBusConfig) -> Self {
+    pub fn with_core(core: Arc<Core>, mut config: EventBusConfig) -> Self {
+        // The bus's own configuration, where it sets it, wins over the facade's.
+        config.max_buffer_size = core.channel_capacity().unwrap_or(config.max_buffer_size);
         Self {
             core,
             quota: Quota::new(config.max_subscribers),
@@ -359,7 +362,13 @@ impl EventBus for LocalEventBus {
                 &self.quota,
                 subscription.subscriber_id,
                 filter,
-                Policy::BlockFor(self.config.delivery_timeout),
+                match self.core.backpressure_strategy() {
+                    // The legacy tokio bus waited at most its delivery timeout.
+                    None | Some(BackpressureStrategy::Blocking) => {
+                        Policy::BlockFor(self.config.delivery_timeout)
+                    }
+                    Some(other) => other.into(),
+                },
                 Box::new(TokioSink(tx)),
             )
             .await?;
