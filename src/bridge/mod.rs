@@ -538,6 +538,7 @@ pub struct BridgeBuilder {
     send: SendOptions,
     resume: Option<Positions>,
     gap_wait: std::time::Duration,
+    wait_for_broker: bool,
 }
 
 impl Default for BridgeBuilder {
@@ -567,6 +568,7 @@ impl BridgeBuilder {
             send: SendOptions::default(),
             resume: None,
             gap_wait: GAP_WAIT,
+            wait_for_broker: true,
         }
     }
 
@@ -671,6 +673,14 @@ impl BridgeBuilder {
         self.gap_wait = wait;
         self
     }
+    /// Whether `build` succeeds when the broker cannot be reached yet (the default): the bus
+    /// starts, local delivery follows the phase's rules, busrt-bound events wait in the
+    /// client's bounded outbox, and the bridge joins when the broker appears. `false` makes
+    /// an unreachable broker an error of `build`.
+    pub fn wait_for_broker(mut self, wait: bool) -> Self {
+        self.wait_for_broker = wait;
+        self
+    }
     /// How the parity engine compares.
     pub fn parity(mut self, parity: ParityConfig) -> Self {
         self.core.parity = parity;
@@ -694,7 +704,17 @@ impl BridgeBuilder {
         if let Some(n) = self.name {
             opts.name = Some(n);
         }
-        let client = AsyncClient::connect_with(&uri, opts).await?;
+        let client = match AsyncClient::connect_with(&uri, opts.clone()).await {
+            Ok(c) => c,
+            // Start in any order: the broker may come later (a collector before its agent).
+            Err(e @ (ClientError::Connect { .. } | ClientError::Timeout(_)))
+                if self.wait_for_broker =>
+            {
+                tracing::warn!(%uri, "broker not reachable ({e}); starting anyway, connecting in the background");
+                AsyncClient::connect_lazily(&uri, opts)?
+            }
+            Err(e) => return Err(e.into()),
+        };
         client.subscribe(RESEND_TOPIC, QoS::Processed).await?;
         client.subscribe(HELLO_TOPIC, QoS::Processed).await?;
         let name = client.name().to_owned();

@@ -35,10 +35,19 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
         config,
         interval,
     } = a;
-    let config = match config {
-        Some(p) => Config::load(&p)?,
+    let config = match config.map(|p| Config::load(&p)) {
+        Some(Ok(c)) => c,
+        Some(Err(e)) => {
+            eprintln!("busbridge: {e}");
+            return Ok(ExitCode::from(super::EXIT_USAGE));
+        }
         None => Config::default(),
     };
+    // A bad address is an error at once; an absent broker is waited for below.
+    if let Err(e) = busbridge::endpoint::Endpoint::parse(&connect) {
+        eprintln!("busbridge: {e}");
+        return Ok(ExitCode::from(super::EXIT_USAGE));
+    }
     let opts = ClientOptions::from_config(&config.client, config.broker.max_message_size);
     // Events go out on their own connection; RPC has its own (busrt's RPC client owns one).
     let bridged = BridgeBuilder::new()
@@ -54,7 +63,18 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
     }
     settings.validate().map_err(anyhow::Error::msg)?;
     let collector = ProcessCollector::new(&name, bridged.core().clone(), settings);
-    let node = RpcNode::connect_with(&connect, opts.name(&name)).await?;
+    // Start in any order: wait for the broker (with back-off) rather than fail.
+    let mut backoff = busbridge::client::Backoff::new(opts.reconnect_initial, opts.reconnect_max);
+    let node = loop {
+        match RpcNode::connect_with(&connect, opts.clone().name(&name)).await {
+            Ok(node) => break node,
+            Err(e @ busbridge::rpc::RpcCallError::Connect(_)) => {
+                tracing::warn!("waiting for the broker: {e}");
+                tokio::time::sleep(backoff.next_delay()).await;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    };
     serve_control(&node, collector.clone()).await?;
     let scan = tokio::spawn(collector.clone().run());
     println!("ready");

@@ -443,22 +443,36 @@ impl AsyncClient {
             Err(_) => return Err(ClientError::Timeout("connect")),
         };
         let events = conn.take_event_channel().ok_or(ClientError::Closed)?;
-        let (inbox_tx, inbox) = mpsc::channel(opts.queue_size.max(1));
-        let (state, _) = watch::channel(ConnectionState::Connected);
-        let shared = Arc::new(Shared {
-            endpoint,
-            name,
-            opts,
-            conn: tokio::sync::Mutex::new(Some(conn)),
-            subscriptions: Mutex::new(BTreeSet::new()),
-            outbox: Mutex::new(VecDeque::new()),
-            state,
-            lost: Notify::new(),
-            closing: AtomicBool::new(false),
-            counters: Counters::default(),
-            inbox: inbox_tx,
-        });
+        let (shared, inbox) = Shared::new(endpoint, name, opts, Some(conn));
         let supervisor = tokio::spawn(supervise(shared.clone(), events));
+        Ok(Self {
+            shared,
+            inbox,
+            supervisor,
+        })
+    }
+
+    /// A client that connects in the background, so a program can start before its broker:
+    /// it returns at once (only a malformed address is an error) and keeps trying with
+    /// back-off (`reconnect_initial` doubling to `reconnect_max`) until the broker is there.
+    /// Meanwhile subscriptions are remembered and made on connecting, and `Processed`
+    /// publishes wait in the outbox; watch [`state`](Self::state) to know when it is in.
+    pub fn connect_lazily(address: &str, opts: ClientOptions) -> Result<Self, ClientError> {
+        let endpoint = Endpoint::parse(address)?.resolve()?;
+        let name = opts.name.clone().unwrap_or_else(default_name);
+        let (shared, inbox) = Shared::new(endpoint, name, opts, None);
+        let _ = shared.state.send_replace(ConnectionState::Reconnecting(0));
+        let first = shared.clone();
+        let supervisor = tokio::spawn(async move {
+            let Some(events) = first.reconnect().await else {
+                return;
+            };
+            let _ = first.state.send_replace(ConnectionState::Connected);
+            if let Err(e) = first.flush_outbox().await {
+                tracing::warn!("outbox flush after connecting: {e}");
+            }
+            supervise(first, events).await;
+        });
         Ok(Self {
             shared,
             inbox,
@@ -814,6 +828,30 @@ impl Shared {
                 }
             }
         }
+    }
+
+    fn new(
+        endpoint: Endpoint,
+        name: String,
+        opts: ClientOptions,
+        conn: Option<Conn>,
+    ) -> (Arc<Self>, mpsc::Receiver<Message>) {
+        let (inbox_tx, inbox) = mpsc::channel(opts.queue_size.max(1));
+        let (state, _) = watch::channel(ConnectionState::Connected);
+        let shared = Arc::new(Shared {
+            endpoint,
+            name,
+            opts,
+            conn: tokio::sync::Mutex::new(conn),
+            subscriptions: Mutex::new(BTreeSet::new()),
+            outbox: Mutex::new(VecDeque::new()),
+            state,
+            lost: Notify::new(),
+            closing: AtomicBool::new(false),
+            counters: Counters::default(),
+            inbox: inbox_tx,
+        });
+        (shared, inbox)
     }
 
     async fn reconnect(self: &Arc<Self>) -> Option<busrt::EventChannel> {
