@@ -27,7 +27,10 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
         tcp,
     } = a;
     let mut config = match config {
-        Some(path) => Config::load(&path)?,
+        Some(path) => match super::load_config(&path) {
+            Ok(c) => c,
+            Err(code) => return Ok(code),
+        },
         None => Config::default(),
     };
     if let Some(socket) = socket {
@@ -36,7 +39,10 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
     if tcp.is_some() {
         config.transport.tcp_listen = tcp;
     }
-    config.validate()?;
+    if let Err(e) = config.validate() {
+        eprintln!("busbridge: {e}");
+        return Ok(ExitCode::from(super::EXIT_USAGE));
+    }
     let mut broker = Broker::from_config(&config)?;
     broker.spawn().await?;
     {

@@ -35,12 +35,9 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
         config,
         interval,
     } = a;
-    let config = match config.map(|p| Config::load(&p)) {
+    let config = match config.map(|p| super::load_config(&p)) {
         Some(Ok(c)) => c,
-        Some(Err(e)) => {
-            eprintln!("busbridge: {e}");
-            return Ok(ExitCode::from(super::EXIT_USAGE));
-        }
+        Some(Err(code)) => return Ok(code),
         None => Config::default(),
     };
     // A bad address is an error at once; an absent broker is waited for below.

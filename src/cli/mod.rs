@@ -46,6 +46,14 @@ pub async fn connect(uri: &str) -> Result<AsyncClient, ExitCode> {
         })
 }
 
+/// Loads a configuration file; a bad one is printed and becomes exit code 2.
+pub fn load_config(path: &std::path::Path) -> Result<busbridge::config::Config, ExitCode> {
+    busbridge::config::Config::load(path).map_err(|e| {
+        eprintln!("busbridge: {}: {e}", path.display());
+        ExitCode::from(EXIT_USAGE)
+    })
+}
+
 /// Parses a phase number for clap.
 pub fn parse_phase(s: &str) -> Result<busbridge::phase::Phase, String> {
     let n: u8 = s.parse().map_err(|e| format!("{e}"))?;

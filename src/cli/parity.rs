@@ -176,7 +176,10 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
     }
     let dir = tempfile::tempdir()?;
     let mut config = match &a.config {
-        Some(p) => Config::load(p)?,
+        Some(p) => match super::load_config(p) {
+            Ok(c) => c,
+            Err(code) => return Ok(code),
+        },
         None => Config::default(),
     };
     config.phase = phase;

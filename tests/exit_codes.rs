@@ -1,0 +1,60 @@
+//! The exit codes the README states: 2 for bad arguments or configuration, 3 for a broker that
+//! cannot be reached, for every command they apply to.
+
+#![cfg(feature = "cli")]
+
+mod common;
+
+use common::procs;
+use std::process::Command;
+
+fn code(args: &[&str]) -> Option<i32> {
+    let out = Command::new(procs::BIN).args(args).output().unwrap();
+    out.status.code()
+}
+
+#[test]
+fn bad_configuration_exits_2_for_every_command_that_reads_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "[bus]\nbatch_max = 0\n").unwrap();
+    let bad = bad.to_str().unwrap();
+    let socket = dir.path().join("x.sock");
+    let connect = format!("ipc://{}", socket.display());
+    let mut commands: Vec<Vec<&str>> = vec![
+        vec!["check-config", bad],
+        vec!["broker", "--config", bad],
+        vec!["collector", "--config", bad, "--connect", &connect],
+    ];
+    if cfg!(feature = "legacy") {
+        commands.push(vec!["parity", "--phase", "1", "--config", bad]);
+    }
+    for args in commands {
+        assert_eq!(code(&args), Some(2), "{args:?}");
+    }
+}
+
+#[test]
+fn bad_arguments_exit_2() {
+    for args in [
+        vec!["pub"],
+        vec!["no-such-command"],
+        vec!["collector", "--connect", "gopher://x"],
+        vec!["pub", "events.process.new", "x", "--connect", "gopher://x"],
+    ] {
+        assert_eq!(code(&args), Some(2), "{args:?}");
+    }
+}
+
+#[test]
+fn an_unreachable_broker_exits_3_for_one_shot_commands() {
+    let dir = tempfile::tempdir().unwrap();
+    let connect = format!("ipc://{}", dir.path().join("nobody.sock").display());
+    for args in [
+        vec!["pub", "events.process.new", "x", "--connect", &connect],
+        vec!["sub", "events.#", "--connect", &connect, "--count", "1"],
+        vec!["rpc", "-", "health_check", "--connect", &connect],
+    ] {
+        assert_eq!(code(&args), Some(3), "{args:?}");
+    }
+}
