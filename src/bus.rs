@@ -135,15 +135,20 @@ pub struct Route {
 /// calls it for every local publish of a bridged bus.
 #[async_trait::async_trait]
 pub trait Uplink: Send + Sync {
-    /// Waits until another event may be taken (the uplink bounds what is in flight).
-    async fn ready(&self);
+    /// Whether another event may be taken now (the uplink bounds what is in flight).
+    fn has_room(&self) -> bool;
+    /// Waits until another event may be taken.
+    async fn wait_room(&self);
     /// Decides the route of a local publish in `phase`, stamping the envelope's origin and,
     /// if it is sent, its sequence number. `compare`: parity or recording wants the legacy
     /// path's answer beside busrt's.
     fn route(&self, phase: Phase, compare: bool, env: &mut Envelope) -> Route;
     /// Encodes an envelope the route sends. On error nothing is owed for it any more.
     fn encode(&self, env: &Envelope) -> Result<Vec<u8>, BusError>;
-    /// Queues an encoded envelope for busrt.
+    /// Queues an encoded envelope for busrt if there is room now; otherwise hands the frame
+    /// back for [`send`](Self::send).
+    fn try_send(&self, env: &Envelope, frame: Vec<u8>) -> Result<Result<(), Vec<u8>>, BusError>;
+    /// Queues an encoded envelope for busrt, waiting for room.
     async fn send(&self, env: &Envelope, frame: Vec<u8>) -> Result<(), BusError>;
     /// Starts receiving the event topics (called from the first local subscriber on).
     async fn listen(&self) -> Result<(), BusError>;
@@ -369,8 +374,11 @@ impl Core {
         let Some(up) = self.uplink.get() else {
             return Ok(self.deliver_direct(&env, false).await);
         };
-        // Bounded in flight: a publisher faster than the round trip waits here.
-        up.ready().await;
+        // Bounded in flight: a publisher faster than the round trip waits here. (The common
+        // case is checked without a future: this runs for every event.)
+        if !up.has_room() {
+            up.wait_room().await;
+        }
         let phase = self.phase();
         let compare = phase.has_control() && self.observers.comparing();
         let route = up.route(phase, compare, &mut env);
@@ -390,7 +398,9 @@ impl Core {
             0
         };
         if let Some(frame) = frame {
-            up.send(&env, frame).await?;
+            if let Err(frame) = up.try_send(&env, frame)? {
+                up.send(&env, frame).await?;
+            }
         }
         Ok(delivered)
     }

@@ -53,8 +53,8 @@ pub struct ParityConfig {
     /// A/A mode: the candidate is the control path run a second time, to measure the noise
     /// of the comparison itself (it should be zero).
     pub aa: bool,
-    /// How long one side's delivery waits for the other's. Past it, live and without
-    /// [`Parity::finish`], a control delivery the candidate never made is `Missing` (busrt
+    /// How long one side's delivery waits for the other's. Past it (at most half a window
+    /// later), live and without [`Parity::finish`], a control delivery the candidate never made is `Missing` (busrt
     /// lacks it) and a candidate delivery the control never made is `Extra` (the legacy path
     /// lacks it). `None` waits until `finish`.
     pub missing_after: Option<std::time::Duration>,
@@ -148,15 +148,14 @@ impl ParityReport {
 
 #[derive(Default)]
 struct PerSubscriber {
-    /// Control deliveries not yet seen on the candidate, by event id: (order, envelope).
-    pending: HashMap<String, (u64, Envelope)>,
+    /// Control deliveries not yet seen on the candidate, by event id: (order, age generation,
+    /// envelope).
+    pending: HashMap<String, (u64, u32, Envelope)>,
     next_order: u64,
     /// Order of the last matched control delivery.
     last_matched: Option<u64>,
     /// Candidate deliveries that arrived before their control.
-    early: Vec<Envelope>,
-    /// When each pending control delivery and early candidate was recorded, oldest first.
-    ages: VecDeque<(Instant, String)>,
+    early: Vec<(u32, Envelope)>,
     /// Ids already reported as missing or extra by expiry (bounded), so a late arrival is
     /// not reported a second time.
     expired: HashSet<String>,
@@ -190,8 +189,13 @@ pub struct Parity {
     total_mismatches: AtomicU64,
     /// Deliveries that waited longer than `missing_after` (counted in the mismatches too).
     total_expired: AtomicU64,
-    /// When pending deliveries are next checked for expiry.
-    next_sweep: Mutex<Instant>,
+    /// Ages are counted in generations of half the window since `base`: each delivery
+    /// waiting for the other side carries the generation it was recorded in, so recording
+    /// costs no clock arithmetic beyond one `Instant::now`, and expiry is one scan per half
+    /// window. A delivery expires between one and one and a half windows after it was made.
+    base: Instant,
+    /// The last generation expiry ran for.
+    swept: std::sync::atomic::AtomicU32,
 }
 
 fn json(env: &Envelope) -> Value {
@@ -258,7 +262,8 @@ impl Parity {
             total_compared: AtomicU64::new(0),
             total_mismatches: AtomicU64::new(0),
             total_expired: AtomicU64::new(0),
-            next_sweep: Mutex::new(Instant::now()),
+            base: Instant::now(),
+            swept: std::sync::atomic::AtomicU32::new(0),
         }
     }
 
@@ -267,28 +272,56 @@ impl Parity {
     /// itself as it records and whenever its counters are read; call it to check at a given
     /// time (a test's clock, say). Returns how many expired.
     pub fn expire(&self, now: Instant) -> u64 {
+        let generation = self.generation(now);
+        self.swept.fetch_max(generation, Relaxed);
+        self.expire_before(generation)
+    }
+
+    /// The age generation of `now` (0 without a window).
+    fn generation(&self, now: Instant) -> u32 {
         let Some(window) = self.config.missing_after else {
             return 0;
         };
+        let half = (window / 2)
+            .max(std::time::Duration::from_millis(1))
+            .as_nanos();
+        (now.saturating_duration_since(self.base).as_nanos() / half).min(u32::MAX as u128) as u32
+    }
+
+    /// Reports what was recorded three or more generations before `generation` (at least a
+    /// window ago).
+    fn expire_before(&self, generation: u32) -> u64 {
+        if self.config.missing_after.is_none() || generation < 3 {
+            return 0;
+        }
+        let limit = generation - 3;
         let mut found = Vec::new();
         {
             let mut state = self.state.lock();
             for (subscriber, s) in state.iter_mut() {
-                while let Some((t, _)) = s.ages.front() {
-                    if now.duration_since(*t) < window {
-                        break;
-                    }
-                    let Some((_, id)) = s.ages.pop_front() else {
-                        break;
-                    };
-                    if let Some((_, env)) = s.pending.remove(&id) {
+                let old: Vec<String> = s
+                    .pending
+                    .iter()
+                    .filter(|(_, (_, g, _))| *g <= limit)
+                    .map(|(id, _)| id.clone())
+                    .collect();
+                let mut missing: Vec<(u64, Envelope)> = Vec::new();
+                for id in old {
+                    if let Some((order, _, env)) = s.pending.remove(&id) {
                         s.note_expired(id);
-                        found.push((subscriber.clone(), env, MismatchKind::Missing));
-                    } else if let Some(i) = s.early.iter().position(|e| e.event_id == id) {
-                        let env = s.early.swap_remove(i);
-                        s.note_expired(id);
-                        found.push((subscriber.clone(), env, MismatchKind::Extra));
+                        missing.push((order, env));
                     }
+                }
+                missing.sort_by_key(|(order, _)| *order);
+                for (_, env) in missing {
+                    found.push((subscriber.clone(), env, MismatchKind::Missing));
+                }
+                let (old, young): (Vec<_>, Vec<_>) =
+                    s.early.drain(..).partition(|(g, _)| *g <= limit);
+                s.early = young;
+                for (_, env) in old {
+                    s.note_expired(env.event_id.clone());
+                    found.push((subscriber.clone(), env, MismatchKind::Extra));
                 }
             }
         }
@@ -300,25 +333,27 @@ impl Parity {
         n
     }
 
-    /// Expires at most every tenth of the window, so recording stays cheap.
-    fn sweep(&self) {
-        let Some(window) = self.config.missing_after else {
-            return;
-        };
-        let now = Instant::now();
-        {
-            let mut next = self.next_sweep.lock();
-            if now < *next {
-                return;
-            }
-            *next = now + window / 10;
+    /// The generation now; runs expiry once per generation.
+    fn tick(&self) -> u32 {
+        if self.config.missing_after.is_none() {
+            return 0;
         }
-        self.expire(now);
+        let generation = self.generation(Instant::now());
+        let swept = self.swept.load(Relaxed);
+        if generation > swept
+            && self
+                .swept
+                .compare_exchange(swept, generation, Relaxed, Relaxed)
+                .is_ok()
+        {
+            self.expire_before(generation);
+        }
+        generation
     }
 
     /// Deliveries reported because the other side's did not come within `missing_after`.
     pub fn expired(&self) -> u64 {
-        self.sweep();
+        self.tick();
         self.total_expired.load(Relaxed)
     }
 
@@ -360,7 +395,7 @@ impl Parity {
         if !self.active(env) {
             return;
         }
-        self.sweep();
+        let generation = self.tick();
         let mut state = self.state.lock();
         let s = state.entry(subscriber.to_owned()).or_default();
         if s.expired.contains(&env.event_id) {
@@ -370,17 +405,15 @@ impl Parity {
         let order = s.next_order;
         s.next_order += 1;
         // A candidate that came first (possible with concurrent paths) is matched now.
-        if let Some(i) = s.early.iter().position(|e| e.event_id == env.event_id) {
-            let candidate = s.early.remove(i);
+        if let Some(i) = s.early.iter().position(|(_, e)| e.event_id == env.event_id) {
+            let (_, candidate) = s.early.remove(i);
             s.last_matched = Some(order);
             drop(state);
             self.compare(subscriber, env, &candidate);
             return;
         }
-        s.pending.insert(env.event_id.clone(), (order, env.clone()));
-        if self.config.missing_after.is_some() {
-            s.ages.push_back((Instant::now(), env.event_id.clone()));
-        }
+        s.pending
+            .insert(env.event_id.clone(), (order, generation, env.clone()));
     }
 
     /// Records a delivery on the candidate path.
@@ -388,18 +421,15 @@ impl Parity {
         if !self.active(env) {
             return;
         }
-        self.sweep();
+        let generation = self.tick();
         let mut state = self.state.lock();
         let s = state.entry(subscriber.to_owned()).or_default();
-        let Some((order, control)) = s.pending.remove(&env.event_id) else {
+        let Some((order, _, control)) = s.pending.remove(&env.event_id) else {
             if s.expired.contains(&env.event_id) {
                 // Reported missing already: arriving this late does not undo that.
                 return;
             }
-            s.early.push(env.clone());
-            if self.config.missing_after.is_some() {
-                s.ages.push_back((Instant::now(), env.event_id.clone()));
-            }
+            s.early.push((generation, env.clone()));
             return;
         };
         let reordered = s.last_matched.is_some_and(|last| order < last);
@@ -462,7 +492,7 @@ impl Parity {
 
     /// Comparisons and mismatches since the engine was made: (compared, mismatches).
     pub fn totals(&self) -> (u64, u64) {
-        self.sweep();
+        self.tick();
         (
             self.total_compared.load(Relaxed),
             self.total_mismatches.load(Relaxed),
@@ -471,7 +501,7 @@ impl Parity {
 
     /// Reports since the last `finish`, without closing anything that is still pending.
     pub fn report_so_far(&self) -> ParityReport {
-        self.sweep();
+        self.tick();
         ParityReport {
             compared: self.compared.load(Relaxed),
             matched: self.matched.load(Relaxed),
@@ -482,7 +512,7 @@ impl Parity {
 
     /// Events recorded on one side and still waiting for the other.
     pub fn pending(&self) -> usize {
-        self.sweep();
+        self.tick();
         self.state
             .lock()
             .values()
@@ -497,12 +527,12 @@ impl Parity {
         let state = std::mem::take(&mut *self.state.lock());
         for (subscriber, s) in state {
             let mut missing: Vec<_> = s.pending.into_values().collect();
-            missing.sort_by_key(|(order, _)| *order);
-            for (_, env) in missing {
+            missing.sort_by_key(|(order, _, _)| *order);
+            for (_, _, env) in missing {
                 self.report(&subscriber, &env, MismatchKind::Missing);
             }
             let mut seen = HashSet::new();
-            for env in s.early {
+            for (_, env) in s.early {
                 if seen.insert(env.event_id.clone()) {
                     self.report(&subscriber, &env, MismatchKind::Extra);
                 }

@@ -17,11 +17,15 @@ use std::time::Duration;
 
 const LIMIT: Duration = Duration::from_secs(60);
 
-/// A phase-2 bridged bus on `uri`.
+/// A phase-2 bridged bus on `uri`. These tests check exact counts, so receivers wait longer
+/// for a gap than the default 2 s: on a loaded 2-core machine, a publisher's reconnect and
+/// outbox flush after a broker restart can take longer than that (the wait a subscriber that
+/// would rather wait than lose chooses, as `busbridge journal` does).
 async fn bridge(uri: &str, opts: ClientOptions) -> busbridge::bridge::Bridged {
     BridgeBuilder::new()
         .phase(Phase::Topics)
         .connect(uri)
+        .gap_wait(Duration::from_secs(10))
         .client_options(opts)
         .build()
         .await

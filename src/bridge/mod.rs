@@ -41,7 +41,10 @@ use parking_lot::Mutex;
 use protocol::{Delivery, Output, Protocol, Settings, Transmit};
 pub use protocol::{HEARTBEAT_TOPIC, HELLO_TOPIC, RESEND_TOPIC};
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{
+    AtomicBool, AtomicU64, AtomicUsize,
+    Ordering::{Relaxed, SeqCst},
+};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot, watch, Notify};
@@ -133,6 +136,15 @@ pub struct Link {
     settled: Notify,
     /// Signalled when the protocol's next deadline may have moved earlier.
     timer: Notify,
+    /// Highest sequence the sender handed to busrt, and whether the protocol's heartbeat is
+    /// armed for it (kept outside the protocol's lock; see `sender`).
+    handed_high: AtomicU64,
+    /// When the sender last handed a frame, in nanoseconds since `born`.
+    handed_at: AtomicU64,
+    born: Instant,
+    beat_armed: AtomicBool,
+    /// Highest sequence busrt confirmed.
+    confirmed_high: AtomicU64,
     /// Most own events in flight: below the client's receive buffer, so no return of ours
     /// can be dropped there.
     max_in_flight: usize,
@@ -184,34 +196,75 @@ impl Link {
         }
     }
 
+    /// An event about to be queued for the sender: kept for resends, counted as unsent.
+    fn outgoing(&self, env: &Envelope, bytes: Vec<u8>) -> Outgoing {
+        let topic = topic_for_event(&env.event).to_busrt();
+        let mut proto = self.proto.lock();
+        proto.confirmed(self.confirmed_high.load(Relaxed));
+        proto.remember(env.seq, Arc::from(topic.as_str()), &bytes);
+        drop(proto);
+        self.unsent.fetch_add(1, Relaxed);
+        Outgoing {
+            seq: env.seq,
+            topic,
+            bytes,
+        }
+    }
+
     fn release(&self, seq: u64) {
         self.proto.lock().release(seq);
         self.settled.notify_waiters();
     }
 
+    /// Hands one message from busrt to the protocol.
+    fn on_message(&self, core: &Core, m: &crate::client::Message) {
+        let phase = core.phase();
+        let mut proto = self.proto.lock();
+        proto.confirmed(self.confirmed_high.load(Relaxed));
+        proto.on_message(
+            m.topic(),
+            m.primary_sender(),
+            m.payload(),
+            phase,
+            Instant::now(),
+        );
+    }
+
     /// Carries out what the protocol asks for, in order.
-    async fn drive(&self, core: &Core) {
+    async fn drive(&self, core: &Core, bufs: &mut DriveBuffers) {
+        let DriveBuffers { todo, returned } = bufs;
         loop {
-            let next = self.proto.lock().poll();
-            match next {
-                None => return,
-                Some(Output::Deliver(Delivery::Returned { env, owed })) => {
-                    core.deliver_returned(&env, owed.deliver, owed.compare)
-                        .await;
-                    // Only now is the return settled: a waiter sees the delivery done.
-                    self.proto.lock().settle(env.seq);
-                    self.settled.notify_waiters();
-                }
-                Some(Output::Deliver(Delivery::Remote(env))) => {
-                    core.deliver_remote(&env).await;
-                }
-                Some(Output::Transmit(Transmit::Control { topic, body })) => {
-                    if self.control.try_send((topic, body)).is_err() {
-                        Stats::add(&self.stats.bridge_send_errors, 1);
-                        tracing::warn!(topic, "control queue full; message dropped");
+            self.proto.lock().poll_all(todo);
+            if todo.is_empty() {
+                return;
+            }
+            while let Some(out) = todo.pop_front() {
+                match out {
+                    Output::Deliver(Delivery::Returned { env, owed }) => {
+                        core.deliver_returned(&env, owed.deliver, owed.compare)
+                            .await;
+                        returned.push(env.seq);
                     }
+                    Output::Deliver(Delivery::Remote(env)) => {
+                        core.deliver_remote(&env).await;
+                    }
+                    Output::Transmit(Transmit::Control { topic, body }) => {
+                        if self.control.try_send((topic, body)).is_err() {
+                            Stats::add(&self.stats.bridge_send_errors, 1);
+                            tracing::warn!(topic, "control queue full; message dropped");
+                        }
+                    }
+                    Output::Transmit(Transmit::Resend(frames)) => self.resend(frames).await,
                 }
-                Some(Output::Transmit(Transmit::Resend(frames))) => self.resend(frames).await,
+            }
+            // Only now are the returns settled: a waiter sees the deliveries done.
+            if !returned.is_empty() {
+                let mut proto = self.proto.lock();
+                for seq in returned.drain(..) {
+                    proto.settle(seq);
+                }
+                drop(proto);
+                self.settled.notify_waiters();
             }
         }
     }
@@ -224,7 +277,7 @@ impl Link {
         for (i, (topic, bytes)) in frames.into_iter().enumerate() {
             match self
                 .publisher
-                .publish_pipelined(topic.to_string(), bytes, self.qos, i + 1 < last)
+                .publish_out_of_order(topic.to_string(), bytes, self.qos, i + 1 < last)
                 .await
             {
                 Ok(ack) => acks.push_back(ack),
@@ -242,6 +295,13 @@ impl Link {
     }
 }
 
+/// Buffers the receive task reuses for every frame (no allocation per frame).
+#[derive(Default)]
+struct DriveBuffers {
+    todo: VecDeque<Output>,
+    returned: Vec<u64>,
+}
+
 /// Waits for `done`, re-checking it whenever `notify` fires.
 async fn wait_until(notify: &Notify, done: impl Fn() -> bool) {
     loop {
@@ -257,8 +317,12 @@ async fn wait_until(notify: &Notify, done: impl Fn() -> bool) {
 
 #[async_trait::async_trait]
 impl Uplink for Link {
-    async fn ready(&self) {
-        wait_until(&self.settled, || self.in_flight() < self.max_in_flight).await;
+    fn has_room(&self) -> bool {
+        self.in_flight() < self.max_in_flight
+    }
+
+    async fn wait_room(&self) {
+        wait_until(&self.settled, || self.has_room()).await;
     }
 
     fn route(&self, phase: Phase, compare: bool, env: &mut Envelope) -> Route {
@@ -272,23 +336,25 @@ impl Uplink for Link {
         })
     }
 
-    async fn send(&self, env: &Envelope, bytes: Vec<u8>) -> Result<(), BusError> {
-        let topic = topic_for_event(&env.event).to_busrt();
-        {
-            let mut proto = self.proto.lock();
-            proto.remember(env.seq, Arc::from(topic.as_str()), &bytes);
-        }
-        self.unsent.fetch_add(1, Relaxed);
-        let out = Outgoing {
-            seq: env.seq,
-            topic,
-            bytes,
+    fn try_send(&self, env: &Envelope, bytes: Vec<u8>) -> Result<Result<(), Vec<u8>>, BusError> {
+        let permit = match self.outbound.try_reserve() {
+            Ok(p) => p,
+            Err(mpsc::error::TrySendError::Full(())) => return Ok(Err(bytes)),
+            Err(mpsc::error::TrySendError::Closed(())) => {
+                self.release(env.seq);
+                return Err(BusError::ShutDown);
+            }
         };
-        if self.outbound.send(out).await.is_err() {
-            self.sent(1);
+        permit.send(self.outgoing(env, bytes));
+        Ok(Ok(()))
+    }
+
+    async fn send(&self, env: &Envelope, bytes: Vec<u8>) -> Result<(), BusError> {
+        let Ok(permit) = self.outbound.reserve().await else {
             self.release(env.seq);
             return Err(BusError::ShutDown);
-        }
+        };
+        permit.send(self.outgoing(env, bytes));
         Ok(())
     }
 
@@ -403,9 +469,20 @@ async fn sender(
                 Stats::add(&stats.bridge_sent, n);
                 if !more {
                     if let Some(l) = link.upgrade() {
-                        // Arms the idle heartbeat: the receive task owns the timers.
-                        l.proto.lock().handed(burst_high, Instant::now());
-                        l.timer.notify_one();
+                        // The sender only notes how far it got; the protocol (under its lock)
+                        // hears of it when the heartbeat is armed and when it is due, so the
+                        // sender and the publishers do not contend for the lock per frame.
+                        let now = Instant::now();
+                        l.handed_high.fetch_max(burst_high, Relaxed);
+                        l.handed_at.store(
+                            now.saturating_duration_since(l.born).as_nanos() as u64,
+                            Relaxed,
+                        );
+                        if !l.beat_armed.swap(true, SeqCst)
+                            && l.proto.lock().handed(burst_high, now)
+                        {
+                            l.timer.notify_one();
+                        }
                     }
                 }
                 in_flight.push_back((seqs, ack));
@@ -430,7 +507,8 @@ fn finish(link: &Weak<Link>, stats: &Stats, seqs: Vec<u64>, result: Result<(), C
     match result {
         Ok(()) => {
             let high = seqs.iter().copied().max().unwrap_or(0);
-            link.proto.lock().confirmed(high);
+            // Read by the protocol when it next needs it (a hello, trimming the replay).
+            link.confirmed_high.fetch_max(high, Relaxed);
         }
         Err(e) => {
             Stats::add(&stats.bridge_send_errors, seqs.len() as u64);
@@ -469,38 +547,59 @@ async fn receive_loop(
     mut client: AsyncClient,
     mut close: oneshot::Receiver<()>,
 ) {
+    // One timer and one wake-up registration for the whole loop, reset only when the
+    // protocol's deadline changes: re-arming them for every frame cost more than the frame.
+    let far = || tokio::time::Instant::now() + Duration::from_secs(3600);
+    let sleep = tokio::time::sleep_until(far());
+    tokio::pin!(sleep);
+    let mut armed: Option<Instant> = None;
+    let woken = link.timer.notified();
+    tokio::pin!(woken);
+    let mut bufs = DriveBuffers::default();
     loop {
         let deadline = link.proto.lock().poll_timeout();
-        let timer = async {
-            match deadline {
-                Some(t) => tokio::time::sleep_until(t.into()).await,
-                None => std::future::pending().await,
-            }
-        };
+        if deadline != armed {
+            armed = deadline;
+            sleep
+                .as_mut()
+                .reset(deadline.map_or_else(far, tokio::time::Instant::from_std));
+        }
         tokio::select! {
             m = client.recv() => {
                 let Ok(m) = m else { break };
                 let Some(core) = core.upgrade() else { break };
-                let phase = core.phase();
-                link.proto.lock().on_message(
-                    m.topic(),
-                    m.primary_sender(),
-                    m.payload(),
-                    phase,
-                    Instant::now(),
-                );
-                link.drive(&core).await;
+                link.on_message(&core, &m);
+                link.drive(&core, &mut bufs).await;
             }
-            _ = timer => {
+            _ = &mut sleep, if armed.is_some() => {
+                armed = None;
                 let Some(core) = core.upgrade() else { break };
-                link.proto.lock().handle_timeout(Instant::now(), core.phase());
-                link.drive(&core).await;
+                // What already arrived counts before a deadline is acted on: a resend queued
+                // behind a burst in the inbox must fill its gap, not find it given up.
+                let mut queued = client.queued();
+                while queued > 0 {
+                    let Some(m) = client.try_recv() else { break };
+                    queued -= 1;
+                    link.on_message(&core, &m);
+                    link.drive(&core, &mut bufs).await;
+                }
+                // Cleared first: a sender that hands more from here on arms the beat again.
+                link.beat_armed.store(false, SeqCst);
+                let now = Instant::now();
+                {
+                    let mut proto = link.proto.lock();
+                    let last = link.born + Duration::from_nanos(link.handed_at.load(Relaxed));
+                    proto.handed(link.handed_high.load(Relaxed), last);
+                    proto.handle_timeout(now, core.phase());
+                }
+                link.drive(&core, &mut bufs).await;
             }
             // The deadline may have moved earlier, or deliveries are waiting (an event busrt
             // refused): carry them out and compute the deadline again.
-            _ = link.timer.notified() => {
+            _ = &mut woken => {
+                woken.set(link.timer.notified());
                 let Some(core) = core.upgrade() else { break };
-                link.drive(&core).await;
+                link.drive(&core, &mut bufs).await;
             }
             _ = &mut close => break,
         }
@@ -758,6 +857,11 @@ impl BridgeBuilder {
             sent_all: Notify::new(),
             settled: Notify::new(),
             timer: Notify::new(),
+            handed_high: AtomicU64::new(0),
+            handed_at: AtomicU64::new(0),
+            born: Instant::now(),
+            beat_armed: AtomicBool::new(false),
+            confirmed_high: AtomicU64::new(0),
             max_in_flight: (client.queue_size() / 2).max(1),
             stats: core.stats().clone(),
             close: Mutex::new(Some(close_tx)),

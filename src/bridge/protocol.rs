@@ -325,10 +325,20 @@ impl Protocol {
         }
     }
 
-    /// The sender handed events up to `highest` to busrt at `now` (arms the heartbeat).
-    pub fn handed(&mut self, highest: u64, now: Instant) {
+    /// The sender handed events up to `highest` to busrt, the last at `at`: once it has been
+    /// idle for the heartbeat interval, the highest number is announced, so a receiver that
+    /// lost the tail of the stream finds out.
+    ///
+    /// Returns true if this armed a heartbeat deadline where there was none (the driver's
+    /// timer must then look again); a deadline that only moves later needs no wake-up.
+    pub fn handed(&mut self, highest: u64, at: Instant) -> bool {
+        let armed = self.handed > self.announced;
         self.handed = self.handed.max(highest);
-        self.handed_at = Some(now);
+        // Idle for the heartbeat interval after the last event handed: a busy sender does not
+        // announce numbers whose frames may still be on their way (a receiver would take
+        // them for a lost tail).
+        self.handed_at = Some(self.handed_at.map_or(at, |t| t.max(at)));
+        !armed && self.handed > self.announced
     }
 
     /// busrt confirmed events up to `highest`.
@@ -434,8 +444,8 @@ impl Protocol {
         }
     }
 
-    /// Does what is due at `now`: gives up holds that waited `gap_wait`, announces the
-    /// highest sequence of a sender idle for the heartbeat interval.
+    /// Does what is due at `now`: gives up holds that waited `gap_wait`, asks again for gaps
+    /// still missing, announces the highest sequence sent.
     pub fn handle_timeout(&mut self, now: Instant, phase: Phase) {
         let expired: Vec<String> = self
             .origins
@@ -496,6 +506,11 @@ impl Protocol {
     /// The next thing to do, in the order it arose.
     pub fn poll(&mut self) -> Option<Output> {
         self.out.pop_front()
+    }
+
+    /// Moves everything to do into `into`, in order (one lock for many outputs).
+    pub fn poll_all(&mut self, into: &mut VecDeque<Output>) {
+        into.append(&mut self.out);
     }
 
     fn transmit(&mut self, topic: &'static str, body: Vec<u8>) {

@@ -557,6 +557,11 @@ impl AsyncClient {
         self.inbox.try_recv().ok()
     }
 
+    /// Messages received and waiting to be read.
+    pub fn queued(&self) -> usize {
+        self.inbox.len()
+    }
+
     /// Counters.
     pub fn stats(&self) -> ClientStats {
         self.shared.stats()
@@ -649,6 +654,33 @@ impl Publisher {
         qos: QoS,
         more_follows: bool,
     ) -> Result<Ack, ClientError> {
+        self.pipelined(busrt_topic, payload, qos, more_follows, false)
+            .await
+    }
+
+    /// Like [`publish_pipelined`](Self::publish_pipelined), but sent at once when connected
+    /// even if the outbox still holds older messages (after a reconnect): for frames whose
+    /// order the receiver restores itself, such as resends, which must not wait behind a
+    /// long outbox.
+    pub async fn publish_out_of_order(
+        &self,
+        busrt_topic: String,
+        payload: Vec<u8>,
+        qos: QoS,
+        more_follows: bool,
+    ) -> Result<Ack, ClientError> {
+        self.pipelined(busrt_topic, payload, qos, more_follows, true)
+            .await
+    }
+
+    async fn pipelined(
+        &self,
+        busrt_topic: String,
+        payload: Vec<u8>,
+        qos: QoS,
+        more_follows: bool,
+        out_of_order: bool,
+    ) -> Result<Ack, ClientError> {
         let limit = self.shared.opts.max_message_size;
         if payload.len() > limit {
             return Err(ClientError::TooLarge {
@@ -660,7 +692,7 @@ impl Publisher {
         let shared = self.shared.clone();
         let confirmation = {
             let mut guard = shared.conn.lock().await;
-            let queued = !shared.outbox.lock().is_empty();
+            let queued = !out_of_order && !shared.outbox.lock().is_empty();
             let sent = match guard.as_mut().filter(|_| !queued) {
                 None => None,
                 Some(conn) => Some(
