@@ -54,6 +54,9 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
         for a in broker.tcp_addrs() {
             writeln!(out, "listening on tcp://{a}")?;
         }
+        for a in broker.tls_addrs() {
+            writeln!(out, "listening on tls://{a}")?;
+        }
         writeln!(out, "ready")?;
         out.flush()?;
     }
