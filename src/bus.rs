@@ -223,6 +223,18 @@ impl Core {
         self.queues.1
     }
 
+    /// A facade's queue size and back-pressure, overridden by the bus's where it sets them.
+    pub fn queue_settings(
+        &self,
+        capacity: usize,
+        strategy: BackpressureStrategy,
+    ) -> (usize, BackpressureStrategy) {
+        (
+            self.queues.0.unwrap_or(capacity),
+            self.queues.1.unwrap_or(strategy),
+        )
+    }
+
     /// The migration phase now.
     pub fn phase(&self) -> Phase {
         Phase::try_from(self.phase.load(Ordering::Acquire)).unwrap_or(Phase::Legacy)

@@ -83,10 +83,8 @@ impl EventBus {
     /// This API over an existing core (for example a bridged one).
     pub fn with_core(core: Arc<Core>, mut config: EventBusConfig) -> Self {
         // The bus's own configuration, where it sets them, wins over the facade's.
-        config.channel_capacity = core.channel_capacity().unwrap_or(config.channel_capacity);
-        config.backpressure_strategy = core
-            .backpressure_strategy()
-            .unwrap_or(config.backpressure_strategy);
+        (config.channel_capacity, config.backpressure_strategy) =
+            core.queue_settings(config.channel_capacity, config.backpressure_strategy);
         Self {
             core,
             quota: Quota::new(config.max_subscribers),

@@ -55,12 +55,14 @@ pub fn load_config(path: &std::path::Path) -> Result<busbridge::config::Config, 
 }
 
 /// Parses a phase number for clap.
+#[cfg(feature = "legacy")]
 pub fn parse_phase(s: &str) -> Result<busbridge::phase::Phase, String> {
     let n: u8 = s.parse().map_err(|e| format!("{e}"))?;
     busbridge::phase::Phase::try_from(n).map_err(|e| e.to_string())
 }
 
 /// Parses a codec name (`protobuf`, `json`) for clap.
+#[cfg(feature = "legacy")]
 pub fn parse_codec(s: &str) -> Result<busbridge::codec::CodecKind, String> {
     serde_json::from_value(serde_json::Value::String(s.into())).map_err(|e| e.to_string())
 }
