@@ -129,8 +129,9 @@ impl Sim {
 
     fn listen(&mut self, i: usize) {
         self.nodes[i].listening = true;
-        self.nodes[i].proto.listening();
-        self.drain(i);
+        if let Some(hello) = self.nodes[i].proto.listening() {
+            self.broadcast(i, HELLO_TOPIC, hello, false);
+        }
     }
 
     /// The broker: a frame goes to every bridge subscribed to its topic.

@@ -125,9 +125,8 @@ pub struct Link {
     /// For resends, subscriptions and hellos.
     publisher: Publisher,
     state: watch::Receiver<crate::client::ConnectionState>,
-    /// Whether the bridge is subscribed to the event topics (from the first local subscriber
-    /// on; a bus without local subscribers does not receive its own events back).
-    listening: AtomicBool,
+    /// Held while subscribing to the event topics (from the first local subscriber on; a bus
+    /// without local subscribers does not receive its own events back).
     listen_lock: tokio::sync::Mutex<()>,
     /// Events handed to the sender and not yet confirmed (or failed).
     unsent: AtomicUsize,
@@ -212,7 +211,7 @@ impl Link {
     }
 
     fn release(&self, seq: u64) {
-        self.proto.lock().release(seq);
+        self.proto.lock().settle(seq);
         self.settled.notify_waiters();
     }
 
@@ -360,11 +359,11 @@ impl Uplink for Link {
 
     /// Subscribes the bridge to the event topics, once; returns when the broker confirmed.
     async fn listen(&self) -> Result<(), BusError> {
-        if self.listening.load(Relaxed) {
+        if self.proto.lock().is_listening() {
             return Ok(());
         }
         let _guard = self.listen_lock.lock().await;
-        if self.listening.load(Relaxed) {
+        if self.proto.lock().is_listening() {
             return Ok(());
         }
         self.publisher
@@ -375,15 +374,12 @@ impl Uplink for Link {
                 .subscribe(&pattern.to_dotted(), QoS::Processed)
                 .await?;
         }
-        self.listening.store(true, Relaxed);
-        let hello = {
-            let mut proto = self.proto.lock();
-            proto.listening();
-            proto.poll()
-        };
+        let hello = self.proto.lock().listening();
         // A durable subscriber's hello goes out before anything else is published.
-        if let Some(Output::Transmit(Transmit::Control { topic, body })) = hello {
-            self.publisher.publish(topic, body, QoS::Processed).await?;
+        if let Some(body) = hello {
+            self.publisher
+                .publish(HELLO_TOPIC, body, QoS::Processed)
+                .await?;
         }
         Ok(())
     }
@@ -851,7 +847,6 @@ impl BridgeBuilder {
             control,
             publisher: client.publisher(),
             state: client.state(),
-            listening: AtomicBool::new(false),
             listen_lock: tokio::sync::Mutex::new(()),
             unsent: AtomicUsize::new(0),
             sent_all: Notify::new(),

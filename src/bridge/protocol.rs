@@ -247,10 +247,11 @@ impl Protocol {
         self.listening
     }
 
-    /// The bridge now listens to the event topics; a durable subscriber says hello.
-    pub fn listening(&mut self) {
+    /// The bridge now listens to the event topics. A durable subscriber's hello is returned
+    /// (the body to publish on [`HELLO_TOPIC`]), for the driver to send before anything else.
+    pub fn listening(&mut self) -> Option<Vec<u8>> {
         if self.listening {
-            return;
+            return None;
         }
         self.listening = true;
         // Our own returns are expected from the next number on: one lost at the broker is
@@ -258,12 +259,11 @@ impl Protocol {
         let own = self.s.origin.clone();
         self.origins
             .insert(own.clone(), Origin::new(&own, Some(self.seq)));
-        if self.durable {
-            let body = json(&Hello {
+        self.durable.then(|| {
+            json(&Hello {
                 origin: self.s.origin.clone(),
-            });
-            self.transmit(HELLO_TOPIC, body);
-        }
+            })
+        })
     }
 
     /// Decides the route of a local publish (see the module's table), stamps the origin and,
@@ -347,11 +347,6 @@ impl Protocol {
         self.trim_replay();
     }
 
-    /// An event could not be encoded or queued: nothing will return for it, nothing is owed.
-    pub fn release(&mut self, seq: u64) {
-        self.settle(seq);
-    }
-
     /// busrt did not take event `seq` (its outbox was full, the client closed) after the
     /// publish had returned: what its return owes — the local delivery busrt was to make —
     /// is done now from the kept copy, so an accepted event is never lost locally. (Other
@@ -392,7 +387,8 @@ impl Protocol {
         }
     }
 
-    /// A returned event's owed work is done.
+    /// A returned event's owed work is done (or, for an event that could not be encoded or
+    /// queued, will never be: nothing will return for it).
     pub fn settle(&mut self, seq: u64) {
         if let Some(o) = self.owed.remove(&seq) {
             self.owed_deliveries -= usize::from(o.deliver);

@@ -1,8 +1,6 @@
 //! `busbridge check-config FILE`: validate a configuration and print it resolved.
 
-use super::EXIT_USAGE;
 use anyhow::Context;
-use busbridge::config::Config;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -18,21 +16,17 @@ pub struct Args {
 /// `busbridge check-config FILE`: validates and prints the resolved configuration.
 pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
     let Args { file, json } = a;
-    match Config::load(&file) {
-        Ok(config) => {
-            if json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&config).context("render")?
-                );
-            } else {
-                print!("{}", config.to_toml());
-            }
-            Ok(ExitCode::SUCCESS)
-        }
-        Err(e) => {
-            eprintln!("busbridge: {}: {e}", file.display());
-            Ok(ExitCode::from(EXIT_USAGE))
-        }
+    let config = match super::load_config(&file) {
+        Ok(c) => c,
+        Err(code) => return Ok(code),
+    };
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&config).context("render")?
+        );
+    } else {
+        print!("{}", config.to_toml());
     }
+    Ok(ExitCode::SUCCESS)
 }
