@@ -22,14 +22,14 @@
 //! peer checks enforceable, and what lets a TLS listener hand authenticated streams to busrt.
 
 use crate::config::{AccessRule, Config};
-use crate::endpoint::{self, EndpointError};
+use crate::endpoint::{self, EndpointError, SocketAccess};
 use crate::topic::{Pattern, TopicError};
 use busrt::broker::{AaaMap, ClientAaa, ServerConfig};
 use parking_lot::Mutex;
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
-use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, OnceLock, Weak};
@@ -132,6 +132,8 @@ pub struct Broker {
     queue_size: usize,
     max_message_size: usize,
     allowed_uids: Vec<u32>,
+    socket_mode: Option<String>,
+    socket_group: Option<String>,
     allow_plaintext_remote: bool,
     access: BTreeMap<String, AccessRule>,
     ipc: Vec<Listener<PathBuf>>,
@@ -222,6 +224,8 @@ impl Broker {
             queue_size: config.broker.queue_size,
             max_message_size: config.broker.max_message_size,
             allowed_uids: config.transport.allowed_uids.clone(),
+            socket_mode: config.transport.socket_mode.clone(),
+            socket_group: config.transport.socket_group.clone(),
             allow_plaintext_remote: config.transport.allow_plaintext_remote,
             access: config.access.clone(),
             ipc: Vec::new(),
@@ -304,6 +308,14 @@ impl Broker {
         self.allowed_uids.extend_from_slice(uids);
     }
 
+    /// Gives the Unix sockets a group (name or gid) and a mode (octal text), so collectors
+    /// running as other users can reach them (see [`endpoint::SocketAccess`]); their uids
+    /// must still be allowed ([`allow_uids`](Self::allow_uids)). Checked by `spawn`.
+    pub fn set_socket_access(&mut self, mode: Option<&str>, group: Option<&str>) {
+        self.socket_mode = mode.map(str::to_owned);
+        self.socket_group = group.map(str::to_owned);
+    }
+
     fn aaa_map(&self) -> Result<Option<AaaMap>, BrokerError> {
         if self.access.is_empty() {
             return Ok(None);
@@ -357,9 +369,11 @@ impl Broker {
         let mut busrt_broker = busrt::broker::Broker::new();
         busrt_broker.set_queue_size(self.queue_size);
 
+        let access =
+            SocketAccess::parse(self.socket_mode.as_deref(), self.socket_group.as_deref())?;
         let mut unix = Vec::new();
         for l in &self.ipc {
-            unix.push((bind_unix(&l.spec).await?, l.clone()));
+            unix.push((bind_unix(&l.spec, access).await?, l.clone()));
         }
         let mut tcp = Vec::new();
         for l in &self.tcp {
@@ -582,9 +596,9 @@ fn str_refs(v: &[String]) -> Vec<&str> {
     v.iter().map(String::as_str).collect()
 }
 
-async fn bind_unix(path: &Path) -> Result<UnixListener, BrokerError> {
+async fn bind_unix(path: &Path, access: SocketAccess) -> Result<UnixListener, BrokerError> {
     if let Some(dir) = path.parent() {
-        endpoint::ensure_private_dir(dir)?;
+        access.prepare_dir(dir)?;
     }
     if let Ok(meta) = std::fs::symlink_metadata(path) {
         if !meta.file_type().is_socket() {
@@ -599,7 +613,7 @@ async fn bind_unix(path: &Path) -> Result<UnixListener, BrokerError> {
         addr: path.display().to_string(),
         source,
     })?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    access.apply(path)?;
     Ok(listener)
 }
 

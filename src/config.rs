@@ -99,6 +99,12 @@ pub struct TransportConfig {
     pub tls_listen: Option<String>,
     /// Uids allowed on the Unix socket besides the broker's own and root.
     pub allowed_uids: Vec<u32>,
+    /// Group (name or gid) given the Unix socket and its directory, so collectors running as
+    /// other users can reach it; their uids must still be in `allowed_uids`.
+    pub socket_group: Option<String>,
+    /// Mode of the Unix socket, octal text: `"0600"` by default, `"0660"` with
+    /// `socket_group`. Others never get access.
+    pub socket_mode: Option<String>,
 }
 
 /// The broker's own settings: embedded or standalone, limits, access rules.
@@ -237,6 +243,8 @@ impl Default for TransportConfig {
             allow_plaintext_remote: false,
             tls_listen: None,
             allowed_uids: Vec::new(),
+            socket_group: None,
+            socket_mode: None,
         }
     }
 }
@@ -340,6 +348,15 @@ impl Config {
                 "client.reconnect_max",
                 "must be at least client.reconnect_initial",
             ));
+        }
+        if let Some(mode) = &self.transport.socket_mode {
+            // The group is looked up where the broker starts; its syntax is checked here.
+            let group = self.transport.socket_group.as_ref().map(|_| "0");
+            crate::endpoint::SocketAccess::parse(Some(mode), group)
+                .map_err(|e| invalid("transport.socket_mode", e.to_string()))?;
+        }
+        if self.transport.socket_group.as_deref() == Some("") {
+            return Err(invalid("transport.socket_group", "must not be empty"));
         }
         if self.transport.socket_path.as_os_str().is_empty() {
             return Err(invalid("transport.socket_path", "must not be empty"));

@@ -52,6 +52,9 @@ pub enum EndpointError {
         /// What is wrong with it.
         reason: String,
     },
+    #[error("socket access: {0}")]
+    /// `transport.socket_mode` or `transport.socket_group` is not usable.
+    SocketAccess(String),
     #[error("runtime directory {path}: {source}")]
     /// The runtime directory could not be created or checked.
     Io {
@@ -152,19 +155,144 @@ pub fn resolve_socket_path(path: &Path) -> Result<PathBuf, EndpointError> {
 /// Creates `dir` with mode 0700 if missing; refuses one that group or others can write or
 /// that another user owns.
 pub fn ensure_private_dir(dir: &Path) -> Result<(), EndpointError> {
-    let io = |source| EndpointError::Io {
-        path: dir.to_owned(),
-        source,
-    };
-    if !dir.exists() {
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)
-            .map_err(io)?;
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(io)?;
+    SocketAccess::default().prepare_dir(dir)
+}
+
+/// Who may reach a Unix socket through the file system: its mode and its group. The broker
+/// still checks every connecting peer's uid (`transport.allowed_uids`): the file system lets
+/// a group's members reach the socket, the uid check decides who is served.
+///
+/// ```
+/// use busbridge::endpoint::SocketAccess;
+/// assert_eq!(SocketAccess::default().mode, 0o600);
+/// let shared = SocketAccess::parse(None, Some("0")).unwrap(); // gid 0
+/// assert_eq!((shared.mode, shared.group), (0o660, Some(0)));
+/// assert!(SocketAccess::parse(Some("0666"), Some("0")).is_err()); // others: never
+/// assert!(SocketAccess::parse(Some("0660"), None).is_err()); // group bits need a group
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SocketAccess {
+    /// Permission bits of the socket file (0600 alone, 0660 with a group by default).
+    pub mode: u32,
+    /// Group that owns the socket and its directory, if collectors run as other users.
+    pub group: Option<u32>,
+}
+
+impl Default for SocketAccess {
+    fn default() -> Self {
+        Self {
+            mode: 0o600,
+            group: None,
+        }
     }
-    check_dir(dir)
+}
+
+impl SocketAccess {
+    /// Checks a mode (octal text such as `"0660"`) and a group (a name or a numeric gid)
+    /// as `transport.socket_mode` and `transport.socket_group` give them.
+    pub fn parse(mode: Option<&str>, group: Option<&str>) -> Result<Self, EndpointError> {
+        let group = group.map(resolve_group).transpose()?;
+        let mode = match mode {
+            Some(m) => check_mode(m)?,
+            None if group.is_some() => 0o660,
+            None => 0o600,
+        };
+        if mode & 0o070 != 0 && group.is_none() {
+            return Err(EndpointError::SocketAccess(format!(
+                "mode {mode:04o} gives a group access but no socket_group is set"
+            )));
+        }
+        Ok(Self { mode, group })
+    }
+
+    /// The socket directory's mode: the group may enter it, never write it.
+    pub fn dir_mode(&self) -> u32 {
+        if self.group.is_some() {
+            0o750
+        } else {
+            0o700
+        }
+    }
+
+    /// Creates the socket's directory if missing (mode [`dir_mode`](Self::dir_mode), owned by
+    /// the group); an existing one must be safe ([`check_dir`]) and, with a group, belong to
+    /// that group and let it enter, or its members could never reach the socket.
+    pub fn prepare_dir(&self, dir: &Path) -> Result<(), EndpointError> {
+        let io = |source| EndpointError::Io {
+            path: dir.to_owned(),
+            source,
+        };
+        if !dir.exists() {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(self.dir_mode())
+                .create(dir)
+                .map_err(io)?;
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(self.dir_mode()))
+                .map_err(io)?;
+            if self.group.is_some() {
+                std::os::unix::fs::chown(dir, None, self.group).map_err(io)?;
+            }
+        }
+        check_dir(dir)?;
+        if let Some(gid) = self.group {
+            let meta = std::fs::metadata(dir).map_err(io)?;
+            if meta.gid() != gid || meta.mode() & 0o010 == 0 {
+                return Err(EndpointError::UnsafeDirectory {
+                    path: dir.to_owned(),
+                    reason: format!(
+                        "socket_group {gid} cannot enter it (group {}, mode {:o}); use group {gid} and mode 0750 (systemd: Group= and RuntimeDirectoryMode=0750)",
+                        meta.gid(),
+                        meta.mode() & 0o777
+                    ),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Gives a freshly bound socket its mode and group.
+    pub fn apply(&self, socket: &Path) -> std::io::Result<()> {
+        std::fs::set_permissions(socket, std::fs::Permissions::from_mode(self.mode))?;
+        if self.group.is_some() {
+            std::os::unix::fs::chown(socket, None, self.group)?;
+        }
+        Ok(())
+    }
+}
+
+/// Parses an octal socket mode: the owner reads and writes, others get nothing.
+fn check_mode(text: &str) -> Result<u32, EndpointError> {
+    let bad = |why: &str| EndpointError::SocketAccess(format!("mode `{text}`: {why}"));
+    let mode = u32::from_str_radix(text, 8).map_err(|_| bad("not an octal mode such as 0660"))?;
+    if mode & !0o777 != 0 {
+        return Err(bad("only permission bits (0000-0777)"));
+    }
+    if mode & 0o600 != 0o600 {
+        return Err(bad("the owner (the broker) must read and write it"));
+    }
+    if mode & 0o007 != 0 {
+        return Err(bad(
+            "others may not reach the socket; use socket_group for other users",
+        ));
+    }
+    Ok(mode)
+}
+
+/// A group name or numeric gid to a gid.
+fn resolve_group(group: &str) -> Result<u32, EndpointError> {
+    if let Ok(gid) = group.parse::<u32>() {
+        return Ok(gid);
+    }
+    match nix::unistd::Group::from_name(group) {
+        Ok(Some(g)) => Ok(g.gid.as_raw()),
+        Ok(None) => Err(EndpointError::SocketAccess(format!(
+            "no group named `{group}` on this machine"
+        ))),
+        Err(e) => Err(EndpointError::SocketAccess(format!(
+            "cannot look up group `{group}`: {e}"
+        ))),
+    }
 }
 
 /// Refuses a directory that group or others can write, or that another user owns.
