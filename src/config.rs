@@ -5,7 +5,7 @@
 //! let config = Config::from_toml_str(r#"
 //!     codec = "json"
 //!     [transport]
-//!     socket_path = "daemoneye.sock"
+//!     socket_path = "/run/busbridge/daemoneye.sock"
 //!     connection_timeout = "10s"
 //!     max_connections = 100
 //!     [broker]

@@ -25,7 +25,8 @@
 //!
 //! let mut journal = Journal::open("events.jsonl")?;
 //! let bridged = BridgeBuilder::new()
-//!     .connect("ipc:///run/daemoneye/daemoneye.sock")
+//!     .phase(busbridge::phase::Phase::BusrtOnly)
+//!     .connect("ipc:///run/busbridge/daemoneye.sock")
 //!     .resume(journal.positions().clone())
 //!     .build()
 //!     .await?;

@@ -27,6 +27,7 @@ struct Cli {
 enum Command {
     #[cfg(feature = "legacy")]
     Demo(demo::Args),
+    Agent(agent::Args),
     Broker(broker::Args),
     #[command(name = "pub")]
     Publish(publish::Args),
@@ -63,6 +64,7 @@ fn main() -> ExitCode {
         match args.command {
             #[cfg(feature = "legacy")]
             Command::Demo(a) => demo::run(a).await,
+            Command::Agent(a) => agent::run(a).await,
             Command::Broker(a) => broker::run(a).await,
             Command::Publish(a) => publish::run(a).await,
             Command::Subscribe(a) => subscribe::run(a).await,

@@ -85,10 +85,13 @@ fn bad_modes_name_the_key() {
         let e = Config::from_toml_str(&format!("[transport]\n{toml}"))
             .unwrap_err()
             .to_string();
-        assert!(e.contains("transport.socket_mode") && e.contains(why), "{e}");
+        assert!(
+            e.contains("transport.socket_mode") && e.contains(why),
+            "{e}"
+        );
     }
-    let c = Config::from_toml_str("[transport]\nsocket_group = \"0\"\nsocket_mode = \"0640\"")
-        .unwrap();
+    let c =
+        Config::from_toml_str("[transport]\nsocket_group = \"0\"\nsocket_mode = \"0640\"").unwrap();
     assert_eq!(c.transport.socket_mode.as_deref(), Some("0640"));
 }
 
@@ -154,7 +157,11 @@ async fn another_user_needs_both_the_group_and_an_allowed_uid() {
             String::from_utf8_lossy(&out.stderr)
         );
         if !ok {
-            assert_eq!(out.status.code(), Some(3), "case {i}: unreachable is exit 3");
+            assert_eq!(
+                out.status.code(),
+                Some(3),
+                "case {i}: unreachable is exit 3"
+            );
         }
         assert_eq!(
             broker.stats().await.refused_peer_credentials,

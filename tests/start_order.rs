@@ -71,6 +71,7 @@ async fn phase_0_needs_no_broker() {
     );
     // Asked to, an unreachable broker is still an error of `build`.
     let strict = BridgeBuilder::new()
+        .phase(Phase::Topics)
         .connect(&uri)
         .wait_for_broker(false)
         .build()

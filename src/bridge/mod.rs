@@ -612,7 +612,7 @@ async fn receive_loop(
 ///
 /// let bridged = BridgeBuilder::new()
 ///     .phase(Phase::BusrtOnly)
-///     .connect("ipc:///run/daemoneye/daemoneye.sock")
+///     .connect("ipc:///run/busbridge/daemoneye.sock")
 ///     .name("procmond")
 ///     .build()
 ///     .await?;
@@ -643,15 +643,12 @@ impl Default for BridgeBuilder {
 }
 
 impl BridgeBuilder {
-    /// Phase 2 by default once you bridge (phase 4 in a build without the legacy router),
-    /// protobuf, `Processed`.
+    /// The phase a configuration without `phase` has ([`Phase::default`]: 0, or 4 in a
+    /// build without the legacy router), so code and configuration start alike; protobuf,
+    /// `Processed`.
     pub fn new() -> Self {
         Self {
-            phase: if cfg!(feature = "legacy") {
-                Phase::Topics
-            } else {
-                Phase::BusrtOnly
-            },
+            phase: Phase::default(),
             connect: None,
             embedded: None,
             codec: CodecKind::Protobuf,

@@ -15,10 +15,14 @@ use std::time::Duration;
 /// Run a process collector that serves the lifecycle operations over RPC.
 #[derive(clap::Args)]
 pub struct Args {
-    #[arg(long, default_value = "procmond")]
-    name: String,
-    #[arg(long, default_value = super::DEFAULT_CONNECT)]
-    connect: String,
+    /// busrt name of its RPC server; its bridged bus is `<name>.events`. Default: the
+    /// configuration's `client.name`, else `procmond`.
+    #[arg(long)]
+    name: Option<String>,
+    /// Default: the configuration's `client.connect`, else the default socket.
+    #[arg(long)]
+    connect: Option<String>,
+    /// Configuration file (TOML): phase, codec, client settings, name and address.
     #[arg(long)]
     config: Option<PathBuf>,
     /// Time between scans.
@@ -38,8 +42,31 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
     let config = match config.map(|p| super::load_config(&p)) {
         Some(Ok(c)) => c,
         Some(Err(code)) => return Ok(code),
-        None => Config::default(),
+        None => Config {
+            phase: Phase::BusrtOnly,
+            ..Config::default()
+        },
     };
+    let name = name
+        .or_else(|| config.client.name.clone())
+        .unwrap_or_else(|| "procmond".into());
+    let connect = connect
+        .or_else(|| config.client.connect.clone())
+        .unwrap_or_else(|| super::DEFAULT_CONNECT.into());
+    if !config.phase.uses_busrt() {
+        eprintln!(
+            "busbridge: a collector in its own process needs phase 1 or later: at phase 0 \
+             nothing is sent to busrt, so its events would reach no one"
+        );
+        return Ok(ExitCode::from(super::EXIT_USAGE));
+    }
+    if config.phase.legacy_authoritative() {
+        tracing::warn!(
+            "phase {}: an agent at this phase counts events from other processes \
+             (shadow_remote) but does not deliver them; collectors move out of the agent at phase 2",
+            config.phase as u8
+        );
+    }
     // A bad address is an error at once; an absent broker is waited for below.
     if let Err(e) = busbridge::endpoint::Endpoint::parse(&connect) {
         eprintln!("busbridge: {e}");
@@ -47,13 +74,11 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
     }
     let opts = ClientOptions::from_config(&config.client, config.broker.max_message_size);
     // Events go out on their own connection; RPC has its own (busrt's RPC client owns one).
-    let bridged = BridgeBuilder::new()
-        .phase(Phase::BusrtOnly)
-        .connect(&connect)
-        .codec(config.codec)
-        .client_options(opts.clone().name(format!("{name}.events")))
-        .build()
-        .await?;
+    // Every `bus.*` setting of the file applies; the broker is the agent's, never our own.
+    let mut bus_config = config.clone();
+    bus_config.client.connect = Some(connect.clone());
+    bus_config.client.name = Some(format!("{name}.events"));
+    let bridged = BridgeBuilder::from_config(&bus_config)?.build().await?;
     let mut settings = CollectorSettings::default();
     if let Some(i) = interval {
         settings.interval = i;

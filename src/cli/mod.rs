@@ -4,6 +4,7 @@
 //! One convention: every subcommand is a module `name` with `name::Args` (its clap
 //! arguments) and `name::run(args)`.
 
+pub mod agent;
 #[cfg(feature = "legacy")]
 pub mod bench;
 pub mod broker;

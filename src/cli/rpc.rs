@@ -18,6 +18,9 @@ pub struct Args {
     connect: String,
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
     timeout: Duration,
+    /// busrt client name (what the broker's access rules see). Default: `busbridge-rpc-<pid>`.
+    #[arg(long)]
+    name: Option<String>,
 }
 
 /// Exit code: no reply within the timeout.
@@ -50,6 +53,7 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
         params,
         connect,
         timeout,
+        name,
     } = a;
     let params = params.unwrap_or_else(|| "{}".into());
     if serde_json::from_str::<serde_json::Value>(&params).is_err() {
@@ -58,7 +62,8 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
     }
     let opts = ClientOptions {
         timeout,
-        ..ClientOptions::default().name(format!("busbridge-rpc-{}", std::process::id()))
+        ..ClientOptions::default()
+            .name(name.unwrap_or_else(|| format!("busbridge-rpc-{}", std::process::id())))
     };
     let node = match RpcNode::connect_with(&connect, opts).await {
         Ok(n) => n,

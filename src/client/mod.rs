@@ -8,7 +8,7 @@
 //! use std::time::Duration;
 //! use tokio::time::timeout;
 //!
-//! let mut client = AsyncClient::connect("ipc://daemoneye.sock").await?;
+//! let mut client = AsyncClient::connect("ipc:///run/busbridge/daemoneye.sock").await?;
 //! client.subscribe("events.process.*", QoS::Processed).await?;
 //! client.publish("events.process.new", b"{}".to_vec(), QoS::Processed).await?;
 //! let message = client.recv().await?;

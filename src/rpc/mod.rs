@@ -10,14 +10,14 @@
 //! # async fn run() -> Result<(), busbridge::rpc::RpcCallError> {
 //! use busbridge::rpc::{HealthCheckRequest, HealthCheckResponse, RpcNode};
 //!
-//! let collector = RpcNode::connect("ipc://daemoneye.sock", "procmond").await?;
+//! let collector = RpcNode::connect("ipc:///run/busbridge/daemoneye.sock", "procmond").await?;
 //! collector
 //!     .rpc_register("health_check", |_req: HealthCheckRequest| async move {
 //!         Ok(HealthCheckResponse { status: "healthy".into(), ..Default::default() })
 //!     })
 //!     .await?;
 //!
-//! let agent = RpcNode::connect("ipc://daemoneye.sock", "daemoneye-agent").await?;
+//! let agent = RpcNode::connect("ipc:///run/busbridge/daemoneye.sock", "daemoneye-agent").await?;
 //! let reply: HealthCheckResponse = agent.call("health_check", &HealthCheckRequest::default()).await?;
 //! # Ok(()) }
 //! ```
