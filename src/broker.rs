@@ -94,6 +94,21 @@ pub enum BrokerError {
     Io(#[from] std::io::Error),
 }
 
+impl BrokerError {
+    /// Whether the configuration is at fault (a setting to fix) rather than the machine (a
+    /// socket in use, a failed bind): the tool exits 2 for these, 1 for the others.
+    pub fn is_configuration(&self) -> bool {
+        matches!(
+            self,
+            BrokerError::Endpoint(_)
+                | BrokerError::PlaintextRemote(_)
+                | BrokerError::BadAddress(_)
+                | BrokerError::Access { .. }
+                | BrokerError::Tls(_)
+        )
+    }
+}
+
 /// Counters of the broker's own front door (busrt counts frames separately).
 #[derive(Debug, Clone, Default, Serialize, PartialEq)]
 pub struct BrokerStats {

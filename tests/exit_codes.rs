@@ -25,11 +25,29 @@ fn bad_configuration_exits_2_for_every_command_that_reads_one() {
         vec!["check-config", bad],
         vec!["broker", "--config", bad],
         vec!["collector", "--config", bad, "--connect", &connect],
+        vec!["agent", "--config", bad],
     ];
     if cfg!(feature = "legacy") {
         commands.push(vec!["parity", "--phase", "1", "--config", bad]);
     }
     for args in commands {
+        assert_eq!(code(&args), Some(2), "{args:?}");
+    }
+    // Valid TOML, but a setting the broker cannot apply here: still the configuration's fault.
+    let group = dir.path().join("group.toml");
+    std::fs::write(
+        &group,
+        format!(
+            "[transport]\nsocket_path = \"{}\"\nsocket_group = \"no-such-group-busbridge\"\n",
+            dir.path().join("g/s.sock").display()
+        ),
+    )
+    .unwrap();
+    let group = group.to_str().unwrap();
+    for args in [
+        vec!["broker", "--config", group],
+        vec!["agent", "--config", group],
+    ] {
         assert_eq!(code(&args), Some(2), "{args:?}");
     }
 }

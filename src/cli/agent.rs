@@ -58,12 +58,18 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
         .name
         .clone()
         .unwrap_or_else(|| "daemoneye-agent".into());
-    let mut builder = BridgeBuilder::from_config(&config)?.name(&name);
+    let mut builder = match BridgeBuilder::from_config(&config) {
+        Ok(b) => b.name(&name),
+        Err(e) => return Ok(super::bridge_failed(&e)),
+    };
     // The broker is ours when the file embeds one and names no other to connect to.
     let rpc_uri = match &config.client.connect {
         Some(uri) => uri.clone(),
         None if config.broker.embedded => {
-            let mut broker = Broker::from_config(&config)?;
+            let mut broker = match Broker::from_config(&config) {
+                Ok(b) => b,
+                Err(e) => return Ok(super::broker_failed(&e)),
+            };
             broker.set_name(INPROC);
             builder = builder.embedded(broker);
             format!("inproc://{INPROC}")
@@ -72,10 +78,7 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
     };
     let bridged = match builder.build().await {
         Ok(b) => b,
-        Err(e) => {
-            eprintln!("busbridge: {e}");
-            return Ok(ExitCode::from(super::EXIT_CONNECT));
-        }
+        Err(e) => return Ok(super::bridge_failed(&e)),
     };
     for path in bridged.broker_socket_paths().await {
         println!("listening on {}", path.display());

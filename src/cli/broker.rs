@@ -43,8 +43,13 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
         eprintln!("busbridge: {e}");
         return Ok(ExitCode::from(super::EXIT_USAGE));
     }
-    let mut broker = Broker::from_config(&config)?;
-    broker.spawn().await?;
+    let mut broker = match Broker::from_config(&config) {
+        Ok(b) => b,
+        Err(e) => return Ok(super::broker_failed(&e)),
+    };
+    if let Err(e) = broker.spawn().await {
+        return Ok(super::broker_failed(&e));
+    }
     {
         // One line per listener, then "ready": scripts and tests wait for it.
         let mut out = std::io::stdout().lock();

@@ -55,6 +55,33 @@ pub fn load_config(path: &std::path::Path) -> Result<busbridge::config::Config, 
     })
 }
 
+/// A broker that would not start, printed: exit 2 when the configuration is at fault, else 1.
+pub fn broker_failed(e: &busbridge::broker::BrokerError) -> ExitCode {
+    eprintln!("busbridge: {e}");
+    ExitCode::from(if e.is_configuration() { EXIT_USAGE } else { 1 })
+}
+
+/// A bridged bus that would not start, printed: 2 for configuration, 3 for an unreachable
+/// broker (only when asked not to wait for it), else 1.
+pub fn bridge_failed(e: &busbridge::bridge::BridgeError) -> ExitCode {
+    use busbridge::bridge::BridgeError;
+    match e {
+        BridgeError::Broker(b) => broker_failed(b),
+        BridgeError::Config(_) | BridgeError::Client(ClientError::Endpoint(_)) => {
+            eprintln!("busbridge: {e}");
+            ExitCode::from(EXIT_USAGE)
+        }
+        BridgeError::Client(_) => {
+            eprintln!("busbridge: {e}");
+            ExitCode::from(EXIT_CONNECT)
+        }
+        BridgeError::Bus(_) => {
+            eprintln!("busbridge: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
 /// Parses a phase number for clap.
 #[cfg(feature = "legacy")]
 pub fn parse_phase(s: &str) -> Result<busbridge::phase::Phase, String> {
