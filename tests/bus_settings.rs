@@ -131,3 +131,123 @@ fn unknown_and_invalid_settings_are_refused_by_name() {
         (3, Duration::from_secs(1))
     );
 }
+
+/// A second bus on the same broker, from `[bus]` settings, as a durable subscriber that
+/// resumes from the start of `origin`'s stream (so it asks for all of it).
+async fn durable_subscriber(dir: &tempfile::TempDir, bus_toml: &str, origin: &str) -> Bridged {
+    let socket = dir.path().join("b.sock");
+    let config = Config::from_toml_str(&format!(
+        "phase = 2\n[client]\nconnect = \"ipc://{}\"\n[bus]\n{bus_toml}",
+        socket.display()
+    ))
+    .unwrap();
+    busbridge::bridge::BridgeBuilder::from_config(&config)
+        .unwrap()
+        .name(format!("durable-{}", uuid::Uuid::new_v4().simple()))
+        .resume({
+            let mut at_start = busbridge::durable::Positions::new();
+            let mut env = Envelope::new(process(0), "c", "p");
+            env.origin = origin.to_owned();
+            env.seq = 0;
+            at_start.advance(&env);
+            at_start
+        })
+        .build()
+        .await
+        .unwrap()
+}
+
+/// `replay_buffer` bounds what a publisher can resend; `gap_wait` is how long the receiver
+/// waits for what cannot come before delivering the rest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_buffer_bounds_resends_and_gap_wait_gives_up() {
+    for (replay, want) in [(5u64, 16..=20u64), (100_000, 1..=20)] {
+        let dir = tempfile::tempdir().unwrap();
+        let publisher = bus_with(&dir, &format!("replay_buffer = {replay}")).await;
+        let bus = publisher.crossbeam(Default::default());
+        for i in 0..20 {
+            bus.publish(process(i), "c".into()).await.unwrap();
+        }
+        tokio::time::timeout(LIMIT, publisher.link().flushed())
+            .await
+            .unwrap();
+        let subscriber =
+            durable_subscriber(&dir, "gap_wait = \"200ms\"", publisher.link().origin()).await;
+        let rx = subscriber
+            .event_bus(Default::default())
+            .subscribe_envelopes(busbridge::EventSubscription {
+                subscriber_id: "d".into(),
+                capabilities: busbridge::event::SourceCaps::all(),
+                event_filter: None,
+                correlation_filter: None,
+            })
+            .await
+            .unwrap();
+        for seq in want.clone() {
+            let env = tokio::time::timeout(LIMIT, rx.recv_async())
+                .await
+                .unwrap_or_else(|_| panic!("replay_buffer {replay}: no event {seq}"))
+                .unwrap();
+            assert_eq!(env.seq, seq, "replay_buffer {replay}");
+        }
+        let lost = 20 - (want.end() - want.start() + 1);
+        let stats = subscriber.core().stats();
+        tokio::time::timeout(LIMIT, async {
+            while stats.snapshot().bridge_gaps_lost < lost {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await
+        .unwrap();
+        assert_eq!(
+            stats.snapshot().bridge_gaps_lost,
+            lost,
+            "replay_buffer {replay}"
+        );
+        subscriber.shutdown().await;
+        publisher.shutdown().await;
+    }
+}
+
+/// `batch_max` is the most events per busrt frame: 1 sends one legacy record a frame; above,
+/// frames carry up to that many (the sender batches what waits while a frame is in flight,
+/// which `publish_window = 1` makes sure of).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batch_max_sets_events_per_frame() {
+    for batch_max in [1usize, 4] {
+        let dir = tempfile::tempdir().unwrap();
+        let bridged = bus_with(
+            &dir,
+            &format!("batch_max = {batch_max}\npublish_window = 1"),
+        )
+        .await;
+        let mut raw =
+            AsyncClient::connect(&format!("ipc://{}", dir.path().join("b.sock").display()))
+                .await
+                .unwrap();
+        raw.subscribe("events.#", QoS::Processed).await.unwrap();
+        let bus = bridged.crossbeam(Default::default());
+        const N: usize = 400;
+        for i in 0..N {
+            bus.publish(process(i as u32), "c".into()).await.unwrap();
+        }
+        let codec = Codec::default();
+        let (mut events, mut most) = (0, 0);
+        while events < N {
+            let m = tokio::time::timeout(LIMIT, raw.recv())
+                .await
+                .unwrap()
+                .unwrap();
+            let n = codec.decode_frame(m.payload()).unwrap().len();
+            most = most.max(n);
+            events += n;
+        }
+        assert_eq!(events, N);
+        if batch_max == 1 {
+            assert_eq!(most, 1, "one event a frame");
+        } else {
+            assert!(most > 1 && most <= batch_max, "at most {batch_max}: {most}");
+        }
+        bridged.shutdown().await;
+    }
+}
