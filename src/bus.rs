@@ -255,8 +255,26 @@ impl Core {
     }
 
     /// Starts (or with `None` stops) recording subscriptions, publishes and control-path
-    /// deliveries to a trace (see [`crate::trace`]).
+    /// deliveries to a trace (see [`crate::trace`]). It can start on a running bus: the
+    /// subscribers already there are written first, so the trace replays on its own.
+    ///
+    /// ```no_run
+    /// # async fn run(bridged: busbridge::bridge::Bridged) -> Result<(), busbridge::trace::TraceError> {
+    /// use busbridge::trace::Recorder;
+    /// use std::sync::Arc;
+    /// let recorder = Arc::new(Recorder::create("/var/lib/daemoneye/trace.jsonl")?);
+    /// bridged.core().record_to(Some(recorder.clone()));
+    /// // ... a day of the agent's own traffic, then:
+    /// bridged.core().record_to(None);
+    /// recorder.close()?; // then: busbridge parity --replay /var/lib/daemoneye/trace.jsonl
+    /// # Ok(()) }
+    /// ```
     pub fn record_to(&self, recorder: Option<Arc<crate::trace::Recorder>>) {
+        if let Some(r) = &recorder {
+            for (id, filter) in self.router.filters() {
+                crate::observe::Observer::subscribed(r.as_ref(), &id, &filter);
+            }
+        }
         self.observers.record_to(recorder);
     }
 

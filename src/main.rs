@@ -39,6 +39,7 @@ enum Command {
     Parity(parity::Args),
     Rpc(rpc::Args),
     Journal(journal::Args),
+    Stats(stats::Args),
     Collector(collector::Args),
     #[cfg(feature = "legacy")]
     Bench(bench::Args),
@@ -74,6 +75,7 @@ fn main() -> ExitCode {
             Command::Parity(a) => parity::run(a).await,
             Command::Rpc(a) => rpc::run(a).await,
             Command::Journal(a) => journal::run(a).await,
+            Command::Stats(a) => stats::run(a).await,
             Command::Collector(a) => collector::run(a).await,
             #[cfg(feature = "legacy")]
             Command::Bench(a) => bench::run(a).await,

@@ -90,7 +90,7 @@ impl std::fmt::Debug for ParityConfig {
 }
 
 /// What kind of difference was found.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum MismatchKind {
     /// The control (legacy) path delivered it; the candidate (busrt) path never did, or not
@@ -113,7 +113,7 @@ pub enum MismatchKind {
 }
 
 /// One difference, with context.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
 pub struct Mismatch {
     /// The subscriber that saw the difference.
     pub subscriber: String,
@@ -127,7 +127,7 @@ pub struct Mismatch {
 }
 
 /// The outcome of a comparison.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, serde::Deserialize)]
 pub struct ParityReport {
     /// Deliveries compared.
     pub compared: u64,

@@ -224,6 +224,15 @@ impl Router {
         *self.subscribers.write() = Arc::new(Vec::new());
     }
 
+    /// Every subscriber's id and filter, in subscription order.
+    pub fn filters(&self) -> Vec<(String, Filter)> {
+        self.subscribers
+            .read()
+            .iter()
+            .map(|s| (s.id.clone(), s.filter.clone()))
+            .collect()
+    }
+
     /// Subscribers now.
     pub fn len(&self) -> usize {
         self.subscribers.read().len()

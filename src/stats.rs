@@ -91,7 +91,7 @@ impl Stats {
 }
 
 /// A copy of a bus's counters, for `stats --json` and for the legacy statistics structs.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, serde::Deserialize)]
 pub struct StatsSnapshot {
     /// Events accepted by `publish`.
     pub events_published: u64,

@@ -317,6 +317,14 @@ async fn live_parity_reports_events_busrt_silently_dropped() {
             subscribe: vec!["#".into()],
         },
     );
+    // `busbridge stats` attaches from outside and reads the same verdict.
+    config.access.insert(
+        "busbridge-stats".into(),
+        AccessRule {
+            publish: vec!["control.bridge.status".into()],
+            subscribe: vec!["control.bridge.status.reply".into()],
+        },
+    );
     let mut broker = busbridge::Broker::from_config(&config).unwrap();
     broker.set_name(uuid::Uuid::new_v4().to_string());
     broker.spawn().await.unwrap();
@@ -340,6 +348,11 @@ async fn live_parity_reports_events_busrt_silently_dropped() {
     for i in 0..kept {
         bus.publish(common::process(i), "c".into()).await.unwrap();
     }
+    tokio::time::timeout(LIMIT, bridged.link().settled())
+        .await
+        .unwrap();
+    let clean = stats_cli(&config.transport.socket_path).await;
+    assert_eq!(clean.status.code(), Some(0), "nothing lost yet");
     for i in 0..dropped {
         bus.publish(common::network(i), "c".into()).await.unwrap();
     }
@@ -373,5 +386,33 @@ async fn live_parity_reports_events_busrt_silently_dropped() {
         .all(|m| m.kind == MismatchKind::Missing && m.event_type == "network"));
     assert_eq!(parity.expired(), u64::from(dropped));
     assert_eq!(parity.pending(), 0);
+
+    let out = stats_cli(&config.transport.socket_path).await;
+    assert_eq!(out.status.code(), Some(1), "--check fails on the loss");
+    let answers: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let me = &answers[0];
+    assert_eq!(me["name"], "lossy-agent");
+    assert_eq!(me["phase"], 1);
+    assert_eq!(me["parity"]["mismatch_count"], u64::from(dropped));
+    assert_eq!(me["parity_expired"], u64::from(dropped));
+    let missing = me["parity"]["mismatches"].as_array().unwrap();
+    assert_eq!(missing.len(), dropped as usize);
+    assert!(missing.iter().all(|m| m["kind"] == "missing"
+        && m["event_type"] == "network"
+        && m["subscriber"] == "all"));
     bridged.shutdown().await;
+}
+
+/// `busbridge stats --check` on a broker's socket, as the access rule `busbridge-stats`.
+async fn stats_cli(socket: &std::path::Path) -> std::process::Output {
+    let uri = format!("ipc://{}", socket.display());
+    tokio::task::spawn_blocking(move || {
+        std::process::Command::new(common::procs::BIN)
+            .args(["stats", "--name", "busbridge-stats", "--expect", "1"])
+            .args(["--json", "--check", "--wait", "10s", "--connect", &uri])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap()
 }

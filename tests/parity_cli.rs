@@ -106,3 +106,48 @@ fn recorded_trace_replays_clean_on_phase_four_and_tampering_fails() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("trace line 1"));
 }
+
+/// The user's own traffic: a recorder attached to a bus that is already running (its
+/// subscribers written first), then replayed on the phase-4 path by `busbridge parity`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trace_of_a_running_bus_replays_clean() {
+    use busbridge::legacy::crossbeam::HighPerformanceEventBus;
+    use busbridge::trace::Recorder;
+    use std::sync::Arc;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = busbridge::config::Config::default();
+    config.phase = busbridge::phase::Phase::Topics;
+    config.transport.socket_path = dir.path().join("b.sock");
+    let bridged = busbridge::bridge::Bridged::start(&config).await.unwrap();
+    let bus = bridged.crossbeam(Default::default());
+    let all = bus.subscribe(common::sub_all("all")).await.unwrap();
+    let mut procs = common::sub_all("processes");
+    procs.capabilities = busbridge::event::SourceCaps::PROCESS;
+    let _only = bus.subscribe(procs).await.unwrap();
+    bus.publish(common::process(1), "before".into())
+        .await
+        .unwrap();
+
+    let trace = dir.path().join("trace.jsonl");
+    let recorder = Arc::new(Recorder::create(&trace).unwrap());
+    bridged.core().record_to(Some(recorder.clone()));
+    for (i, e) in common::every_kind().into_iter().enumerate() {
+        bus.publish(e, format!("c{i}")).await.unwrap();
+    }
+    tokio::time::timeout(std::time::Duration::from_secs(10), bridged.link().settled())
+        .await
+        .unwrap();
+    bridged.core().record_to(None);
+    recorder.close().unwrap();
+    assert_eq!(all.len(), 1 + common::every_kind().len());
+    bridged.shutdown().await;
+
+    let t = trace.to_str().unwrap().to_owned();
+    let (code, v) = tokio::task::spawn_blocking(move || parity(&["--replay", &t]))
+        .await
+        .unwrap();
+    assert_eq!(code, 0, "{v}");
+    // Every kind reaches `all`, the process events `processes` too.
+    let kinds = common::every_kind().len() as u64;
+    assert!(v["report"]["compared"].as_u64().unwrap() > kinds, "{v}");
+}

@@ -39,7 +39,7 @@ use crate::stats::Stats;
 use crate::topic::topic_for_event;
 use parking_lot::Mutex;
 use protocol::{Delivery, Output, Protocol, Settings, Transmit};
-pub use protocol::{HEARTBEAT_TOPIC, HELLO_TOPIC, RESEND_TOPIC};
+pub use protocol::{HEARTBEAT_TOPIC, HELLO_TOPIC, RESEND_TOPIC, STATUS_REPLY_TOPIC, STATUS_TOPIC};
 use std::collections::VecDeque;
 use std::sync::atomic::{
     AtomicBool, AtomicU64, AtomicUsize,
@@ -63,6 +63,31 @@ const RESEND_WINDOW: usize = 256;
 
 /// Control messages (heartbeats, hellos, resend requests) waiting to be published.
 const CONTROL_QUEUE: usize = 4096;
+
+/// What a bridged bus reports about itself when asked on [`STATUS_TOPIC`]
+/// (`busbridge stats` asks every bus on a broker): its counters and its live parity, so the
+/// comparison of the legacy path with busrt on the user's own traffic can be read from
+/// outside the process.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct Status {
+    /// busrt client name.
+    pub name: String,
+    /// Origin id (unique per bus instance).
+    pub origin: String,
+    /// Migration phase now.
+    pub phase: u8,
+    /// Connection to the broker (`Connected`, `Reconnecting(n)`, ...).
+    pub connection: String,
+    /// Every counter of the bus.
+    pub stats: crate::stats::StatsSnapshot,
+    /// Live parity so far: compared, matched, mismatches (each with the event and the
+    /// subscriber that lacks it or got it twice).
+    pub parity: crate::parity::ParityReport,
+    /// Deliveries still waiting for the other path (younger than the parity window).
+    pub parity_pending: u64,
+    /// Deliveries the other path never made within the window (counted as missing).
+    pub parity_expired: u64,
+}
 
 /// Why a bridge could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -217,6 +242,9 @@ impl Link {
 
     /// Hands one message from busrt to the protocol.
     fn on_message(&self, core: &Core, m: &crate::client::Message) {
+        if m.topic() == STATUS_TOPIC {
+            return self.answer_status(core);
+        }
         let phase = core.phase();
         let mut proto = self.proto.lock();
         proto.confirmed(self.confirmed_high.load(Relaxed));
@@ -227,6 +255,29 @@ impl Link {
             phase,
             Instant::now(),
         );
+    }
+
+    /// This bus's status now: what a tool attached to the broker asks for.
+    pub fn status(&self, core: &Core) -> Status {
+        let parity = core.parity();
+        Status {
+            name: self.name.clone(),
+            origin: self.origin.clone(),
+            phase: core.phase() as u8,
+            connection: format!("{:?}", *self.state.borrow()),
+            stats: core.snapshot(),
+            parity: parity.report_so_far(),
+            parity_pending: parity.pending() as u64,
+            parity_expired: parity.expired(),
+        }
+    }
+
+    fn answer_status(&self, core: &Core) {
+        let body = serde_json::to_vec(&self.status(core)).expect("status serializes");
+        if self.control.try_send((STATUS_REPLY_TOPIC, body)).is_err() {
+            Stats::add(&self.stats.bridge_send_errors, 1);
+            tracing::warn!("control queue full; status reply dropped");
+        }
     }
 
     /// Carries out what the protocol asks for, in order.
@@ -809,6 +860,7 @@ impl BridgeBuilder {
         };
         client.subscribe(RESEND_TOPIC, QoS::Processed).await?;
         client.subscribe(HELLO_TOPIC, QoS::Processed).await?;
+        client.subscribe(STATUS_TOPIC, QoS::Processed).await?;
         let name = client.name().to_owned();
         let mut core_opts = self.core;
         if core_opts.publisher_id == CoreOptions::default().publisher_id {

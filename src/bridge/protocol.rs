@@ -44,6 +44,11 @@ pub const RESEND_TOPIC: &str = "control.bridge.resend";
 /// (answered with a heartbeat at once), so a tail it missed while down is found even if the
 /// origin is idle.
 pub const HELLO_TOPIC: &str = "control.bridge.hello";
+/// Topic on which a tool asks every bridged bus for its [`Status`](super::Status); the driver
+/// answers on [`STATUS_REPLY_TOPIC`] (the protocol ignores both).
+pub const STATUS_TOPIC: &str = "control.bridge.status";
+/// Topic of the answers to [`STATUS_TOPIC`].
+pub const STATUS_REPLY_TOPIC: &str = "control.bridge.status.reply";
 
 /// Missing sequence numbers remembered per origin (to accept them if they come late).
 const MAX_MISSING: usize = 100_000;
@@ -408,6 +413,7 @@ impl Protocol {
             RESEND_TOPIC => self.on_resend_request(payload),
             HEARTBEAT_TOPIC => self.on_heartbeat(payload, now),
             HELLO_TOPIC => self.on_hello(payload),
+            STATUS_TOPIC | STATUS_REPLY_TOPIC => {}
             _ => self.on_frame(primary_sender, payload, phase, now),
         }
     }

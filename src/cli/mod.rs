@@ -21,6 +21,7 @@ pub mod parity;
 pub mod peer;
 pub mod publish;
 pub mod rpc;
+pub mod stats;
 pub mod subscribe;
 
 use busbridge::client::{AsyncClient, ClientError, ClientOptions};

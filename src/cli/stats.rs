@@ -1,0 +1,128 @@
+//! `busbridge stats`: attaches to a running broker and asks every bridged bus on it for its
+//! status ([`busbridge::bridge::Status`]): counters, connection, and live parity of the
+//! legacy path against busrt on the traffic it really carries. With `--check` it is the
+//! parity verdict on real traffic: exit 1 if any bus reports a mismatch or a lost gap.
+
+use busbridge::bridge::{Status, STATUS_REPLY_TOPIC, STATUS_TOPIC};
+use busbridge::client::{AsyncClient, ClientOptions};
+use busbridge::QoS;
+use std::process::ExitCode;
+use std::time::Duration;
+
+/// Ask every bridged bus on a broker for its counters and live parity.
+#[derive(clap::Args)]
+pub struct Args {
+    #[arg(long, default_value = super::DEFAULT_CONNECT)]
+    connect: String,
+    /// busrt client name (what the broker's access rules see; it needs to publish
+    /// `control.bridge.status` and subscribe to `control.bridge.status.reply`).
+    #[arg(long)]
+    name: Option<String>,
+    /// How long to collect answers (buses answer at once; this bounds the wait).
+    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+    wait: Duration,
+    /// Stop as soon as this many buses have answered (fewer within `--wait`: exit 1).
+    #[arg(long)]
+    expect: Option<usize>,
+    /// One JSON array of the answers instead of a table.
+    #[arg(long)]
+    json: bool,
+    /// Exit 1 if any bus reports a parity mismatch or a lost gap.
+    #[arg(long)]
+    check: bool,
+}
+
+pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
+    let name = a
+        .name
+        .unwrap_or_else(|| format!("busbridge-stats-{}", std::process::id()));
+    let mut client =
+        match AsyncClient::connect_with(&a.connect, ClientOptions::default().name(name)).await {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("busbridge: {e}");
+                return Ok(ExitCode::from(super::EXIT_CONNECT));
+            }
+        };
+    client.subscribe(STATUS_REPLY_TOPIC, QoS::Processed).await?;
+    client
+        .publish(STATUS_TOPIC, b"{}".to_vec(), QoS::Processed)
+        .await?;
+    let mut answers: Vec<Status> = Vec::new();
+    let deadline = tokio::time::Instant::now() + a.wait;
+    while a.expect.is_none_or(|n| answers.len() < n) {
+        let m = match tokio::time::timeout_at(deadline, client.recv()).await {
+            Ok(Ok(m)) => m,
+            Ok(Err(e)) => return Err(e.into()),
+            Err(_) => break,
+        };
+        match serde_json::from_slice::<Status>(m.payload()) {
+            Ok(s) => answers.push(s),
+            Err(e) => tracing::warn!("an answer from {} does not parse: {e}", m.sender()),
+        }
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(2), client.disconnect()).await;
+    answers.sort_by(|x, y| x.name.cmp(&y.name));
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&answers)?);
+    } else {
+        print_table(&answers);
+    }
+    if let Some(n) = a.expect {
+        if answers.len() < n {
+            eprintln!(
+                "busbridge: {} of {n} buses answered within {:?}",
+                answers.len(),
+                a.wait
+            );
+            return Ok(ExitCode::from(1));
+        }
+    }
+    let bad = answers
+        .iter()
+        .filter(|s| s.parity.mismatch_count > 0 || s.stats.bridge_gaps_lost > 0)
+        .count();
+    if a.check && bad > 0 {
+        eprintln!("busbridge: {bad} bus(es) report parity mismatches or lost events");
+        return Ok(ExitCode::from(1));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_table(answers: &[Status]) {
+    println!(
+        "{:<24} {:>5} {:>10} {:>10} {:>10} {:>8} {:>9} {:>10} {:>8}",
+        "bus",
+        "phase",
+        "published",
+        "delivered",
+        "dropped",
+        "gaps",
+        "gap_lost",
+        "compared",
+        "mismatch"
+    );
+    for s in answers {
+        println!(
+            "{:<24} {:>5} {:>10} {:>10} {:>10} {:>8} {:>9} {:>10} {:>8}",
+            s.name,
+            s.phase,
+            s.stats.events_published,
+            s.stats.events_delivered,
+            s.stats.events_dropped(),
+            s.stats.bridge_gaps,
+            s.stats.bridge_gaps_lost,
+            s.parity.compared,
+            s.parity.mismatch_count
+        );
+        for m in &s.parity.mismatches {
+            println!(
+                "    {} {} at {}: {:?}",
+                m.event_type, m.event_id, m.subscriber, m.kind
+            );
+        }
+    }
+    if answers.is_empty() {
+        println!("(no bridged bus answered)");
+    }
+}
