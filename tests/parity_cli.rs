@@ -115,8 +115,10 @@ async fn a_trace_of_a_running_bus_replays_clean() {
     use busbridge::trace::Recorder;
     use std::sync::Arc;
     let dir = tempfile::tempdir().unwrap();
-    let mut config = busbridge::config::Config::default();
-    config.phase = busbridge::phase::Phase::Topics;
+    let mut config = busbridge::config::Config {
+        phase: busbridge::phase::Phase::Topics,
+        ..Default::default()
+    };
     config.transport.socket_path = dir.path().join("b.sock");
     let bridged = busbridge::bridge::Bridged::start(&config).await.unwrap();
     let bus = bridged.crossbeam(Default::default());
