@@ -292,16 +292,45 @@ impl Core {
         policy: Policy,
         sink: Box<dyn crate::router::Sink>,
     ) -> Result<(), BusError> {
-        let id = id.into();
+        self.add(id.into(), filter, policy, sink, false).await
+    }
+
+    /// As [`subscribe`](Self::subscribe), replacing a subscriber with the same id (whose
+    /// receiver then disconnects): the facades' `resubscribe`.
+    pub async fn resubscribe(
+        &self,
+        id: impl Into<String>,
+        filter: Filter,
+        policy: Policy,
+        sink: Box<dyn crate::router::Sink>,
+    ) -> Result<(), BusError> {
+        self.add(id.into(), filter, policy, sink, true).await
+    }
+
+    async fn add(
+        &self,
+        id: String,
+        filter: Filter,
+        policy: Policy,
+        sink: Box<dyn crate::router::Sink>,
+        replace: bool,
+    ) -> Result<(), BusError> {
+        if replace {
+            self.router
+                .replace(id.clone(), filter.clone(), policy, sink)?;
+        } else {
+            self.router
+                .subscribe(id.clone(), filter.clone(), policy, sink)?;
+        }
         self.observers.subscribed(&id, &filter);
-        self.router.subscribe(id, filter, policy, sink)?;
         if let Some(up) = self.uplink.get() {
             up.listen().await?;
         }
         Ok(())
     }
 
-    /// Subscribes within a facade's own limit (see [`Quota`]).
+    /// Subscribes within a facade's own limit (see [`Quota`]); `replace` replaces a
+    /// subscriber with the same id instead of refusing it.
     pub async fn subscribe_within(
         &self,
         quota: &Quota,
@@ -309,6 +338,7 @@ impl Core {
         filter: Filter,
         policy: Policy,
         sink: Box<dyn crate::router::Sink>,
+        replace: bool,
     ) -> Result<(), BusError> {
         let id = id.into();
         {
@@ -319,7 +349,7 @@ impl Core {
                 return Err(RouterError::TooManySubscribers(quota.max).into());
             }
         }
-        self.subscribe(id.clone(), filter, policy, sink).await?;
+        self.add(id.clone(), filter, policy, sink, replace).await?;
         quota.ids.lock().insert(id);
         Ok(())
     }

@@ -138,13 +138,25 @@ impl EventBus {
         &self,
         subscription: EventSubscription,
     ) -> Result<Receiver<BusEvent>, BusError> {
-        self.subscribe_as(subscription, |e| BusEvent::from(e)).await
+        self.subscribe_as(subscription, |e| BusEvent::from(e), false)
+            .await
+    }
+
+    /// Subscribes, replacing a subscriber with the same id (whose receiver then disconnects);
+    /// `subscribe` refuses a duplicate id.
+    pub async fn resubscribe(
+        &self,
+        subscription: EventSubscription,
+    ) -> Result<Receiver<BusEvent>, BusError> {
+        self.subscribe_as(subscription, |e| BusEvent::from(e), true)
+            .await
     }
 
     async fn subscribe_as<T: Send + 'static>(
         &self,
         subscription: EventSubscription,
         convert: fn(&crate::codec::Envelope) -> T,
+        replace: bool,
     ) -> Result<Receiver<T>, BusError> {
         let (tx, rx) = queue::channel(self.config.channel_capacity);
         self.core
@@ -154,6 +166,7 @@ impl EventBus {
                 filter_of(&subscription),
                 self.config.backpressure_strategy.into(),
                 Box::new(QueueSink(tx, convert)),
+                replace,
             )
             .await?;
         Ok(rx)
@@ -165,7 +178,7 @@ impl EventBus {
         &self,
         subscription: EventSubscription,
     ) -> Result<Receiver<crate::codec::Envelope>, BusError> {
-        self.subscribe_as(subscription, Clone::clone).await
+        self.subscribe_as(subscription, Clone::clone, false).await
     }
 
     /// The crossbeam-era statistics of the whole bus.

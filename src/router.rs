@@ -25,17 +25,61 @@ pub struct Filter {
     pub event_types: Vec<String>,
     /// Event pids; empty means all.
     pub pids: Vec<u32>,
-    /// Minimum trigger priority, for trigger requests only.
+    /// Minimum trigger priority, for trigger requests.
     pub min_priority: Option<u8>,
+    /// With `min_priority`, events that are not trigger requests are refused too (the tokio
+    /// bus's rule); otherwise they pass (the crossbeam facade's).
+    pub min_priority_triggers_only: bool,
     /// Exact publisher id.
     pub source: Option<String>,
     /// Every pair must be present in the trigger metadata or the routing metadata.
     pub metadata: HashMap<String, String>,
-    /// Exact correlation ids; with `correlation_patterns`, any match passes.
+    /// Exact correlation ids: when any are given, the event's must be one of them.
     pub correlation_ids: Vec<String>,
-    /// Regular expressions over the correlation id.
+    /// Regular expressions over the correlation id: when any are given, one must match (as
+    /// well as `correlation_ids`: patterns narrow, never widen).
     #[serde(with = "regex_strings")]
     pub correlation_patterns: Vec<Regex>,
+    /// Topics wanted instead of `capabilities` (the 2025-10 tokio bus's `topic_patterns`):
+    /// when set, the event's topic must match one and its capability is not checked.
+    pub topics: Option<Vec<TopicRule>>,
+    /// Topics the event's topic must also match, one of them (empty: any).
+    pub topic_filters: Vec<TopicRule>,
+    /// Publisher ids, one of which must be the event's (empty: any).
+    pub sources: Vec<String>,
+}
+
+/// A topic a subscription asks for: a dotted pattern (`*` one level, `#` one or more) or, with
+/// wildcards off, the literal topic.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TopicRule {
+    /// A pattern, as dotted text.
+    Pattern(String),
+    /// Exactly this topic.
+    Literal(String),
+}
+
+impl TopicRule {
+    /// A rule from a subscription's text: checked as a pattern when `wildcards`, else
+    /// taken literally.
+    pub fn parse(text: &str, wildcards: bool) -> Result<Self, crate::topic::TopicError> {
+        if wildcards {
+            crate::topic::Pattern::parse(text)?;
+            Ok(Self::Pattern(text.to_owned()))
+        } else {
+            Ok(Self::Literal(text.to_owned()))
+        }
+    }
+
+    /// Whether `topic` is wanted.
+    pub fn matches(&self, topic: &crate::topic::Topic) -> bool {
+        match self {
+            // Checked in `parse`; a rule read from a trace that does not parse matches nothing.
+            Self::Pattern(p) => crate::topic::Pattern::parse(p).is_ok_and(|p| p.matches(topic)),
+            Self::Literal(l) => topic.as_str() == l,
+        }
+    }
 }
 
 /// Regular expressions as their source strings (for recorded traces).
@@ -59,7 +103,20 @@ impl Filter {
     /// True if the envelope passes every part of the filter.
     pub fn matches(&self, env: &Envelope) -> bool {
         let event = &env.event;
-        if !self.capabilities.contains(event.capability()) {
+        if self.topics.is_some() || !self.topic_filters.is_empty() {
+            let topic = crate::topic::topic_for_event(event);
+            let any = |rules: &[TopicRule]| rules.iter().any(|r| r.matches(&topic));
+            if self.topics.as_deref().is_some_and(|t| !any(t)) {
+                return false;
+            }
+            if !self.topic_filters.is_empty() && !any(&self.topic_filters) {
+                return false;
+            }
+        }
+        if self.topics.is_none() && !self.capabilities.contains(event.capability()) {
+            return false;
+        }
+        if !self.sources.is_empty() && !self.sources.contains(&env.publisher_id) {
             return false;
         }
         if !self.event_types.is_empty() && !self.event_types.iter().any(|t| t == event.event_type())
@@ -69,9 +126,11 @@ impl Filter {
         if !self.pids.is_empty() && !event.pid().is_some_and(|p| self.pids.contains(&p)) {
             return false;
         }
-        if let (Some(min), Some(p)) = (self.min_priority, event.trigger_priority()) {
-            if (p as u8) < min {
-                return false;
+        if let Some(min) = self.min_priority {
+            match event.trigger_priority() {
+                Some(p) if (p as u8) < min => return false,
+                None if self.min_priority_triggers_only => return false,
+                _ => {}
             }
         }
         if self.source.as_ref().is_some_and(|s| *s != env.publisher_id) {
@@ -90,14 +149,12 @@ impl Filter {
                 return false;
             }
         }
-        if self.correlation_ids.is_empty() && self.correlation_patterns.is_empty() {
-            return true;
-        }
-        self.correlation_ids.contains(&env.correlation_id)
-            || self
-                .correlation_patterns
-                .iter()
-                .any(|r| r.is_match(&env.correlation_id))
+        (self.correlation_ids.is_empty() || self.correlation_ids.contains(&env.correlation_id))
+            && (self.correlation_patterns.is_empty()
+                || self
+                    .correlation_patterns
+                    .iter()
+                    .any(|r| r.is_match(&env.correlation_id)))
     }
 }
 
@@ -154,6 +211,10 @@ pub enum RouterError {
     #[error("unknown subscriber `{0}`")]
     /// No subscriber has this id.
     UnknownSubscriber(String),
+    /// A subscriber with this id is already subscribed (the legacy buses' error and message;
+    /// a deliberate replace is [`Router::replace`]).
+    #[error("Subscriber '{0}' already exists")]
+    DuplicateSubscriber(String),
 }
 
 /// The subscriber table and delivery loop.
@@ -182,7 +243,7 @@ impl Router {
             .store(max, std::sync::atomic::Ordering::Relaxed);
     }
 
-    /// Adds a subscriber; one with the same id is replaced (its receiver then disconnects).
+    /// Adds a subscriber; an id already subscribed is refused, as the legacy buses did.
     pub fn subscribe(
         &self,
         id: impl Into<String>,
@@ -190,8 +251,32 @@ impl Router {
         policy: Policy,
         sink: Box<dyn Sink>,
     ) -> Result<(), RouterError> {
-        let id = id.into();
+        self.add(id.into(), filter, policy, sink, false)
+    }
+
+    /// Adds a subscriber, replacing one with the same id (whose receiver then disconnects).
+    pub fn replace(
+        &self,
+        id: impl Into<String>,
+        filter: Filter,
+        policy: Policy,
+        sink: Box<dyn Sink>,
+    ) -> Result<(), RouterError> {
+        self.add(id.into(), filter, policy, sink, true)
+    }
+
+    fn add(
+        &self,
+        id: String,
+        filter: Filter,
+        policy: Policy,
+        sink: Box<dyn Sink>,
+        replace: bool,
+    ) -> Result<(), RouterError> {
         let mut guard = self.subscribers.write();
+        if !replace && guard.iter().any(|s| s.id == id) {
+            return Err(RouterError::DuplicateSubscriber(id));
+        }
         let mut next: Vec<_> = guard.iter().filter(|s| s.id != id).cloned().collect();
         let max = self
             .max_subscribers

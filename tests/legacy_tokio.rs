@@ -87,25 +87,38 @@ async fn pid_metadata_and_priority_filters() {
 
 #[tokio::test]
 async fn correlation_ids_and_patterns() {
-    let mut bus = started(EventBusConfig::default()).await;
-    let mut s = sub("c");
-    s.correlation_filter = Some(CorrelationFilter {
-        correlation_ids: vec!["exact".into()],
-        correlation_patterns: vec!["^scan-[0-9]+$".into()],
-    });
-    let mut rx = bus.subscribe(s).await.unwrap();
-    for (i, c) in ["exact", "scan-12", "scan-x", "exactly", "scan-7"]
-        .iter()
-        .enumerate()
-    {
-        bus.publish(process(i as u32), (*c).into()).await.unwrap();
+    // Ids alone (the legacy rule), patterns alone (busbridge's addition), both: each must
+    // hold; patterns narrow what passes, never widen it.
+    let cases: [(&[&str], &[&str], &[&str]); 3] = [
+        (&["exact", "scan-x"], &[], &["exact", "scan-x"]),
+        (&[], &["^scan-[0-9]+$"], &["scan-12", "scan-7"]),
+        (
+            &["exact", "scan-12", "scan-x"],
+            &["^scan-[0-9]+$"],
+            &["scan-12"],
+        ),
+    ];
+    for (ids, patterns, want) in cases {
+        let mut bus = started(EventBusConfig::default()).await;
+        let mut s = sub("c");
+        s.correlation_filter = Some(CorrelationFilter {
+            correlation_ids: ids.iter().map(|s| s.to_string()).collect(),
+            correlation_patterns: patterns.iter().map(|s| s.to_string()).collect(),
+        });
+        let mut rx = bus.subscribe(s).await.unwrap();
+        for (i, c) in ["exact", "scan-12", "scan-x", "exactly", "scan-7"]
+            .iter()
+            .enumerate()
+        {
+            bus.publish(process(i as u32), (*c).into()).await.unwrap();
+        }
+        bus.publish(process(99), "end".into()).await.unwrap();
+        let mut got = Vec::new();
+        while let Ok(e) = rx.try_recv() {
+            got.push(e.correlation_id);
+        }
+        assert_eq!(got, want, "ids {ids:?} patterns {patterns:?}");
     }
-    let mut got = Vec::new();
-    for _ in 0..3 {
-        got.push(recv(&mut rx).await.correlation_id);
-    }
-    assert_eq!(got, ["exact", "scan-12", "scan-7"]);
-    assert!(rx.try_recv().is_err());
 }
 
 #[tokio::test]

@@ -5,15 +5,16 @@
 use busbridge::bridge::BridgeBuilder;
 use busbridge::codec::CodecKind;
 use busbridge::legacy::crossbeam::{
-    EventSubscription, HighPerformanceEventBus, HighPerformanceEventBusConfig, SourceCaps,
+    CollectionEvent, EventSubscription, HighPerformanceEventBus, HighPerformanceEventBusConfig,
+    HighPerformanceEventBusImpl, SourceCaps,
 };
-use busbridge::legacy::tokio::EventBus as _;
+use busbridge::legacy::{crossbeam_2026_04 as v2026_04, tokio_2025_10 as v2025_10};
 use busbridge::phase::Phase;
 use busbridge::scenario::sample_event;
 use serde_json::json;
 use std::io::{BufRead, Write};
 use std::process::ExitCode;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// A bridged legacy-facade program: subscribe to everything, wait for `go` on stdin,
 /// publish the sample events, print what arrives (JSON lines).
@@ -34,8 +35,11 @@ pub struct Args {
     phase: Phase,
     #[arg(long, default_value = "protobuf", value_parser = super::parse_codec)]
     codec: CodecKind,
-    /// Publish through the tokio facade instead of the crossbeam one.
-    #[arg(long = "tokio")]
+    /// The legacy facade (and version) that publishes and subscribes.
+    #[arg(long, value_enum, default_value = "crossbeam")]
+    facade: Facade,
+    /// Shorthand for `--facade tokio`.
+    #[arg(long = "tokio", conflicts_with = "facade")]
     tokio_facade: bool,
     /// Give up waiting after this long.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
@@ -43,6 +47,21 @@ pub struct Args {
     /// Publish the sample envelopes with their deterministic event ids (for parity runs).
     #[arg(long)]
     exact_ids: bool,
+}
+
+/// One facade of one legacy version.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Facade {
+    /// `legacy::crossbeam` (2025-09).
+    Crossbeam,
+    /// `legacy::tokio` (2025-09).
+    Tokio,
+    /// `legacy::crossbeam_2026_04` (final).
+    #[value(name = "crossbeam-2026-04")]
+    Crossbeam202604,
+    /// `legacy::tokio_2025_10`.
+    #[value(name = "tokio-2025-10")]
+    Tokio202510,
 }
 
 fn line(v: serde_json::Value) -> std::io::Result<()> {
@@ -59,16 +78,13 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
         .codec(a.codec)
         .build()
         .await?;
-    let all = EventSubscription {
-        subscriber_id: "all".into(),
-        capabilities: SourceCaps::all(),
-        event_filter: None,
-        correlation_filter: None,
+    let facade = if a.tokio_facade {
+        Facade::Tokio
+    } else {
+        a.facade
     };
-    let crossbeam = bridged.crossbeam(HighPerformanceEventBusConfig::default());
-    let rx = crossbeam.subscribe(all).await?;
-    let mut tokio_bus = bridged.tokio(Default::default());
-    tokio_bus.start().await?;
+    let (lines_tx, mut lines_rx) = tokio::sync::mpsc::unbounded_channel();
+    let mut publisher = Publisher::subscribe(&bridged, facade, lines_tx).await?;
     println!("ready");
     std::io::stdout().flush()?;
     let go = tokio::task::spawn_blocking(|| {
@@ -85,28 +101,18 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
             bridged.core().publish(env).await?;
             continue;
         }
-        let event = sample_event(&a.name, i);
-        let correlation = format!("{}-{i}", a.name);
-        if a.tokio_facade {
-            tokio_bus.publish(event, correlation).await?;
-        } else {
-            crossbeam.publish(event, correlation).await?;
-        }
+        publisher
+            .publish(sample_event(&a.name, i), format!("{}-{i}", a.name))
+            .await?;
     }
-    let deadline = Instant::now() + a.timeout;
+    let deadline = tokio::time::Instant::now() + a.timeout;
     let mut received = 0;
     while received < a.expect {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let rx = rx.clone();
-        let next = tokio::task::spawn_blocking(move || rx.recv_timeout(left)).await?;
-        let Ok(e) = next else { break };
+        let Ok(Some(v)) = tokio::time::timeout_at(deadline, lines_rx.recv()).await else {
+            break;
+        };
         received += 1;
-        line(json!({
-            "publisher_id": e.publisher_id,
-            "event_id": e.event_id,
-            "correlation_id": e.correlation_id,
-            "event": e.event,
-        }))?;
+        line(v)?;
     }
     let _ = tokio::time::timeout(Duration::from_secs(10), bridged.link().settled()).await;
     let stats = bridged.core().stats().snapshot();
@@ -117,4 +123,157 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::from(1)
     })
+}
+
+/// The facade a peer publishes through; what it receives goes out as JSON lines, each event
+/// in that version's own types (so a field a version lacks is absent from its lines).
+enum Publisher {
+    Crossbeam(HighPerformanceEventBusImpl),
+    Tokio(busbridge::legacy::tokio::LocalEventBus),
+    Crossbeam202604(v2026_04::HighPerformanceEventBusImpl),
+    Tokio202510(v2025_10::LocalEventBus),
+}
+
+type Lines = tokio::sync::mpsc::UnboundedSender<serde_json::Value>;
+
+fn event_line(
+    publisher_id: &str,
+    event_id: &str,
+    correlation_id: &str,
+    event: impl serde::Serialize,
+) -> serde_json::Value {
+    json!({
+        "publisher_id": publisher_id,
+        "event_id": event_id,
+        "correlation_id": correlation_id,
+        "event": event,
+    })
+}
+
+impl Publisher {
+    /// The facade, subscribed to everything; received events go to `lines`.
+    async fn subscribe(
+        bridged: &busbridge::bridge::Bridged,
+        facade: Facade,
+        lines: Lines,
+    ) -> anyhow::Result<Self> {
+        let caps = SourceCaps::all();
+        Ok(match facade {
+            Facade::Crossbeam => {
+                let bus = bridged.crossbeam(HighPerformanceEventBusConfig::default());
+                let rx = bus
+                    .subscribe(EventSubscription {
+                        subscriber_id: "all".into(),
+                        capabilities: caps,
+                        event_filter: None,
+                        correlation_filter: None,
+                    })
+                    .await?;
+                std::thread::spawn(move || {
+                    for e in rx {
+                        let l =
+                            event_line(&e.publisher_id, &e.event_id, &e.correlation_id, &e.event);
+                        if lines.send(l).is_err() {
+                            break;
+                        }
+                    }
+                });
+                Self::Crossbeam(bus)
+            }
+            Facade::Crossbeam202604 => {
+                let bus = bridged.crossbeam_2026_04(Default::default());
+                let rx = v2026_04::HighPerformanceEventBus::subscribe(
+                    &bus,
+                    v2026_04::EventSubscription {
+                        subscriber_id: "all".into(),
+                        capabilities: caps,
+                        event_filter: None,
+                        correlation_filter: None,
+                        backpressure_strategy: v2026_04::BackpressureStrategy::Blocking,
+                    },
+                )
+                .await?;
+                std::thread::spawn(move || {
+                    for e in rx {
+                        let l =
+                            event_line(&e.publisher_id, &e.event_id, &e.correlation_id, &e.event);
+                        if lines.send(l).is_err() {
+                            break;
+                        }
+                    }
+                });
+                Self::Crossbeam202604(bus)
+            }
+            Facade::Tokio => {
+                use busbridge::legacy::tokio as v2025_09;
+                let mut bus = bridged.tokio(Default::default());
+                bus.start().await?;
+                let mut rx = v2025_09::EventBus::subscribe(
+                    &mut bus,
+                    v2025_09::EventSubscription {
+                        subscriber_id: "all".into(),
+                        capabilities: caps,
+                        event_filter: None,
+                        correlation_filter: None,
+                    },
+                )
+                .await?;
+                tokio::spawn(async move {
+                    while let Some(e) = rx.recv().await {
+                        let l =
+                            event_line(&e.publisher_id, &e.event_id, &e.correlation_id, &e.event);
+                        if lines.send(l).is_err() {
+                            break;
+                        }
+                    }
+                });
+                Self::Tokio(bus)
+            }
+            Facade::Tokio202510 => {
+                let mut bus = bridged.tokio_2025_10(Default::default());
+                bus.start().await?;
+                let mut rx = v2025_10::EventBus::subscribe(
+                    &mut bus,
+                    v2025_10::EventSubscription {
+                        subscriber_id: "all".into(),
+                        capabilities: caps,
+                        event_filter: None,
+                        correlation_filter: None,
+                        topic_patterns: Some(vec!["events.#".into(), "tasks.#".into()]),
+                        enable_wildcards: true,
+                    },
+                )
+                .await?;
+                tokio::spawn(async move {
+                    while let Some(e) = rx.recv().await {
+                        let l =
+                            event_line(&e.publisher_id, &e.event_id, &e.correlation_id, &e.event);
+                        if lines.send(l).is_err() {
+                            break;
+                        }
+                    }
+                });
+                Self::Tokio202510(bus)
+            }
+        })
+    }
+
+    /// Publishes a sample event through the facade, in its version's types (the 2026-04
+    /// facade's process events name their hash algorithm).
+    async fn publish(&mut self, event: CollectionEvent, correlation: String) -> anyhow::Result<()> {
+        match self {
+            Self::Crossbeam(bus) => bus.publish(event, correlation).await,
+            Self::Tokio(bus) => {
+                busbridge::legacy::tokio::EventBus::publish(bus, event, correlation).await
+            }
+            Self::Crossbeam202604(bus) => {
+                let mut event = v2026_04::CollectionEvent::from_core(event, &Default::default());
+                if let v2026_04::CollectionEvent::Process(p) = &mut event {
+                    p.hash_algorithm = p.executable_hash.as_ref().map(|_| "sha256".into());
+                }
+                v2026_04::HighPerformanceEventBus::publish(bus, event, correlation).await
+            }
+            Self::Tokio202510(bus) => v2025_10::EventBus::publish(bus, event, correlation).await,
+        }
+    }
 }

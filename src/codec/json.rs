@@ -1,6 +1,6 @@
 //! The JSON encoding: one object with the envelope fields and the event, as serde writes it.
 
-use super::{CodecError, Envelope, ENVELOPE_VERSION};
+use super::{CodecError, Envelope, EventExtra, ENVELOPE_VERSION};
 use crate::event::CollectionEvent;
 use serde::{Deserialize, Serialize};
 use std::borrow::Cow;
@@ -21,6 +21,8 @@ struct JsonEnvelope<'a> {
     #[serde(default)]
     routing_metadata: Cow<'a, HashMap<String, String>>,
     event: Cow<'a, CollectionEvent>,
+    #[serde(default, skip_serializing_if = "EventExtra::is_empty")]
+    extra: Cow<'a, EventExtra>,
     /// `platform_metadata: Some(null)` reads back as `None` through serde's `Option`; this
     /// flag keeps the difference.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
@@ -61,6 +63,7 @@ pub(super) fn encode(env: &Envelope) -> Result<Vec<u8>, CodecError> {
         priority: env.priority,
         routing_metadata: Cow::Borrowed(&env.routing_metadata),
         event: Cow::Borrowed(&env.event),
+        extra: Cow::Borrowed(&env.extra),
         metadata_null: metadata_is_null(&env.event),
     })?)
 }
@@ -126,5 +129,6 @@ pub(super) fn decode(bytes: &[u8]) -> Result<Envelope, CodecError> {
         priority: j.priority,
         routing_metadata: j.routing_metadata.into_owned(),
         event,
+        extra: j.extra.into_owned(),
     })
 }

@@ -67,6 +67,26 @@ pub struct Envelope {
     pub routing_metadata: HashMap<String, String>,
     /// The event itself.
     pub event: CollectionEvent,
+    /// What the event has beyond the 2025-09 domain types, carried beside it.
+    pub extra: EventExtra,
+}
+
+/// Fields of an event that the 2025-09 domain types lack (later versions of the legacy API
+/// added them), carried beside the event: an event that crosses a bus of an older version on
+/// its way to a newer one arrives whole.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventExtra {
+    /// The process event's `hash_algorithm` (the 2026-04 crossbeam bus's `ProcessEvent`); on
+    /// the wire, the legacy `ProcessRecord` field 10.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hash_algorithm: Option<String>,
+}
+
+impl EventExtra {
+    /// True if nothing is carried.
+    pub fn is_empty(&self) -> bool {
+        self.hash_algorithm.is_none()
+    }
 }
 
 impl Envelope {
@@ -87,6 +107,7 @@ impl Envelope {
             priority: event.priority(),
             routing_metadata: HashMap::new(),
             event,
+            extra: EventExtra::default(),
         }
     }
 }

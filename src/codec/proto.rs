@@ -386,7 +386,7 @@ pub(super) fn encode(env: &Envelope) -> Result<Vec<u8>, CodecError> {
                 cpu_usage: e.cpu_usage,
                 memory_usage: e.memory_usage,
                 executable_hash: e.executable_hash.clone(),
-                hash_algorithm: None,
+                hash_algorithm: env.extra.hash_algorithm.clone(),
                 user_id: e.user_id.clone(),
                 accessible: e.accessible,
                 file_exists: e.file_exists,
@@ -497,10 +497,12 @@ fn decode_with(bytes: &[u8], h: HeaderKind) -> Result<Envelope, CodecError> {
         return Err(CodecError::UnsupportedVersion(h.version));
     }
     let header;
+    let mut extra = super::EventExtra::default();
     let event = match h.kind {
         KIND_PROCESS => {
             let mut r = ProcessRecord::decode(bytes)?;
             header = r.header.take();
+            extra.hash_algorithm = r.hash_algorithm.take();
             let start_time = match (r.start_time, r.start_time_nanos) {
                 (Some(s), n) => Some(join(s, n.unwrap_or(0), SEC, "process.start_time")?),
                 (None, None) => None,
@@ -647,5 +649,6 @@ fn decode_with(bytes: &[u8], h: HeaderKind) -> Result<Envelope, CodecError> {
         priority,
         routing_metadata: h.routing_metadata,
         event,
+        extra,
     })
 }

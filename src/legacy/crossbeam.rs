@@ -92,6 +92,13 @@ impl Default for HighPerformanceEventBusConfig {
     }
 }
 
+/// The publisher id of events published through an unbridged bus, as in the legacy bus. A
+/// bridged bus uses its busrt name, so events from different processes are told apart.
+pub const PUBLISHER_ID: &str = "high-performance-bus";
+
+/// `BusEvent::priority` on this facade: the legacy bus set 5 on every event.
+pub const PRIORITY: u8 = 5;
+
 /// The crossbeam bus over busbridge's core.
 pub struct HighPerformanceEventBusImpl {
     core: Arc<Core>,
@@ -110,6 +117,7 @@ impl HighPerformanceEventBusImpl {
             persistence: config
                 .enable_persistence
                 .then_some(config.max_persisted_events),
+            publisher_id: PUBLISHER_ID.into(),
             ..CoreOptions::default()
         }));
         Ok(Self::with_core(core, config))
@@ -172,6 +180,55 @@ impl HighPerformanceEventBusImpl {
     pub fn core(&self) -> &Arc<Core> {
         &self.core
     }
+
+    /// Subscribes, replacing a subscriber with the same id (whose receiver then disconnects).
+    /// `subscribe` refuses a duplicate id, as the legacy bus did; this is the deliberate
+    /// replace.
+    pub async fn resubscribe(
+        &self,
+        subscription: EventSubscription,
+    ) -> anyhow::Result<Receiver<BusEvent>> {
+        self.add(subscription, true).await
+    }
+
+    async fn add(
+        &self,
+        subscription: EventSubscription,
+        replace: bool,
+    ) -> anyhow::Result<Receiver<BusEvent>> {
+        let source = subscription
+            .event_filter
+            .as_ref()
+            .and_then(|f| f.source_filter.as_deref());
+        if source == Some(PUBLISHER_ID) && self.core.is_bridged() {
+            // It would match nothing: say so rather than deliver nothing.
+            anyhow::bail!(
+                "source_filter `{PUBLISHER_ID}`: on a bridged bus the publisher id is the \
+                 publishing bus's busrt name (`{}` here)",
+                self.core.publisher_id()
+            );
+        }
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let strategy = self.config.backpressure_strategy;
+        let sink = CrossbeamSink {
+            tx,
+            capacity: self.config.channel_capacity.max(1),
+            discard_from: (strategy == BackpressureStrategy::DropOldest).then(|| rx.clone()),
+            convert: bus_event,
+            retry: RETRY,
+        };
+        self.core
+            .subscribe_within(
+                &self.quota,
+                subscription.subscriber_id.clone(),
+                filter_of(&subscription),
+                strategy.into(),
+                Box::new(sink),
+                replace,
+            )
+            .await?;
+        Ok(rx)
+    }
 }
 
 #[async_trait]
@@ -187,23 +244,7 @@ impl HighPerformanceEventBus for HighPerformanceEventBusImpl {
         &self,
         subscription: EventSubscription,
     ) -> anyhow::Result<Receiver<BusEvent>> {
-        let (tx, rx) = crossbeam_channel::unbounded();
-        let strategy = self.config.backpressure_strategy;
-        let sink = CrossbeamSink {
-            tx,
-            capacity: self.config.channel_capacity.max(1),
-            discard_from: (strategy == BackpressureStrategy::DropOldest).then(|| rx.clone()),
-        };
-        self.core
-            .subscribe_within(
-                &self.quota,
-                subscription.subscriber_id.clone(),
-                filter_of(&subscription),
-                strategy.into(),
-                Box::new(sink),
-            )
-            .await?;
-        Ok(rx)
+        self.add(subscription, false).await
     }
 
     async fn get_statistics(&self) -> EventBusStatistics {
@@ -216,35 +257,66 @@ impl HighPerformanceEventBus for HighPerformanceEventBusImpl {
     }
 }
 
-struct CrossbeamSink {
-    tx: Sender<BusEvent>,
-    capacity: usize,
-    discard_from: Option<Receiver<BusEvent>>,
+/// A crossbeam channel as a router sink, shared by the crossbeam facades of every version:
+/// unbounded underneath (a bounded channel allocates every slot up front), bounded here at
+/// `capacity`.
+pub(crate) struct CrossbeamSink<T> {
+    pub(crate) tx: Sender<T>,
+    pub(crate) capacity: usize,
+    /// Under `DropOldest`: a clone of the receiver to discard from.
+    pub(crate) discard_from: Option<Receiver<T>>,
+    /// What a subscriber of this version receives.
+    pub(crate) convert: fn(&Envelope) -> T,
+    /// How a blocked publisher polls for room.
+    pub(crate) retry: Retry,
+}
+
+/// Polling for room in a full crossbeam queue: crossbeam has no async "room available"
+/// signal.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Retry {
+    /// First pause; each next one doubles.
+    pub(crate) first: Duration,
+    /// Longest pause.
+    pub(crate) max_delay: Duration,
+}
+
+/// The 2025-09 bus's polling: fine-grained, no retry limit.
+const RETRY: Retry = Retry {
+    first: Duration::from_micros(50),
+    max_delay: Duration::from_millis(5),
+};
+
+fn bus_event(env: &Envelope) -> BusEvent {
+    BusEvent {
+        priority: PRIORITY,
+        ..BusEvent::from(env)
+    }
 }
 
 #[async_trait]
-impl Sink for CrossbeamSink {
+impl<T: Send + Sync + 'static> Sink for CrossbeamSink<T> {
     fn offer(&self, env: &Envelope) -> Offer {
         if self.tx.len() >= self.capacity {
             return Offer::Full;
         }
-        match self.tx.send(BusEvent::from(env)) {
+        match self.tx.send((self.convert)(env)) {
             Ok(()) => Offer::Sent,
             Err(_) => Offer::Closed,
         }
     }
 
     async fn ready(&self, limit: Option<Duration>) -> bool {
-        // crossbeam has no async "room available" signal: poll with a capped back-off. Only a
-        // full queue under `Blocking` gets here; a dropped receiver empties the channel.
+        // Only a full queue under a blocking policy gets here; a dropped receiver empties
+        // the channel.
         let deadline = limit.map(|d| tokio::time::Instant::now() + d);
-        let mut pause = Duration::from_micros(50);
+        let mut pause = self.retry.first;
         while self.tx.len() >= self.capacity {
             if deadline.is_some_and(|d| tokio::time::Instant::now() >= d) {
                 return false;
             }
             tokio::time::sleep(pause).await;
-            pause = (pause * 2).min(Duration::from_millis(5));
+            pause = (pause * 2).min(self.retry.max_delay);
         }
         true
     }

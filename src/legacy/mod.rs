@@ -1,12 +1,20 @@
-//! The two legacy facades, unchanged in names and signatures, over busbridge's one core.
+//! The legacy facades, one module per version of the legacy buses, unchanged in names and
+//! signatures, all over busbridge's one core (so buses of different versions, in one process
+//! or in several, exchange events through the same bridge and phases).
 //!
-//! | legacy import                                  | busbridge import                                   |
-//! |------------------------------------------------|----------------------------------------------------|
-//! | `collector_core::HighPerformanceEventBus` & co | [`busbridge::legacy::crossbeam`](crate::legacy::crossbeam) |
-//! | `collector_core::EventBus`, `LocalEventBus` & co | [`busbridge::legacy::tokio`](crate::legacy::tokio) |
+//! Pick the module by the date of the code you have:
 //!
-//! Both re-export the domain types under their old names, so only `use` lines change.
+//! | your code was written against | it imported | import from |
+//! |---|---|---|
+//! | the crossbeam bus, 2025-09 | `collector_core::{HighPerformanceEventBus, ...}` | [`busbridge::legacy::crossbeam`](crate::legacy::crossbeam) |
+//! | the crossbeam bus, final (2025-10 … 2026-04, `Receiver<Arc<BusEvent>>`) | `collector_core::{HighPerformanceEventBus, ...}` | [`busbridge::legacy::crossbeam_2026_04`](crate::legacy::crossbeam_2026_04) |
+//! | the tokio bus, 2025-09 | `collector_core::{EventBus, LocalEventBus, ...}` | [`busbridge::legacy::tokio`](crate::legacy::tokio) |
+//! | the tokio bus, 2025-10 (`topic_patterns`) | `collector_core::{EventBus, LocalEventBus, ...}` | [`busbridge::legacy::tokio_2025_10`](crate::legacy::tokio_2025_10) |
+//!
+//! Each re-exports the domain types under their old names, so only `use` lines change.
 //! `anyhow::Result` stays in these traits because the legacy signatures used it.
 
 pub mod crossbeam;
+pub mod crossbeam_2026_04;
 pub mod tokio;
+pub mod tokio_2025_10;

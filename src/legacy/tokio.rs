@@ -142,7 +142,8 @@ pub struct EventFilter {
     pub metadata_filters: HashMap<String, String>,
 }
 
-/// Correlation matching: any exact id or any regular expression passes.
+/// Correlation matching: when ids are given the event's must be one; when patterns are given
+/// one must match as well (the legacy bus ignored patterns; they narrow, never widen).
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct CorrelationFilter {
     /// Exact correlation ids.
@@ -213,6 +214,11 @@ pub struct LocalEventBus {
     bridge: Option<crate::bridge::Bridged>,
 }
 
+/// The publisher id of events published through an unbridged `LocalEventBus`, as in the
+/// legacy bus. A bridged bus uses its busrt name, so events from different processes are told
+/// apart.
+pub const PUBLISHER_ID: &str = "local-publisher";
+
 impl LocalEventBus {
     /// A legacy-router-only bus (phase 0); publishing needs `start()` first.
     pub async fn new(config: EventBusConfig) -> anyhow::Result<Self> {
@@ -222,6 +228,7 @@ impl LocalEventBus {
                 .enable_persistence
                 .then_some(config.max_persisted_events),
             require_start: true,
+            publisher_id: PUBLISHER_ID.into(),
             ..CoreOptions::default()
         }));
         Ok(Self::with_core(core, config))
@@ -301,6 +308,53 @@ impl LocalEventBus {
     pub fn core(&self) -> &Arc<Core> {
         &self.core
     }
+
+    /// Subscribes, replacing a subscriber with the same id (whose receiver then disconnects).
+    /// `subscribe` refuses a duplicate id, as the legacy bus did; this is the deliberate
+    /// replace.
+    pub async fn resubscribe(
+        &mut self,
+        subscription: EventSubscription,
+    ) -> anyhow::Result<mpsc::Receiver<BusEvent>> {
+        self.add(subscription, true).await
+    }
+
+    async fn add(
+        &mut self,
+        subscription: EventSubscription,
+        replace: bool,
+    ) -> anyhow::Result<mpsc::Receiver<BusEvent>> {
+        let filter = filter_of(&subscription)?;
+        self.add_filter(subscription.subscriber_id, filter, replace)
+            .await
+    }
+
+    /// Subscribes with a router filter (the 2025-10 bus's subscriptions build theirs).
+    pub(crate) async fn add_filter(
+        &mut self,
+        subscriber_id: String,
+        filter: Filter,
+        replace: bool,
+    ) -> anyhow::Result<mpsc::Receiver<BusEvent>> {
+        let (tx, rx) = mpsc::channel(self.config.max_buffer_size.max(1));
+        self.core
+            .subscribe_within(
+                &self.quota,
+                subscriber_id,
+                filter,
+                match self.core.backpressure_strategy() {
+                    // The legacy tokio bus waited at most its delivery timeout.
+                    None | Some(BackpressureStrategy::Blocking) => {
+                        Policy::BlockFor(self.config.delivery_timeout)
+                    }
+                    Some(other) => other.into(),
+                },
+                Box::new(TokioSink(tx)),
+                replace,
+            )
+            .await?;
+        Ok(rx)
+    }
 }
 
 impl Drop for LocalEventBus {
@@ -311,7 +365,7 @@ impl Drop for LocalEventBus {
     }
 }
 
-fn filter_of(sub: &EventSubscription) -> anyhow::Result<Filter> {
+pub(crate) fn filter_of(sub: &EventSubscription) -> anyhow::Result<Filter> {
     let f = sub.event_filter.clone().unwrap_or_default();
     let c = sub.correlation_filter.clone().unwrap_or_default();
     let correlation_patterns = c
@@ -329,10 +383,13 @@ fn filter_of(sub: &EventSubscription) -> anyhow::Result<Filter> {
         event_types: f.event_types,
         pids: f.pids,
         min_priority: f.min_priority.map(|p| p as u8),
+        // The legacy tokio bus refused every non-trigger event once a minimum was set.
+        min_priority_triggers_only: true,
         source: None,
         metadata: f.metadata_filters,
         correlation_ids: c.correlation_ids,
         correlation_patterns,
+        ..Filter::default()
     })
 }
 
@@ -355,24 +412,7 @@ impl EventBus for LocalEventBus {
         &mut self,
         subscription: EventSubscription,
     ) -> anyhow::Result<mpsc::Receiver<BusEvent>> {
-        let filter = filter_of(&subscription)?;
-        let (tx, rx) = mpsc::channel(self.config.max_buffer_size.max(1));
-        self.core
-            .subscribe_within(
-                &self.quota,
-                subscription.subscriber_id,
-                filter,
-                match self.core.backpressure_strategy() {
-                    // The legacy tokio bus waited at most its delivery timeout.
-                    None | Some(BackpressureStrategy::Blocking) => {
-                        Policy::BlockFor(self.config.delivery_timeout)
-                    }
-                    Some(other) => other.into(),
-                },
-                Box::new(TokioSink(tx)),
-            )
-            .await?;
-        Ok(rx)
+        self.add(subscription, false).await
     }
 
     async fn unsubscribe(&mut self, subscriber_id: &str) -> anyhow::Result<()> {
