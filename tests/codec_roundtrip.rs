@@ -332,3 +332,24 @@ proptest! {
         let _ = Codec::default().decode(&bytes);
     }
 }
+
+/// What later legacy versions added beside the event (`hash_algorithm`) round-trips in both
+/// codecs, and is the legacy `ProcessRecord` field 10 on the protobuf wire.
+#[test]
+fn event_extras_round_trip_and_are_legacy_field_10() {
+    let mut env = envelope(process(5));
+    env.extra.hash_algorithm = Some("sha256".into());
+    for kind in [CodecKind::Protobuf, CodecKind::Json] {
+        let codec = Codec::new(kind, 1 << 20);
+        let back = codec.decode(&codec.encode(&env).unwrap()).unwrap();
+        assert_eq!(back, env, "{kind:?}");
+    }
+    let legacy = LegacyProcessRecord::decode(proto(&env).as_slice()).unwrap();
+    assert_eq!(legacy.hash_algorithm.as_deref(), Some("sha256"));
+    // None stays None (and off the wire).
+    let plain = envelope(process(6));
+    let codec = Codec::new(CodecKind::Json, 1 << 20);
+    assert!(!String::from_utf8(codec.encode(&plain).unwrap())
+        .unwrap()
+        .contains("extra"));
+}

@@ -5,6 +5,8 @@
 mod common;
 #[path = "conformance/scenarios.rs"]
 mod scenarios;
+#[path = "conformance/scenarios_2026_04.rs"]
+mod scenarios_2026_04;
 
 use async_trait::async_trait;
 use busbridge::legacy::crossbeam::*;
@@ -126,3 +128,77 @@ conformance_suite!(
     busrt_unix_batched_json,
     super::bridged::Busrt::new(super::bridged::Via::UnixBatchedJson)
 );
+
+/// The final crossbeam facade (2026-04), on the legacy router and bridged over a Unix socket:
+/// every shared scenario, and its own back-pressure (`DropNewest` per subscription).
+mod crossbeam_2026_04 {
+    use super::scenarios_2026_04 as scenarios;
+    use async_trait::async_trait;
+    use busbridge::legacy::crossbeam_2026_04::*;
+    use parking_lot::Mutex;
+
+    pub struct Facade {
+        bridged: bool,
+        buses: Mutex<Vec<busbridge::bridge::Bridged>>,
+        dir: tempfile::TempDir,
+    }
+
+    impl Facade {
+        pub fn new(bridged: bool) -> Self {
+            Self {
+                bridged,
+                buses: Mutex::new(Vec::new()),
+                dir: tempfile::tempdir().unwrap(),
+            }
+        }
+    }
+
+    #[async_trait]
+    impl scenarios::Backend for Facade {
+        async fn bus(
+            &self,
+            config: HighPerformanceEventBusConfig,
+        ) -> Box<dyn HighPerformanceEventBus> {
+            if !self.bridged {
+                return Box::new(HighPerformanceEventBusImpl::new(config).await.unwrap());
+            }
+            let mut c = busbridge::config::Config {
+                phase: busbridge::phase::Phase::Topics,
+                ..Default::default()
+            };
+            c.transport.socket_path = self
+                .dir
+                .path()
+                .join(format!("{}.sock", uuid::Uuid::new_v4()));
+            let bridged = busbridge::bridge::Bridged::start(&c).await.unwrap();
+            self.buses.lock().push(bridged.clone());
+            Box::new(bridged.crossbeam_2026_04(config))
+        }
+
+        async fn settle(&self, _bus: &dyn HighPerformanceEventBus) {
+            let buses: Vec<_> = self.buses.lock().clone();
+            for b in buses {
+                tokio::time::timeout(scenarios::LIMIT, b.link().settled())
+                    .await
+                    .expect("every echo back within the limit");
+            }
+        }
+    }
+}
+
+macro_rules! suite_2026_04 {
+    ($name:ident, $bridged:expr) => {
+        mod $name {
+            use super::scenarios_2026_04 as scenarios;
+            crate::conformance_suite!(@tests super::crossbeam_2026_04::Facade::new($bridged);
+                every_kind_arrives_with_every_field, capability_routing, event_type_filter,
+                min_priority_filter, source_filter, correlation_filter,
+                several_subscribers_in_order, drop_newest_keeps_the_first,
+                blocking_waits_and_loses_nothing, dropped_receiver_is_removed_and_counted,
+                max_subscribers_is_enforced, shutdown_disconnects_and_refuses);
+        }
+    };
+}
+
+suite_2026_04!(final_crossbeam_legacy_router, false);
+suite_2026_04!(final_crossbeam_busrt_unix_socket, true);
