@@ -46,8 +46,8 @@ pub enum Entry {
     Subscribe {
         /// Its id.
         id: String,
-        /// Its filter.
-        filter: Filter,
+        /// Its filter (boxed: far larger than the other lines).
+        filter: Box<Filter>,
     },
     /// An event was published (the envelope, as JSON).
     Publish(Value),
@@ -166,7 +166,7 @@ impl Recorder {
     pub(crate) fn record_subscribe(&self, id: &str, filter: &Filter) {
         self.write(&Entry::Subscribe {
             id: id.to_owned(),
-            filter: filter.clone(),
+            filter: Box::new(filter.clone()),
         });
     }
 
@@ -221,7 +221,7 @@ impl Trace {
                 reason,
             };
             match serde_json::from_str::<Entry>(&line).map_err(|e| bad(e.to_string()))? {
-                Entry::Subscribe { id, filter } => trace.subscriptions.push((id, filter)),
+                Entry::Subscribe { id, filter } => trace.subscriptions.push((id, *filter)),
                 Entry::Publish(v) => {
                     let bytes = serde_json::to_vec(&v).map_err(|e| bad(e.to_string()))?;
                     trace
