@@ -19,7 +19,7 @@ pub struct Args {
     /// configuration's `client.name`, else `procmond`.
     #[arg(long)]
     name: Option<String>,
-    /// Default: the configuration's `client.connect`, else the default socket.
+    /// Default: the configuration's `client.connect`, else its `transport.socket_path`.
     #[arg(long)]
     connect: Option<String>,
     /// Configuration file (TOML): phase, codec, client settings, name and address.
@@ -50,9 +50,10 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
     let name = name
         .or_else(|| config.client.name.clone())
         .unwrap_or_else(|| "procmond".into());
+    // An agent's file (no `client.connect`) still says where its socket is.
     let connect = connect
         .or_else(|| config.client.connect.clone())
-        .unwrap_or_else(|| super::DEFAULT_CONNECT.into());
+        .unwrap_or_else(|| format!("ipc://{}", config.transport.socket_path.display()));
     if !config.phase.uses_busrt() {
         eprintln!(
             "busbridge: a collector in its own process needs phase 1 or later: at phase 0 \

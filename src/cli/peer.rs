@@ -136,18 +136,17 @@ enum Publisher {
 
 type Lines = tokio::sync::mpsc::UnboundedSender<serde_json::Value>;
 
-fn event_line(
-    publisher_id: &str,
-    event_id: &str,
-    correlation_id: &str,
-    event: impl serde::Serialize,
-) -> serde_json::Value {
-    json!({
-        "publisher_id": publisher_id,
-        "event_id": event_id,
-        "correlation_id": correlation_id,
-        "event": event,
-    })
+/// A received event as a JSON line, in its facade's own types (every version's `BusEvent`
+/// has these fields).
+macro_rules! event_line {
+    ($e:expr) => {
+        json!({
+            "publisher_id": $e.publisher_id,
+            "event_id": $e.event_id,
+            "correlation_id": $e.correlation_id,
+            "event": $e.event,
+        })
+    };
 }
 
 impl Publisher {
@@ -171,9 +170,7 @@ impl Publisher {
                     .await?;
                 std::thread::spawn(move || {
                     for e in rx {
-                        let l =
-                            event_line(&e.publisher_id, &e.event_id, &e.correlation_id, &e.event);
-                        if lines.send(l).is_err() {
+                        if lines.send(event_line!(e)).is_err() {
                             break;
                         }
                     }
@@ -195,9 +192,7 @@ impl Publisher {
                 .await?;
                 std::thread::spawn(move || {
                     for e in rx {
-                        let l =
-                            event_line(&e.publisher_id, &e.event_id, &e.correlation_id, &e.event);
-                        if lines.send(l).is_err() {
+                        if lines.send(event_line!(e)).is_err() {
                             break;
                         }
                     }
@@ -220,9 +215,7 @@ impl Publisher {
                 .await?;
                 tokio::spawn(async move {
                     while let Some(e) = rx.recv().await {
-                        let l =
-                            event_line(&e.publisher_id, &e.event_id, &e.correlation_id, &e.event);
-                        if lines.send(l).is_err() {
+                        if lines.send(event_line!(e)).is_err() {
                             break;
                         }
                     }
@@ -246,9 +239,7 @@ impl Publisher {
                 .await?;
                 tokio::spawn(async move {
                     while let Some(e) = rx.recv().await {
-                        let l =
-                            event_line(&e.publisher_id, &e.event_id, &e.correlation_id, &e.event);
-                        if lines.send(l).is_err() {
+                        if lines.send(event_line!(e)).is_err() {
                             break;
                         }
                     }
