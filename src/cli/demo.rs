@@ -64,39 +64,77 @@ async fn subscribe_all(
     ])
 }
 
-/// One scan published through the facade: every process, a trigger per big process, a metric.
-/// Returns (process events, triggers, metrics) published.
+/// What one scan published.
+#[derive(Clone, Copy)]
+struct Published {
+    processes: usize,
+    /// Trigger requests, urgent or routine.
+    triggers: usize,
+    /// The urgent ones (`High`): what the `urgent-triggers` subscriber must receive.
+    urgent: usize,
+    metrics: usize,
+}
+
+impl Published {
+    /// What each of [`subscribe_all`]'s subscribers must receive, in its order.
+    fn want(&self) -> [usize; 3] {
+        [self.processes, self.urgent, self.metrics]
+    }
+}
+
+/// Trigger requests per scan: the largest memory users get an urgent one, the next a routine
+/// one, so the `min_priority` filter has something to keep and something to refuse.
+const URGENT: usize = 2;
+const ROUTINE: usize = 3;
+
+/// One scan published through the facade: every process, a memory-analysis trigger for each
+/// of the largest memory users (urgent for the first [`URGENT`], routine for the next
+/// [`ROUTINE`]), a metric.
 async fn publish_scan(
     bus: &HighPerformanceEventBusImpl,
     scanner: &mut ProcessScanner,
     phase: u8,
-) -> anyhow::Result<(usize, usize, usize)> {
+) -> anyhow::Result<Published> {
     let processes = scanner.scan();
     let n = processes.len();
-    let mut triggers = 0;
+    let mut by_memory: Vec<(u64, u32, String)> = processes
+        .iter()
+        .map(|p| (p.memory_usage.unwrap_or(0), p.pid, p.name.clone()))
+        .collect();
+    by_memory.sort_by(|a, b| b.cmp(a));
     for p in processes {
-        let big = p.memory_usage.unwrap_or(0) > 50 * 1024 * 1024;
-        let (pid, name) = (p.pid, p.name.clone());
         bus.publish(CollectionEvent::Process(p), format!("scan-{phase}"))
             .await?;
-        if big {
-            triggers += 1;
-            bus.publish(
-                CollectionEvent::TriggerRequest(TriggerRequest {
-                    trigger_id: format!("mem-{phase}-{pid}"),
-                    target_collector: "procmond".into(),
-                    analysis_type: AnalysisType::MemoryAnalysis,
-                    priority: TriggerPriority::High,
-                    target_pid: Some(pid),
-                    target_path: None,
-                    correlation_id: format!("scan-{phase}"),
-                    metadata: [("reason".to_string(), format!("{name} uses over 50 MiB"))].into(),
-                    timestamp: SystemTime::now(),
-                }),
-                format!("scan-{phase}"),
-            )
-            .await?;
-        }
+    }
+    let mut urgent = 0;
+    let mut triggers = 0;
+    for (rank, (memory, pid, name)) in by_memory.into_iter().take(URGENT + ROUTINE).enumerate() {
+        let priority = if rank < URGENT {
+            urgent += 1;
+            TriggerPriority::High
+        } else {
+            TriggerPriority::Normal
+        };
+        triggers += 1;
+        bus.publish(
+            CollectionEvent::TriggerRequest(TriggerRequest {
+                trigger_id: format!("mem-{phase}-{pid}"),
+                target_collector: "procmond".into(),
+                analysis_type: AnalysisType::MemoryAnalysis,
+                priority,
+                target_pid: Some(pid),
+                target_path: None,
+                correlation_id: format!("scan-{phase}"),
+                metadata: [(
+                    "reason".to_string(),
+                    format!("{name}: memory rank {} ({memory} bytes)", rank + 1),
+                )]
+                .into(),
+                timestamp: SystemTime::now(),
+            }),
+            format!("scan-{phase}"),
+        )
+        .await?;
     }
     bus.publish(
         CollectionEvent::Performance(PerformanceEvent {
@@ -110,7 +148,12 @@ async fn publish_scan(
         format!("scan-{phase}"),
     )
     .await?;
-    Ok((n, triggers, 1))
+    Ok(Published {
+        processes: n,
+        triggers,
+        urgent,
+        metrics: 1,
+    })
 }
 
 /// Receives exactly `n` events (bounded wait).
@@ -128,7 +171,7 @@ fn take(rx: &crossbeam_channel::Receiver<BusEvent>, n: usize) -> Vec<BusEvent> {
 
 struct Row {
     phase: u8,
-    published: (usize, usize, usize),
+    published: Published,
     received: Vec<(&'static str, usize)>,
     external: usize,
     parity: Option<(u64, u64)>,
@@ -206,7 +249,7 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
             HighPerformanceEventBusImpl::new(HighPerformanceEventBusConfig::default()).await?;
         let subs = subscribe_all(&bus).await?;
         let published = publish_scan(&bus, &mut scanner, 0).await?;
-        let want = [published.0, published.1, published.2];
+        let want = published.want();
         let received: Vec<_> = subs
             .iter()
             .zip(want)
@@ -244,14 +287,14 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
     for phase in [Phase::Shadow, Phase::Topics, Phase::Rpc] {
         bridge.set_phase(phase)?;
         let published = publish_scan(&bus, &mut scanner, phase as u8).await?;
-        let want = [published.0, published.1, published.2];
+        let want = published.want();
         let received: Vec<_> = subs
             .iter()
             .zip(want)
             .map(|((id, rx), n)| (*id, take(rx, n).len()))
             .collect();
         let _ = tokio::time::timeout(LIMIT, bridge.link().settled()).await;
-        external_expected += published.0;
+        external_expected += published.processes;
         let external_seen = external.wait_for(external_expected).await;
         let report = bridge.core().parity().finish();
         let rpc = if phase.rpc_over_busrt() {
@@ -279,7 +322,7 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
             phase: phase as u8,
             published,
             received,
-            external: external_seen - (external_expected - published.0),
+            external: external_seen - (external_expected - published.processes),
             parity: Some((report.compared, report.mismatch_count)),
             rpc,
             ok,
@@ -297,7 +340,7 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
             .map(|r| {
                 json!({
                     "phase": r.phase,
-                    "published": {"processes": r.published.0, "triggers": r.published.1, "metrics": r.published.2},
+                    "published": {"processes": r.published.processes, "triggers": r.published.triggers, "urgent": r.published.urgent, "metrics": r.published.metrics},
                     "received": r.received.iter().map(|(k, v)| (k.to_string(), json!(v))).collect::<serde_json::Map<_, _>>(),
                     "external_subscriber": r.external,
                     "parity": r.parity.map(|(c, m)| json!({"compared": c, "mismatches": m})),
@@ -330,8 +373,8 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
             println!(
                 "{:>5}  {:>9}  {:>8}  {:>13}  {:>6}  {:>7}  {:>12}  {:>29}  {}",
                 r.phase,
-                r.published.0,
-                r.published.1,
+                r.published.processes,
+                r.published.triggers,
                 get("all-processes"),
                 get("urgent-triggers"),
                 get("metrics"),
