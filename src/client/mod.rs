@@ -118,6 +118,12 @@ pub enum ClientError {
     #[error("access denied by the broker: {0}")]
     /// The broker's access rules refused the operation.
     Denied(String),
+    #[error("{left} message(s) could not be handed to the broker before the deadline")]
+    /// `disconnect_within` ran out of time with messages still in the outbox (how many).
+    Unflushed {
+        /// Messages never confirmed by the broker.
+        left: usize,
+    },
     #[error("the client is closed")]
     /// The client was disconnected by its owner.
     Closed,
@@ -412,6 +418,9 @@ pub(crate) async fn open_busrt(
     Ok(conn)
 }
 
+/// Outbox messages sent before their confirmations are awaited (the bridge's window).
+const FLUSH_WINDOW: usize = 256;
+
 async fn confirm(
     op: &'static str,
     confirm: busrt::OpConfirm,
@@ -565,6 +574,39 @@ impl AsyncClient {
     /// Counters.
     pub fn stats(&self) -> ClientStats {
         self.shared.stats()
+    }
+
+    /// Graceful disconnect that keeps its promise across an outage: until `deadline` it keeps
+    /// reconnecting (with the usual back-off) and hands over what the outbox still holds;
+    /// then it closes. `Err(Unflushed { left })` says exactly how many messages the broker
+    /// never confirmed.
+    pub async fn disconnect_within(&mut self, deadline: Duration) -> Result<(), ClientError> {
+        let until = tokio::time::Instant::now() + deadline;
+        let mut state = self.shared.state.subscribe();
+        loop {
+            if self.shared.outbox.lock().is_empty() {
+                break;
+            }
+            let connected = matches!(*state.borrow_and_update(), ConnectionState::Connected);
+            if connected {
+                let left = until.saturating_duration_since(tokio::time::Instant::now());
+                if let Ok(Ok(())) = timeout(left, self.shared.flush_outbox()).await {
+                    continue;
+                }
+            }
+            // Not connected, or the flush broke off: wait for the next state change.
+            if tokio::time::timeout_at(until, state.changed())
+                .await
+                .is_err()
+            {
+                break;
+            }
+        }
+        let closed = self.disconnect().await;
+        match self.shared.outbox.lock().len() {
+            0 => closed,
+            left => Err(ClientError::Unflushed { left }),
+        }
     }
 
     /// Graceful disconnect: flushes the outbox (within the client timeout), then closes.
@@ -814,50 +856,74 @@ impl Shared {
         Ok(())
     }
 
-    /// Sends what waits in the outbox, in order; stops at the first failure.
+    /// Sends what waits in the outbox, in order, [`FLUSH_WINDOW`] confirmations in flight
+    /// (one at a time, a 100,000-message outbox took longer to hand over than most outages
+    /// last); stops at the first failure, with what was not confirmed back at the front of
+    /// the outbox in order (sent again later: at least once).
     async fn flush_outbox(&self) -> Result<(), ClientError> {
         loop {
-            let confirmation = {
+            let mut in_flight = Vec::new();
+            let sent = {
                 let mut guard = self.conn.lock().await;
                 let Some(conn) = guard.as_mut() else {
                     return Err(ClientError::Closed);
                 };
-                let Some(msg) = self.outbox.lock().pop_front() else {
-                    return Ok(());
-                };
-                let sent = timeout(
-                    self.opts.timeout,
-                    conn.publish(
+                let mut sent = Ok(());
+                while in_flight.len() < FLUSH_WINDOW {
+                    let Some(msg) = self.outbox.lock().pop_front() else {
+                        break;
+                    };
+                    let publish = conn.publish(
                         &msg.topic,
                         msg.payload.as_slice().into(),
                         busrt::QoS::RealtimeProcessed,
-                    ),
-                )
-                .await;
-                match sent {
-                    Ok(Ok(c)) => (c, msg),
-                    _ => {
-                        self.outbox.lock().push_front(msg);
-                        self.lost.notify_one();
-                        return Err(ClientError::Timeout("outbox flush"));
+                    );
+                    match timeout(self.opts.timeout, publish).await {
+                        Ok(Ok(c)) => in_flight.push((c, msg)),
+                        _ => {
+                            self.outbox.lock().push_front(msg);
+                            sent = Err(ClientError::Timeout("outbox flush"));
+                            break;
+                        }
                     }
                 }
+                sent
             };
-            let (c, msg) = confirmation;
-            match confirm("outbox flush", c, self.opts.timeout).await {
-                Ok(()) => {
-                    self.counters.outbox_resent.fetch_add(1, Relaxed);
-                    self.counters.acked.fetch_add(1, Relaxed);
+            if in_flight.is_empty() && sent.is_ok() {
+                return Ok(());
+            }
+            // Every confirmation in flight is awaited; after one fails, the rest are not
+            // trusted and go back with it.
+            let mut failed = None;
+            let mut unconfirmed = Vec::new();
+            for (c, msg) in in_flight {
+                if failed.is_some() {
+                    unconfirmed.push(msg);
+                    continue;
                 }
-                Err(ClientError::Denied(e)) => {
-                    tracing::warn!(topic = %msg.topic, "outbox message denied by the broker: {e}");
-                    self.counters.outbox_dropped.fetch_add(1, Relaxed);
+                match confirm("outbox flush", c, self.opts.timeout).await {
+                    Ok(()) => {
+                        self.counters.outbox_resent.fetch_add(1, Relaxed);
+                        self.counters.acked.fetch_add(1, Relaxed);
+                    }
+                    Err(ClientError::Denied(e)) => {
+                        tracing::warn!(topic = %msg.topic, "outbox message denied by the broker: {e}");
+                        self.counters.outbox_dropped.fetch_add(1, Relaxed);
+                    }
+                    Err(e) => {
+                        unconfirmed.push(msg);
+                        failed = Some(e);
+                    }
                 }
-                Err(e) => {
-                    self.outbox.lock().push_front(msg);
-                    self.lost.notify_one();
-                    return Err(e);
+            }
+            if let Some(e) = failed.or(sent.err()) {
+                let mut outbox = self.outbox.lock();
+                for msg in unconfirmed.into_iter().rev() {
+                    outbox.push_front(msg);
                 }
+                drop(outbox);
+                self.lost.notify_one();
+                return Err(e);
             }
         }
     }
