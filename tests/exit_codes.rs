@@ -76,3 +76,35 @@ fn an_unreachable_broker_exits_3_for_one_shot_commands() {
         assert_eq!(code(&args), Some(3), "{args:?}");
     }
 }
+
+/// `--log-format json`: one JSON object a line, with the span an event happened in and its
+/// client and endpoint fields.
+#[test]
+fn log_format_json_carries_spans_and_their_fields() {
+    let dir = tempfile::tempdir().unwrap();
+    let uri = format!("ipc://{}", dir.path().join("absent.sock").display());
+    let out = Command::new(procs::BIN)
+        .args([
+            "--log-format",
+            "json",
+            "pub",
+            "events.x",
+            "y",
+            "--connect",
+            &uri,
+        ])
+        .env("RUST_LOG", "busbridge=debug")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let line: serde_json::Value = stderr
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .find(|v: &serde_json::Value| v["span"]["name"] == "connect")
+        .unwrap_or_else(|| panic!("no JSON line in the connect span: {stderr}"));
+    assert_eq!(line["span"]["endpoint"], uri.as_str());
+    assert!(line["span"]["client"]
+        .as_str()
+        .is_some_and(|c| !c.is_empty()));
+}

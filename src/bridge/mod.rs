@@ -321,6 +321,7 @@ impl Link {
 
     /// Sends frames again, pipelined as the sender does: a resend that waited for each
     /// acknowledgement could take longer than receivers hold events behind the gap.
+    #[tracing::instrument(name = "resend", level = "info", skip_all, fields(client = %self.name, frames = frames.len()))]
     async fn resend(&self, frames: Vec<(Arc<str>, Vec<u8>)>) {
         let last = frames.len();
         let mut acks = VecDeque::new();

@@ -342,6 +342,7 @@ async fn open(endpoint: &Endpoint, name: &str, opts: &ClientOptions) -> Result<C
 }
 
 /// Opens a raw busrt connection for an endpoint.
+#[tracing::instrument(name = "connect", level = "info", skip_all, fields(client = %name, endpoint = %endpoint), err(Display, level = "debug"))]
 pub(crate) async fn open_busrt(
     endpoint: &Endpoint,
     name: &str,
@@ -664,6 +665,7 @@ impl Publisher {
     /// `Processed`: returns once the broker acknowledged it, or once it is queued in the
     /// outbox while the connection is down. `Realtime`: best effort; while disconnected the
     /// message is dropped and counted in `outbox_dropped`.
+    #[tracing::instrument(name = "publish", level = "trace", skip(self, payload), fields(client = %self.shared.name))]
     pub async fn publish(
         &self,
         topic: &str,
@@ -952,6 +954,7 @@ impl Shared {
         (shared, inbox)
     }
 
+    #[tracing::instrument(name = "reconnect", level = "info", skip_all, fields(client = %self.name, endpoint = %self.endpoint))]
     async fn reconnect(self: &Arc<Self>) -> Option<busrt::EventChannel> {
         let mut backoff = Backoff::new(self.opts.reconnect_initial, self.opts.reconnect_max);
         loop {

@@ -449,6 +449,7 @@ impl RpcNode {
     }
 
     /// Calls with an explicit timeout.
+    #[tracing::instrument(name = "rpc_call", level = "info", skip(self, params), fields(client = %self.shared.name))]
     pub async fn rpc_call_within(
         &self,
         target: &str,
