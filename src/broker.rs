@@ -109,8 +109,57 @@ impl BrokerError {
     }
 }
 
+/// The in-process client through which a broker answers status requests.
+const STATUS_CLIENT: &str = "busbridge-broker-status";
+
+/// What a broker answers on the bridge's status topic (`busbridge stats` lists it beside the
+/// bridged buses).
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct BrokerStatus {
+    /// The broker's name (`inproc://NAME`).
+    pub broker: String,
+    /// Its counters.
+    pub stats: BrokerStats,
+}
+
+/// Answers every status request with this broker's counters, while it runs.
+async fn answer_status(running: Weak<Running>, mut client: busrt::broker::Client) {
+    use busrt::client::AsyncClient as _;
+    let topic = |dotted: &str| dotted.replace('.', "/");
+    let Some(requests) = client.take_event_channel() else {
+        return;
+    };
+    if client
+        .subscribe(&topic(crate::topic::STATUS_TOPIC), busrt::QoS::No)
+        .await
+        .is_err()
+    {
+        return;
+    }
+    while requests.recv().await.is_ok() {
+        let Some(running) = running.upgrade() else {
+            return;
+        };
+        let status = BrokerStatus {
+            broker: running.name.clone(),
+            stats: running.stats().await,
+        };
+        let body = serde_json::to_vec(&status).expect("status serializes");
+        let reply = client
+            .publish(
+                &topic(crate::topic::STATUS_REPLY_TOPIC),
+                body.into(),
+                busrt::QoS::No,
+            )
+            .await;
+        if let Err(e) = reply {
+            tracing::warn!("status reply: {e}");
+        }
+    }
+}
+
 /// Counters of the broker's own front door (busrt counts frames separately).
-#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, serde::Deserialize, PartialEq)]
 pub struct BrokerStats {
     /// Connections accepted since start.
     pub connections_accepted: u64,
@@ -469,6 +518,12 @@ impl Broker {
                 self.timeout,
             )));
         }
+        // Answers `busbridge stats` beside the bridged buses (see `BrokerStatus`).
+        let status = running.register_client(STATUS_CLIENT).await?;
+        tasks.push(tokio::spawn(answer_status(
+            Arc::downgrade(&running),
+            status,
+        )));
         running.tasks.lock().extend(tasks);
         for p in &running.socket_paths {
             tracing::info!(socket = %p.display(), "broker listening");
@@ -511,21 +566,9 @@ impl Broker {
 
     /// Counters.
     pub async fn stats(&self) -> BrokerStats {
-        let Some(r) = &self.running else {
-            return BrokerStats::default();
-        };
-        let b = r.busrt.lock().await.stats();
-        BrokerStats {
-            connections_accepted: r.counters.accepted.load(Relaxed),
-            connections_active: r.counters.active.load(Relaxed),
-            refused_connection_limit: r.counters.refused_limit.load(Relaxed),
-            refused_peer_credentials: r.counters.refused_peer.load(Relaxed),
-            refused_tls: r.counters.refused_tls.load(Relaxed),
-            frames_received: b.r_frames,
-            frames_sent: b.w_frames,
-            bytes_received: b.r_bytes,
-            bytes_sent: b.w_bytes,
-            uptime_secs: b.uptime,
+        match &self.running {
+            Some(r) => r.stats().await,
+            None => BrokerStats::default(),
         }
     }
 
@@ -594,6 +637,22 @@ impl Drop for Broker {
 impl Running {
     async fn register_client(&self, name: &str) -> Result<busrt::broker::Client, BrokerError> {
         Ok(self.busrt.lock().await.register_client(name).await?)
+    }
+
+    async fn stats(&self) -> BrokerStats {
+        let b = self.busrt.lock().await.stats();
+        BrokerStats {
+            connections_accepted: self.counters.accepted.load(Relaxed),
+            connections_active: self.counters.active.load(Relaxed),
+            refused_connection_limit: self.counters.refused_limit.load(Relaxed),
+            refused_peer_credentials: self.counters.refused_peer.load(Relaxed),
+            refused_tls: self.counters.refused_tls.load(Relaxed),
+            frames_received: b.r_frames,
+            frames_sent: b.w_frames,
+            bytes_received: b.r_bytes,
+            bytes_sent: b.w_bytes,
+            uptime_secs: b.uptime,
+        }
     }
 
     /// Stops the accept loops and removes the socket files.

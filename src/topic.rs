@@ -294,6 +294,12 @@ fn sanitize_level(name: &str) -> String {
     }
 }
 
+/// Topic on which a tool (`busbridge stats`) asks every bridged bus and broker for its status
+/// (`bridge::Status`, `broker::BrokerStatus`); they answer on [`STATUS_REPLY_TOPIC`].
+pub const STATUS_TOPIC: &str = "control.bridge.status";
+/// Topic of the answers to [`STATUS_TOPIC`].
+pub const STATUS_REPLY_TOPIC: &str = "control.bridge.status.reply";
+
 /// The topic an event is published to (see the table in the module docs).
 pub fn topic_for_event(event: &CollectionEvent) -> Topic {
     let name = match event {

@@ -44,11 +44,9 @@ pub const RESEND_TOPIC: &str = "control.bridge.resend";
 /// (answered with a heartbeat at once), so a tail it missed while down is found even if the
 /// origin is idle.
 pub const HELLO_TOPIC: &str = "control.bridge.hello";
-/// Topic on which a tool asks every bridged bus for its [`Status`](super::Status); the driver
-/// answers on [`STATUS_REPLY_TOPIC`] (the protocol ignores both).
-pub const STATUS_TOPIC: &str = "control.bridge.status";
-/// Topic of the answers to [`STATUS_TOPIC`].
-pub const STATUS_REPLY_TOPIC: &str = "control.bridge.status.reply";
+// Status requests and answers: the driver and the broker answer them, the protocol ignores
+// them.
+pub use crate::topic::{STATUS_REPLY_TOPIC, STATUS_TOPIC};
 
 /// Missing sequence numbers remembered per origin (to accept them if they come late).
 const MAX_MISSING: usize = 100_000;

@@ -1,9 +1,11 @@
-//! `busbridge stats`: attaches to a running broker and asks every bridged bus on it for its
-//! status ([`busbridge::bridge::Status`]): counters, connection, and live parity of the
-//! legacy path against busrt on the traffic it really carries. With `--check` it is the
+//! `busbridge stats`: attaches to a running broker and asks the broker and every bridged bus
+//! on it for their status ([`busbridge::broker::BrokerStatus`], [`busbridge::bridge::Status`]):
+//! counters, connections, and live parity of the legacy path against busrt on the traffic it
+//! really carries. With `--check` it is the
 //! parity verdict on real traffic: exit 1 if any bus reports a mismatch or a lost gap.
 
 use busbridge::bridge::{Status, STATUS_REPLY_TOPIC, STATUS_TOPIC};
+use busbridge::broker::BrokerStatus;
 use busbridge::client::{AsyncClient, ClientOptions};
 use busbridge::QoS;
 use std::process::ExitCode;
@@ -21,10 +23,11 @@ pub struct Args {
     /// How long to collect answers (buses answer at once; this bounds the wait).
     #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
     wait: Duration,
-    /// Stop as soon as this many buses have answered (fewer within `--wait`: exit 1).
+    /// Stop as soon as this many bridged buses have answered (fewer within `--wait`: exit 1);
+    /// the broker answers too, as soon as asked.
     #[arg(long)]
     expect: Option<usize>,
-    /// One JSON array of the answers instead of a table.
+    /// One JSON object (`buses`, `brokers`) instead of a table.
     #[arg(long)]
     json: bool,
     /// Exit 1 if any bus reports a parity mismatch or a lost gap.
@@ -49,13 +52,22 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
         .publish(STATUS_TOPIC, b"{}".to_vec(), QoS::Processed)
         .await?;
     let mut answers: Vec<Status> = Vec::new();
+    let mut brokers: Vec<BrokerStatus> = Vec::new();
     let deadline = tokio::time::Instant::now() + a.wait;
-    while a.expect.is_none_or(|n| answers.len() < n) {
+    // With `--expect`: done once that many buses and the broker have answered.
+    while a
+        .expect
+        .is_none_or(|n| answers.len() < n || brokers.is_empty())
+    {
         let m = match tokio::time::timeout_at(deadline, client.recv()).await {
             Ok(Ok(m)) => m,
             Ok(Err(e)) => return Err(e.into()),
             Err(_) => break,
         };
+        if let Ok(b) = serde_json::from_slice::<BrokerStatus>(m.payload()) {
+            brokers.push(b);
+            continue;
+        }
         match serde_json::from_slice::<Status>(m.payload()) {
             Ok(s) => answers.push(s),
             Err(e) => tracing::warn!("an answer from {} does not parse: {e}", m.sender()),
@@ -64,9 +76,26 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
     let _ = tokio::time::timeout(Duration::from_secs(2), client.disconnect()).await;
     answers.sort_by(|x, y| x.name.cmp(&y.name));
     if a.json {
-        println!("{}", serde_json::to_string_pretty(&answers)?);
+        let v = serde_json::json!({"buses": answers, "brokers": brokers});
+        println!("{}", serde_json::to_string_pretty(&v)?);
     } else {
         print_table(&answers);
+        for b in &brokers {
+            let s = &b.stats;
+            println!(
+                "broker {}: {} connections ({} accepted), refused {} (limit) {} (uid) {} (tls), \
+                 frames in {} out {}, up {} s",
+                b.broker,
+                s.connections_active,
+                s.connections_accepted,
+                s.refused_connection_limit,
+                s.refused_peer_credentials,
+                s.refused_tls,
+                s.frames_received,
+                s.frames_sent,
+                s.uptime_secs
+            );
+        }
     }
     if let Some(n) = a.expect {
         if answers.len() < n {
