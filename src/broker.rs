@@ -122,6 +122,21 @@ pub struct BrokerStatus {
     pub stats: BrokerStats,
 }
 
+/// Reads a running broker's status without keeping it alive.
+#[derive(Clone)]
+pub struct BrokerHandle(Weak<Running>);
+
+impl BrokerHandle {
+    /// The broker's name and counters, or `None` once it stopped.
+    pub async fn status(&self) -> Option<BrokerStatus> {
+        let running = self.0.upgrade()?;
+        Some(BrokerStatus {
+            broker: running.name.clone(),
+            stats: running.stats().await,
+        })
+    }
+}
+
 /// Answers every status request with this broker's counters, while it runs.
 async fn answer_status(running: Weak<Running>, mut client: busrt::broker::Client) {
     use busrt::client::AsyncClient as _;
@@ -137,12 +152,8 @@ async fn answer_status(running: Weak<Running>, mut client: busrt::broker::Client
         return;
     }
     while requests.recv().await.is_ok() {
-        let Some(running) = running.upgrade() else {
+        let Some(status) = BrokerHandle(running.clone()).status().await else {
             return;
-        };
-        let status = BrokerStatus {
-            broker: running.name.clone(),
-            stats: running.stats().await,
         };
         let body = serde_json::to_vec(&status).expect("status serializes");
         let reply = client
@@ -570,6 +581,13 @@ impl Broker {
             Some(r) => r.stats().await,
             None => BrokerStats::default(),
         }
+    }
+
+    /// A handle that reads this broker's status while it runs (for `/metrics`).
+    pub fn status_handle(&self) -> Option<BrokerHandle> {
+        self.running
+            .as_ref()
+            .map(|r| BrokerHandle(Arc::downgrade(r)))
     }
 
     /// Registers an in-process busrt client (what `inproc://` uses).

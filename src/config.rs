@@ -78,6 +78,19 @@ pub struct Config {
     pub access: BTreeMap<String, AccessRule>,
     /// The broker's certificate, key and client CA for `transport.tls_listen`.
     pub tls: Option<TlsConfig>,
+    /// Prometheus `/metrics` (`[metrics]`), off unless `listen` is set.
+    pub metrics: MetricsConfig,
+}
+
+/// Where `/metrics` is served.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// `ip:port` to serve `/metrics` on (a bridged process: its buses and embedded broker;
+    /// `busbridge broker`: the broker). Unset: no endpoint.
+    pub listen: Option<String>,
+    /// Allow a non-loopback `listen` address.
+    pub allow_remote: bool,
 }
 
 /// Where and how the broker listens.
@@ -403,6 +416,11 @@ impl Config {
                 "tls",
                 "transport.tls_listen needs a [tls] section (cert, key, ca)",
             ));
+        }
+        #[cfg(feature = "busrt")]
+        if let Some(listen) = &self.metrics.listen {
+            crate::metrics::parse_listen(listen, self.metrics.allow_remote)
+                .map_err(|e| invalid("metrics.listen", e.to_string()))?;
         }
         if let Some(addr) = &self.transport.tcp_listen {
             if addr.parse::<std::net::SocketAddr>().is_err() {

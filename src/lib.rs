@@ -143,6 +143,8 @@ pub mod event;
 pub mod eventbus;
 #[cfg(feature = "legacy")]
 pub mod legacy;
+#[cfg(feature = "busrt")]
+pub mod metrics;
 pub mod observe;
 pub mod parity;
 pub mod phase;

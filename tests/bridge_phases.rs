@@ -278,14 +278,19 @@ async fn batching_bridge_keeps_every_event_once_in_order() {
         .unwrap();
     let bus = bridged.crossbeam(HighPerformanceEventBusConfig::default());
     let all = bus.subscribe(sub("all", SourceCaps::all())).await.unwrap();
+    // One kind, so one topic: a frame holds events of one topic only.
     for i in 0..N {
-        bus.publish(sample_event("load", i % 1000), i.to_string())
+        bus.publish(common::process(i as u32), i.to_string())
             .await
             .unwrap();
     }
     tokio::time::timeout(LIMIT, bridged.link().settled())
         .await
         .expect("every echo back");
+    assert!(
+        bridged.core().stats().snapshot().bridge_batches > 0,
+        "events shared frames"
+    );
     let got: Vec<usize> = all
         .try_iter()
         .map(|e| e.correlation_id.parse().unwrap())

@@ -47,6 +47,7 @@ fn full() -> Config {
     c.bus.channel_capacity = Some(1);
     c.bus.backpressure_strategy = Some(Default::default());
     c.tls = Some(tls);
+    c.metrics.listen = Some("127.0.0.1:9464".into());
     c.access.insert("CLIENT".into(), AccessRule::default());
     c
 }

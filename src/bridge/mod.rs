@@ -104,6 +104,9 @@ pub enum BridgeError {
     /// The configuration is invalid.
     #[error(transparent)]
     Config(#[from] crate::config::ConfigError),
+    /// The `/metrics` endpoint could not start.
+    #[error("{0}")]
+    Metrics(String),
 }
 
 /// One encoded event on its way to busrt.
@@ -686,6 +689,7 @@ pub struct BridgeBuilder {
     resume: Option<Positions>,
     gap_wait: std::time::Duration,
     wait_for_broker: bool,
+    metrics: Option<std::net::SocketAddr>,
 }
 
 impl Default for BridgeBuilder {
@@ -713,6 +717,7 @@ impl BridgeBuilder {
             resume: None,
             gap_wait: GAP_WAIT,
             wait_for_broker: true,
+            metrics: None,
         }
     }
 
@@ -738,6 +743,16 @@ impl BridgeBuilder {
             replay: config.bus.replay_buffer,
         };
         b.gap_wait = config.bus.gap_wait;
+        if let Some(listen) = &config.metrics.listen {
+            b.metrics = Some(
+                crate::metrics::parse_listen(listen, config.metrics.allow_remote).map_err(|e| {
+                    crate::config::ConfigError::Invalid {
+                        key: "metrics.listen".into(),
+                        reason: e.to_string(),
+                    }
+                })?,
+            );
+        }
         if let Some(name) = &config.client.name {
             b = b.name(name);
         }
@@ -751,6 +766,13 @@ impl BridgeBuilder {
             None => b = b.connect("ipc://daemoneye.sock"),
         }
         Ok(b)
+    }
+
+    /// Serves Prometheus `/metrics` for this bus (and its embedded broker) on `addr`
+    /// (`[metrics] listen`; port 0 picks one, see [`Bridged::metrics_addr`]).
+    pub fn metrics(mut self, addr: std::net::SocketAddr) -> Self {
+        self.metrics = Some(addr);
+        self
     }
 
     /// The migration phase to start in.
@@ -929,12 +951,40 @@ impl BridgeBuilder {
             client,
             close_rx,
         ));
-        Ok(Bridged(Arc::new(Inner {
+        let broker_status = broker.as_ref().and_then(Broker::status_handle);
+        let bridged = Bridged(Arc::new(Inner {
             core,
             link,
             broker: tokio::sync::Mutex::new(broker),
             task: Mutex::new(Some(task)),
-        })))
+            metrics: std::sync::OnceLock::new(),
+        }));
+        if let Some(addr) = self.metrics {
+            // The endpoint must not keep the bus alive: it reads through a weak handle.
+            let bus = Arc::downgrade(&bridged.0);
+            let source: crate::metrics::Source = Arc::new(move || {
+                let bus = bus.upgrade();
+                let broker = broker_status.clone();
+                Box::pin(async move {
+                    let mut snapshot = crate::metrics::Snapshot::default();
+                    if let Some(bus) = bus {
+                        snapshot.buses.push(bus.link.status(&bus.core));
+                    }
+                    if let Some(status) = match broker {
+                        Some(b) => b.status().await,
+                        None => None,
+                    } {
+                        snapshot.brokers.push(status);
+                    }
+                    snapshot
+                })
+            });
+            let server = crate::metrics::MetricsServer::start(addr, source)
+                .await
+                .map_err(|e| BridgeError::Metrics(e.to_string()))?;
+            let _ = bridged.0.metrics.set(server);
+        }
+        Ok(bridged)
     }
 }
 
@@ -950,6 +1000,8 @@ struct Inner {
     link: Arc<Link>,
     broker: tokio::sync::Mutex<Option<Broker>>,
     task: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// `/metrics`, if configured (stops with the bus).
+    metrics: std::sync::OnceLock<crate::metrics::MetricsServer>,
 }
 
 impl Drop for Inner {
@@ -984,6 +1036,14 @@ impl Bridged {
     /// The migration phase now.
     pub fn phase(&self) -> Phase {
         self.0.core.phase()
+    }
+
+    /// Where `/metrics` is served, if it is.
+    pub fn metrics_addr(&self) -> Option<std::net::SocketAddr> {
+        self.0
+            .metrics
+            .get()
+            .map(crate::metrics::MetricsServer::addr)
     }
 
     /// The embedded broker's socket paths, if it has any.

@@ -83,6 +83,9 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
     for path in bridged.broker_socket_paths().await {
         println!("listening on {}", path.display());
     }
+    if let Some(addr) = bridged.metrics_addr() {
+        println!("metrics on http://{addr}/metrics");
+    }
     let rx = bridged
         .event_bus(Default::default())
         .subscribe_envelopes(EventSubscription {

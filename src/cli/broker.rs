@@ -50,6 +50,23 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
     if let Err(e) = broker.spawn().await {
         return Ok(super::broker_failed(&e));
     }
+    // `[metrics] listen`: the broker's counters on /metrics.
+    let metrics = match (&config.metrics.listen, broker.status_handle()) {
+        (Some(listen), Some(handle)) => {
+            let addr = busbridge::metrics::parse_listen(listen, config.metrics.allow_remote)?;
+            let source: busbridge::metrics::Source = std::sync::Arc::new(move || {
+                let handle = handle.clone();
+                Box::pin(async move {
+                    busbridge::metrics::Snapshot {
+                        buses: Vec::new(),
+                        brokers: handle.status().await.into_iter().collect(),
+                    }
+                })
+            });
+            Some(busbridge::metrics::MetricsServer::start(addr, source).await?)
+        }
+        _ => None,
+    };
     {
         // One line per listener, then "ready": scripts and tests wait for it.
         let mut out = std::io::stdout().lock();
@@ -61,6 +78,9 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
         }
         for a in broker.tls_addrs() {
             writeln!(out, "listening on tls://{a}")?;
+        }
+        if let Some(m) = &metrics {
+            writeln!(out, "metrics on http://{}/metrics", m.addr())?;
         }
         writeln!(out, "ready")?;
         out.flush()?;

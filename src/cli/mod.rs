@@ -76,7 +76,7 @@ pub fn bridge_failed(e: &busbridge::bridge::BridgeError) -> ExitCode {
             eprintln!("busbridge: {e}");
             ExitCode::from(EXIT_CONNECT)
         }
-        BridgeError::Bus(_) => {
+        BridgeError::Bus(_) | BridgeError::Metrics(_) => {
             eprintln!("busbridge: {e}");
             ExitCode::from(1)
         }

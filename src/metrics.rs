@@ -1,0 +1,306 @@
+//! Prometheus metrics: `/metrics` of a bridged process or a broker, on the address of
+//! `[metrics] listen` (off by default; loopback unless `allow_remote`).
+//!
+//! Every value comes from the same snapshots `busbridge stats` reads ([`bridge::Status`],
+//! [`broker::BrokerStatus`]), encoded with `prometheus-client` at each scrape and served by
+//! hyper. Labels are bounded: the bus or broker name, a drop `reason`, a gap `outcome`, a
+//! refusal `reason`, a frame `direction`; never an event, a pid or a topic.
+//!
+//! | metric | type | labels |
+//! |---|---|---|
+//! | `busbridge_events_published_total` | counter | `bus` |
+//! | `busbridge_events_delivered_total` | counter | `bus` |
+//! | `busbridge_events_dropped_total` | counter | `bus`, `reason` (`full`, `timeout`, `disconnected`) |
+//! | `busbridge_bridge_frames_total` | counter | `bus`, `direction` (`sent`, `received`) |
+//! | `busbridge_bridge_gaps_total` | counter | `bus`, `outcome` (`found`, `filled`, `lost`) |
+//! | `busbridge_bridge_resent_total` | counter | `bus` |
+//! | `busbridge_bridge_errors_total` | counter | `bus`, `reason` (`send`, `decode`, `hop_limit`) |
+//! | `busbridge_parity_compared_total` | counter | `bus` |
+//! | `busbridge_parity_mismatches_total` | counter | `bus` |
+//! | `busbridge_parity_pending` | gauge | `bus` |
+//! | `busbridge_bus_connected` | gauge | `bus` (1 connected, 0 not) |
+//! | `busbridge_broker_connections` | gauge | `broker` |
+//! | `busbridge_broker_connections_accepted_total` | counter | `broker` |
+//! | `busbridge_broker_refused_total` | counter | `broker`, `reason` (`limit`, `peer_credentials`, `tls`) |
+//! | `busbridge_broker_frames_total` | counter | `broker`, `direction` (`in`, `out`) |
+//!
+//! [`bridge::Status`]: crate::bridge::Status
+//! [`broker::BrokerStatus`]: crate::broker::BrokerStatus
+
+use crate::bridge::Status;
+use crate::broker::BrokerStatus;
+use http_body_util::Full;
+use hyper::body::Bytes;
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+
+/// What one scrape reads.
+#[derive(Debug, Clone, Default)]
+pub struct Snapshot {
+    /// Bridged buses of this process.
+    pub buses: Vec<Status>,
+    /// Brokers of this process.
+    pub brokers: Vec<BrokerStatus>,
+}
+
+/// Produces a snapshot for each scrape.
+pub type Source = Arc<dyn Fn() -> Pin<Box<dyn Future<Output = Snapshot> + Send>> + Send + Sync>;
+
+/// Why the metrics endpoint could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum MetricsError {
+    /// The address is not `ip:port`.
+    #[error("metrics.listen: `{0}` is not an IP address and port")]
+    BadAddress(String),
+    /// A non-loopback address without `metrics.allow_remote`.
+    #[error("metrics.listen: {0} is not a loopback address; set metrics.allow_remote = true to serve it")]
+    Remote(SocketAddr),
+    /// Binding failed.
+    #[error("metrics: cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+/// Checks an address as `[metrics]` gives it.
+pub fn parse_listen(listen: &str, allow_remote: bool) -> Result<SocketAddr, MetricsError> {
+    let addr: SocketAddr = listen
+        .parse()
+        .map_err(|_| MetricsError::BadAddress(listen.to_owned()))?;
+    if !addr.ip().is_loopback() && !allow_remote {
+        return Err(MetricsError::Remote(addr));
+    }
+    Ok(addr)
+}
+
+type Labels = Vec<(String, String)>;
+
+fn label(key: &str, value: &str) -> Labels {
+    vec![(key.to_owned(), value.to_owned())]
+}
+
+fn with(mut labels: Labels, key: &str, value: &str) -> Labels {
+    labels.push((key.to_owned(), value.to_owned()));
+    labels
+}
+
+/// A counter family registered under `name` (`_total` is added by the encoder).
+fn counters(registry: &mut Registry, name: &str, help: &str) -> Family<Labels, Counter> {
+    let f = Family::<Labels, Counter>::default();
+    registry.register(name, help, f.clone());
+    f
+}
+
+fn gauges(registry: &mut Registry, name: &str, help: &str) -> Family<Labels, Gauge> {
+    let f = Family::<Labels, Gauge>::default();
+    registry.register(name, help, f.clone());
+    f
+}
+
+/// The snapshot in the Prometheus text format.
+pub fn render(s: &Snapshot) -> String {
+    let mut r = Registry::with_prefix("busbridge");
+    let published = counters(&mut r, "events_published", "Events accepted by publish");
+    let delivered = counters(
+        &mut r,
+        "events_delivered",
+        "Deliveries to local subscribers",
+    );
+    let dropped = counters(&mut r, "events_dropped", "Deliveries dropped, by reason");
+    let frames = counters(
+        &mut r,
+        "bridge_frames",
+        "Events the bridge sent to and received from busrt",
+    );
+    let gaps = counters(&mut r, "bridge_gaps", "Sequence gaps, by outcome");
+    let resent = counters(
+        &mut r,
+        "bridge_resent",
+        "Events sent again on a resend request",
+    );
+    let errors = counters(&mut r, "bridge_errors", "Bridge errors, by reason");
+    let compared = counters(
+        &mut r,
+        "parity_compared",
+        "Deliveries compared by live parity",
+    );
+    let mismatches = counters(&mut r, "parity_mismatches", "Parity differences found");
+    let pending = gauges(
+        &mut r,
+        "parity_pending",
+        "Deliveries waiting for the other path",
+    );
+    let connected = gauges(
+        &mut r,
+        "bus_connected",
+        "1 if the bridge is connected to its broker",
+    );
+    for b in &s.buses {
+        let bus = label("bus", &b.name);
+        let st = &b.stats;
+        published.get_or_create(&bus).inc_by(st.events_published);
+        delivered.get_or_create(&bus).inc_by(st.events_delivered);
+        for (reason, n) in [
+            ("full", st.dropped_full),
+            ("timeout", st.dropped_timeout),
+            ("disconnected", st.dropped_disconnected),
+        ] {
+            dropped
+                .get_or_create(&with(bus.clone(), "reason", reason))
+                .inc_by(n);
+        }
+        for (direction, n) in [("sent", st.bridge_sent), ("received", st.bridge_received)] {
+            frames
+                .get_or_create(&with(bus.clone(), "direction", direction))
+                .inc_by(n);
+        }
+        for (outcome, n) in [
+            ("found", st.bridge_gaps),
+            ("filled", st.bridge_gaps_filled),
+            ("lost", st.bridge_gaps_lost),
+        ] {
+            gaps.get_or_create(&with(bus.clone(), "outcome", outcome))
+                .inc_by(n);
+        }
+        resent.get_or_create(&bus).inc_by(st.bridge_resent);
+        for (reason, n) in [
+            ("send", st.bridge_send_errors),
+            ("decode", st.bridge_decode_errors),
+            ("hop_limit", st.bridge_hop_limited),
+        ] {
+            errors
+                .get_or_create(&with(bus.clone(), "reason", reason))
+                .inc_by(n);
+        }
+        compared.get_or_create(&bus).inc_by(b.parity.compared);
+        mismatches
+            .get_or_create(&bus)
+            .inc_by(b.parity.mismatch_count);
+        pending.get_or_create(&bus).set(b.parity_pending as i64);
+        connected
+            .get_or_create(&bus)
+            .set(i64::from(b.connection == "Connected"));
+    }
+    let conns = gauges(&mut r, "broker_connections", "Connections open now");
+    let accepted = counters(
+        &mut r,
+        "broker_connections_accepted",
+        "Connections accepted",
+    );
+    let refused = counters(&mut r, "broker_refused", "Connections refused, by reason");
+    let bframes = counters(
+        &mut r,
+        "broker_frames",
+        "Frames through the broker, by direction",
+    );
+    for b in &s.brokers {
+        let broker = label("broker", &b.broker);
+        let st = &b.stats;
+        conns
+            .get_or_create(&broker)
+            .set(st.connections_active as i64);
+        accepted
+            .get_or_create(&broker)
+            .inc_by(st.connections_accepted);
+        for (reason, n) in [
+            ("limit", st.refused_connection_limit),
+            ("peer_credentials", st.refused_peer_credentials),
+            ("tls", st.refused_tls),
+        ] {
+            refused
+                .get_or_create(&with(broker.clone(), "reason", reason))
+                .inc_by(n);
+        }
+        for (direction, n) in [("in", st.frames_received), ("out", st.frames_sent)] {
+            bframes
+                .get_or_create(&with(broker.clone(), "direction", direction))
+                .inc_by(n);
+        }
+    }
+    let mut out = String::new();
+    encode(&mut out, &r).expect("writing to a String cannot fail");
+    out
+}
+
+/// A running `/metrics` endpoint; stops when dropped.
+#[derive(Debug)]
+pub struct MetricsServer {
+    addr: SocketAddr,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl MetricsServer {
+    /// Serves `/metrics` on `addr` (port 0: any free port, see [`addr`](Self::addr)).
+    pub async fn start(addr: SocketAddr, source: Source) -> Result<Self, MetricsError> {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|source| MetricsError::Bind { addr, source })?;
+        let addr = listener.local_addr().unwrap_or(addr);
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let source = source.clone();
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(move |req| {
+                        let source = source.clone();
+                        async move { Ok::<_, std::convert::Infallible>(respond(req, source).await) }
+                    });
+                    let io = hyper_util::rt::TokioIo::new(stream);
+                    if let Err(e) = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(io, service)
+                        .await
+                    {
+                        tracing::debug!("metrics connection: {e}");
+                    }
+                });
+            }
+        });
+        tracing::info!(%addr, "metrics on /metrics");
+        Ok(Self { addr, task })
+    }
+
+    /// Where it listens.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+}
+
+impl Drop for MetricsServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn respond(
+    req: hyper::Request<hyper::body::Incoming>,
+    source: Source,
+) -> hyper::Response<Full<Bytes>> {
+    let reply = |status: u16, content_type: &str, body: String| {
+        hyper::Response::builder()
+            .status(status)
+            .header("content-type", content_type)
+            .body(Full::new(Bytes::from(body)))
+            .expect("a valid response")
+    };
+    if req.method() != hyper::Method::GET || req.uri().path() != "/metrics" {
+        return reply(404, "text/plain", "only GET /metrics here\n".into());
+    }
+    let text = render(&source().await);
+    reply(
+        200,
+        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        text,
+    )
+}

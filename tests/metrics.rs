@@ -1,0 +1,215 @@
+//! `/metrics`: scraped with a real HTTP client (hyper's), parsed with a Prometheus text parser
+//! (`prometheus-parse`), checked by `promtool check metrics` where it is installed.
+
+#![cfg(feature = "cli")]
+
+mod common;
+
+use busbridge::config::Config;
+use busbridge::phase::Phase;
+use http_body_util::BodyExt;
+use hyper::body::Bytes;
+use std::net::SocketAddr;
+
+async fn get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let req = hyper::Request::get(path)
+        .header("host", addr.to_string())
+        .body(http_body_util::Empty::<Bytes>::new())
+        .unwrap();
+    let res = sender.send_request(req).await.unwrap();
+    let status = res.status().as_u16();
+    let body = res.into_body().collect().await.unwrap().to_bytes();
+    (status, String::from_utf8(body.to_vec()).unwrap())
+}
+
+fn parse(text: &str) -> prometheus_parse::Scrape {
+    prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_owned()))).unwrap()
+}
+
+/// The value of `name` whose label `key` is `value`.
+fn value(scrape: &prometheus_parse::Scrape, name: &str, key: &str, label: &str) -> f64 {
+    let sample = scrape
+        .samples
+        .iter()
+        .find(|s| s.metric == name && s.labels.get(key) == Some(label))
+        .unwrap_or_else(|| panic!("no {name}{{{key}={label}}}"));
+    match sample.value {
+        prometheus_parse::Value::Counter(v)
+        | prometheus_parse::Value::Gauge(v)
+        | prometheus_parse::Value::Untyped(v) => v,
+        ref other => panic!("{name}: {other:?}"),
+    }
+}
+
+/// Where `promtool` is installed (Debian's `prometheus` package), it must accept a scrape.
+fn promtool_accepts(text: &str) {
+    use std::io::Write;
+    let Ok(mut child) = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+    else {
+        eprintln!("promtool not installed: skipped its check");
+        return;
+    };
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bridged_process_serves_its_bus_and_broker_counters() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = Config {
+        phase: Phase::BusrtOnly,
+        ..Default::default()
+    };
+    config.transport.socket_path = dir.path().join("b.sock");
+    config.client.name = Some("metrics-agent".into());
+    config.metrics.listen = Some("127.0.0.1:0".into());
+    let bridged = busbridge::bridge::Bridged::start(&config).await.unwrap();
+    let addr = bridged.metrics_addr().expect("serving /metrics");
+    let bus = bridged.event_bus(Default::default());
+    let rx = bus.subscribe(common::sub_all("all")).await.unwrap();
+    for i in 0..5 {
+        bus.publish(common::process(i), "c".into()).await.unwrap();
+    }
+    for _ in 0..5 {
+        rx.recv_timeout(std::time::Duration::from_secs(10)).unwrap();
+    }
+    let (status, text) = get(addr, "/metrics").await;
+    assert_eq!(status, 200);
+    let scrape = parse(&text);
+    let bus_label = "metrics-agent";
+    assert_eq!(
+        value(
+            &scrape,
+            "busbridge_events_published_total",
+            "bus",
+            bus_label
+        ),
+        5.0
+    );
+    assert_eq!(
+        value(
+            &scrape,
+            "busbridge_events_delivered_total",
+            "bus",
+            bus_label
+        ),
+        5.0
+    );
+    assert_eq!(
+        value(&scrape, "busbridge_bus_connected", "bus", bus_label),
+        1.0
+    );
+    let broker = scrape
+        .samples
+        .iter()
+        .find(|s| s.metric == "busbridge_broker_connections_accepted_total")
+        .expect("the embedded broker's counters");
+    assert!(broker.labels.get("broker").is_some());
+    // Labels stay bounded: no label holds an event, a pid or a topic.
+    for s in &scrape.samples {
+        for (k, _) in s.labels.iter() {
+            assert!(
+                ["bus", "broker", "reason", "outcome", "direction"].contains(&k.as_str()),
+                "unexpected label {k} on {}",
+                s.metric
+            );
+        }
+    }
+    promtool_accepts(&text);
+    assert_eq!(get(addr, "/other").await.0, 404);
+    bridged.shutdown().await;
+}
+
+#[test]
+fn a_non_loopback_address_needs_allow_remote() {
+    let e = Config::from_toml_str("[metrics]\nlisten = \"0.0.0.0:9464\"").unwrap_err();
+    assert!(e.to_string().contains("metrics.listen"), "{e}");
+    Config::from_toml_str("[metrics]\nlisten = \"0.0.0.0:9464\"\nallow_remote = true").unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_standalone_broker_serves_its_counters() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("broker.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "[transport]\nsocket_path = \"{}\"\n[metrics]\nlisten = \"127.0.0.1:0\"\n",
+            dir.path().join("b.sock").display()
+        ),
+    )
+    .unwrap();
+    let broker = common::procs::spawn(&["broker", "--config", file.to_str().unwrap()], &[]);
+    let line = broker.wait_line("metrics on http://");
+    let addr: SocketAddr = line
+        .trim_start_matches("metrics on http://")
+        .trim_end_matches("/metrics")
+        .parse()
+        .unwrap();
+    let (status, text) = get(addr, "/metrics").await;
+    assert_eq!(status, 200);
+    let scrape = parse(&text);
+    assert!(scrape
+        .samples
+        .iter()
+        .any(|s| s.metric == "busbridge_broker_connections"));
+    promtool_accepts(&text);
+}
+
+/// The starter Grafana dashboard queries only metrics that a scrape really has.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_grafana_dashboard_uses_only_served_metrics() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = Config {
+        phase: Phase::BusrtOnly,
+        ..Default::default()
+    };
+    config.transport.socket_path = dir.path().join("b.sock");
+    config.metrics.listen = Some("127.0.0.1:0".into());
+    let bridged = busbridge::bridge::Bridged::start(&config).await.unwrap();
+    let (_, text) = get(bridged.metrics_addr().unwrap(), "/metrics").await;
+    let served: std::collections::BTreeSet<String> =
+        parse(&text).samples.into_iter().map(|s| s.metric).collect();
+    let path =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("migration/grafana-dashboard.json");
+    let dashboard: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let re = regex::Regex::new(r"busbridge_[a-z_]+").unwrap();
+    let mut used = 0;
+    for panel in dashboard["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().unwrap() {
+            for m in re.find_iter(target["expr"].as_str().unwrap()) {
+                used += 1;
+                assert!(
+                    served.contains(m.as_str()),
+                    "the dashboard queries {}",
+                    m.as_str()
+                );
+            }
+        }
+    }
+    assert!(used > 10);
+    bridged.shutdown().await;
+}
