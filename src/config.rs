@@ -93,6 +93,31 @@ pub struct MetricsConfig {
     pub allow_remote: bool,
 }
 
+impl MetricsConfig {
+    /// The address to serve `/metrics` on, if any; refused if it is not `ip:port`, or not
+    /// loopback without `allow_remote`.
+    pub fn addr(&self) -> Result<Option<std::net::SocketAddr>, ConfigError> {
+        let Some(listen) = &self.listen else {
+            return Ok(None);
+        };
+        let addr: std::net::SocketAddr = listen.parse().map_err(|_| {
+            invalid(
+                "metrics.listen",
+                format!("`{listen}` is not an IP address and port"),
+            )
+        })?;
+        if !addr.ip().is_loopback() && !self.allow_remote {
+            return Err(invalid(
+                "metrics.listen",
+                format!(
+                    "{addr} is not a loopback address; set metrics.allow_remote = true to serve it"
+                ),
+            ));
+        }
+        Ok(Some(addr))
+    }
+}
+
 /// Where and how the broker listens.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
@@ -417,11 +442,7 @@ impl Config {
                 "transport.tls_listen needs a [tls] section (cert, key, ca)",
             ));
         }
-        #[cfg(feature = "busrt")]
-        if let Some(listen) = &self.metrics.listen {
-            crate::metrics::parse_listen(listen, self.metrics.allow_remote)
-                .map_err(|e| invalid("metrics.listen", e.to_string()))?;
-        }
+        self.metrics.addr()?;
         if let Some(addr) = &self.transport.tcp_listen {
             if addr.parse::<std::net::SocketAddr>().is_err() {
                 return Err(invalid(

@@ -24,11 +24,11 @@
 //! | `busbridge_broker_refused_total` | counter | `broker`, `reason` (`limit`, `peer_credentials`, `tls`) |
 //! | `busbridge_broker_frames_total` | counter | `broker`, `direction` (`in`, `out`) |
 //!
-//! [`bridge::Status`]: crate::bridge::Status
+//! [`bridge::Status`]: crate::stats::Status
 //! [`broker::BrokerStatus`]: crate::broker::BrokerStatus
 
-use crate::bridge::Status;
 use crate::broker::BrokerStatus;
+use crate::stats::Status;
 use http_body_util::Full;
 use hyper::body::Bytes;
 use prometheus_client::encoding::text::encode;
@@ -56,12 +56,6 @@ pub type Source = Arc<dyn Fn() -> Pin<Box<dyn Future<Output = Snapshot> + Send>>
 /// Why the metrics endpoint could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum MetricsError {
-    /// The address is not `ip:port`.
-    #[error("metrics.listen: `{0}` is not an IP address and port")]
-    BadAddress(String),
-    /// A non-loopback address without `metrics.allow_remote`.
-    #[error("metrics.listen: {0} is not a loopback address; set metrics.allow_remote = true to serve it")]
-    Remote(SocketAddr),
     /// Binding failed.
     #[error("metrics: cannot listen on {addr}: {source}")]
     Bind {
@@ -70,17 +64,6 @@ pub enum MetricsError {
         /// Why.
         source: std::io::Error,
     },
-}
-
-/// Checks an address as `[metrics]` gives it.
-pub fn parse_listen(listen: &str, allow_remote: bool) -> Result<SocketAddr, MetricsError> {
-    let addr: SocketAddr = listen
-        .parse()
-        .map_err(|_| MetricsError::BadAddress(listen.to_owned()))?;
-    if !addr.ip().is_loopback() && !allow_remote {
-        return Err(MetricsError::Remote(addr));
-    }
-    Ok(addr)
 }
 
 type Labels = Vec<(String, String)>;

@@ -151,3 +151,28 @@ impl StatsSnapshot {
         self.dropped_full + self.dropped_timeout + self.dropped_disconnected
     }
 }
+
+/// What a bridged bus reports about itself when asked on [`STATUS_TOPIC`](crate::topic::STATUS_TOPIC)
+/// (`busbridge stats` asks every bus on a broker): its counters and its live parity, so the
+/// comparison of the legacy path with busrt on the user's own traffic can be read from
+/// outside the process.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct Status {
+    /// busrt client name.
+    pub name: String,
+    /// Origin id (unique per bus instance).
+    pub origin: String,
+    /// Migration phase now.
+    pub phase: u8,
+    /// Connection to the broker (`Connected`, `Reconnecting(n)`, ...).
+    pub connection: String,
+    /// Every counter of the bus.
+    pub stats: StatsSnapshot,
+    /// Live parity so far: compared, matched, mismatches (each with the event and the
+    /// subscriber that lacks it or got it twice).
+    pub parity: crate::parity::ParityReport,
+    /// Deliveries still waiting for the other path (younger than the parity window).
+    pub parity_pending: u64,
+    /// Deliveries the other path never made within the window (counted as missing).
+    pub parity_expired: u64,
+}

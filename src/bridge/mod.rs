@@ -64,30 +64,7 @@ const RESEND_WINDOW: usize = 256;
 /// Control messages (heartbeats, hellos, resend requests) waiting to be published.
 const CONTROL_QUEUE: usize = 4096;
 
-/// What a bridged bus reports about itself when asked on [`STATUS_TOPIC`]
-/// (`busbridge stats` asks every bus on a broker): its counters and its live parity, so the
-/// comparison of the legacy path with busrt on the user's own traffic can be read from
-/// outside the process.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
-pub struct Status {
-    /// busrt client name.
-    pub name: String,
-    /// Origin id (unique per bus instance).
-    pub origin: String,
-    /// Migration phase now.
-    pub phase: u8,
-    /// Connection to the broker (`Connected`, `Reconnecting(n)`, ...).
-    pub connection: String,
-    /// Every counter of the bus.
-    pub stats: crate::stats::StatsSnapshot,
-    /// Live parity so far: compared, matched, mismatches (each with the event and the
-    /// subscriber that lacks it or got it twice).
-    pub parity: crate::parity::ParityReport,
-    /// Deliveries still waiting for the other path (younger than the parity window).
-    pub parity_pending: u64,
-    /// Deliveries the other path never made within the window (counted as missing).
-    pub parity_expired: u64,
-}
+pub use crate::stats::Status;
 
 /// Why a bridge could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -743,16 +720,7 @@ impl BridgeBuilder {
             replay: config.bus.replay_buffer,
         };
         b.gap_wait = config.bus.gap_wait;
-        if let Some(listen) = &config.metrics.listen {
-            b.metrics = Some(
-                crate::metrics::parse_listen(listen, config.metrics.allow_remote).map_err(|e| {
-                    crate::config::ConfigError::Invalid {
-                        key: "metrics.listen".into(),
-                        reason: e.to_string(),
-                    }
-                })?,
-            );
-        }
+        b.metrics = config.metrics.addr()?;
         if let Some(name) = &config.client.name {
             b = b.name(name);
         }

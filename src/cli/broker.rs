@@ -51,9 +51,8 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
         return Ok(super::broker_failed(&e));
     }
     // `[metrics] listen`: the broker's counters on /metrics.
-    let metrics = match (&config.metrics.listen, broker.status_handle()) {
-        (Some(listen), Some(handle)) => {
-            let addr = busbridge::metrics::parse_listen(listen, config.metrics.allow_remote)?;
+    let metrics = match (config.metrics.addr()?, broker.status_handle()) {
+        (Some(addr), Some(handle)) => {
             let source: busbridge::metrics::Source = std::sync::Arc::new(move || {
                 let handle = handle.clone();
                 Box::pin(async move {
