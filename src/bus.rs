@@ -371,6 +371,16 @@ impl Core {
         let _ = self.uplink.set(uplink);
     }
 
+    /// Events waiting in local subscribers' queues, all subscribers together.
+    pub fn queued(&self) -> usize {
+        self.router.queued()
+    }
+
+    /// Local subscribers now.
+    pub fn subscribers(&self) -> usize {
+        self.router.len()
+    }
+
     /// Own events on their way through busrt (0 unless bridged).
     pub fn in_flight(&self) -> usize {
         self.uplink.get().map_or(0, |u| u.in_flight())

@@ -19,6 +19,8 @@
 //! | `busbridge_parity_mismatches_total` | counter | `bus` |
 //! | `busbridge_parity_pending` | gauge | `bus` |
 //! | `busbridge_bus_connected` | gauge | `bus` (1 connected, 0 not) |
+//! | `busbridge_queue_depth` | gauge | `bus`, `queue` (`subscribers`: events waiting in local subscriber queues; `in_flight`: own events not yet back from busrt) |
+//! | `busbridge_subscribers` | gauge | `bus` |
 //! | `busbridge_broker_connections` | gauge | `broker` |
 //! | `busbridge_broker_connections_accepted_total` | counter | `broker` |
 //! | `busbridge_broker_refused_total` | counter | `broker`, `reason` (`limit`, `peer_credentials`, `tls`) |
@@ -128,6 +130,8 @@ pub fn render(s: &Snapshot) -> String {
         "bus_connected",
         "1 if the bridge is connected to its broker",
     );
+    let depth = gauges(&mut r, "queue_depth", "Events waiting, by queue");
+    let subscribers = gauges(&mut r, "subscribers", "Local subscribers");
     for b in &s.buses {
         let bus = label("bus", &b.name);
         let st = &b.stats;
@@ -173,6 +177,12 @@ pub fn render(s: &Snapshot) -> String {
         connected
             .get_or_create(&bus)
             .set(i64::from(b.connection == "Connected"));
+        for (queue, n) in [("subscribers", b.queued), ("in_flight", b.in_flight)] {
+            depth
+                .get_or_create(&with(bus.clone(), "queue", queue))
+                .set(n as i64);
+        }
+        subscribers.get_or_create(&bus).set(b.subscribers as i64);
     }
     let conns = gauges(&mut r, "broker_connections", "Connections open now");
     let accepted = counters(

@@ -175,4 +175,13 @@ pub struct Status {
     pub parity_pending: u64,
     /// Deliveries the other path never made within the window (counted as missing).
     pub parity_expired: u64,
+    /// Events waiting in local subscribers' queues.
+    #[serde(default)]
+    pub queued: u64,
+    /// Own events sent to busrt and not yet back.
+    #[serde(default)]
+    pub in_flight: u64,
+    /// Local subscribers.
+    #[serde(default)]
+    pub subscribers: u64,
 }

@@ -131,7 +131,7 @@ async fn a_bridged_process_serves_its_bus_and_broker_counters() {
     for s in &scrape.samples {
         for (k, _) in s.labels.iter() {
             assert!(
-                ["bus", "broker", "reason", "outcome", "direction"].contains(&k.as_str()),
+                ["bus", "broker", "reason", "outcome", "direction", "queue"].contains(&k.as_str()),
                 "unexpected label {k} on {}",
                 s.metric
             );
@@ -212,4 +212,32 @@ async fn the_grafana_dashboard_uses_only_served_metrics() {
     }
     assert!(used > 10);
     bridged.shutdown().await;
+}
+
+/// `busbridge stats --watch`: a round every interval, each with the broker's answer, until
+/// interrupted (then exit 0).
+#[test]
+fn stats_watch_repeats_until_interrupted() {
+    let dir = common::procs::sock_dir();
+    let socket = common::procs::sock_path(&dir, "b.sock");
+    let _broker = common::procs::broker(&socket, &[]);
+    let uri = format!("ipc://{}", socket.display());
+    let mut watch = common::procs::spawn(
+        &[
+            "stats",
+            "--connect",
+            &uri,
+            "--watch",
+            "200ms",
+            "--wait",
+            "100ms",
+        ],
+        &[],
+    );
+    for _ in 0..2 {
+        watch.wait_line("---");
+        watch.wait_line("broker ");
+    }
+    watch.signal(libc::SIGINT);
+    assert_eq!(watch.wait_exit(), 0);
 }

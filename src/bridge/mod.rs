@@ -249,6 +249,9 @@ impl Link {
             parity: parity.report_so_far(),
             parity_pending: parity.pending() as u64,
             parity_expired: parity.expired(),
+            queued: core.queued() as u64,
+            in_flight: core.in_flight() as u64,
+            subscribers: core.subscribers() as u64,
         }
     }
 

@@ -33,6 +33,9 @@ pub struct Args {
     /// Exit 1 if any bus reports a parity mismatch or a lost gap.
     #[arg(long)]
     check: bool,
+    /// Ask again every interval (e.g. `1s`) and print each round, until interrupted.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    watch: Option<Duration>,
 }
 
 pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
@@ -48,55 +51,27 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
             }
         };
     client.subscribe(STATUS_REPLY_TOPIC, QoS::Processed).await?;
-    client
-        .publish(STATUS_TOPIC, b"{}".to_vec(), QoS::Processed)
-        .await?;
-    let mut answers: Vec<Status> = Vec::new();
-    let mut brokers: Vec<BrokerStatus> = Vec::new();
-    let deadline = tokio::time::Instant::now() + a.wait;
-    // With `--expect`: done once that many buses and the broker have answered.
-    while a
-        .expect
-        .is_none_or(|n| answers.len() < n || brokers.is_empty())
-    {
-        let m = match tokio::time::timeout_at(deadline, client.recv()).await {
-            Ok(Ok(m)) => m,
-            Ok(Err(e)) => return Err(e.into()),
-            Err(_) => break,
-        };
-        if let Ok(b) = serde_json::from_slice::<BrokerStatus>(m.payload()) {
-            brokers.push(b);
-            continue;
-        }
-        match serde_json::from_slice::<Status>(m.payload()) {
-            Ok(s) => answers.push(s),
-            Err(e) => tracing::warn!("an answer from {} does not parse: {e}", m.sender()),
-        }
-    }
-    let _ = tokio::time::timeout(Duration::from_secs(2), client.disconnect()).await;
-    answers.sort_by(|x, y| x.name.cmp(&y.name));
-    if a.json {
-        let v = serde_json::json!({"buses": answers, "brokers": brokers});
-        println!("{}", serde_json::to_string_pretty(&v)?);
-    } else {
-        print_table(&answers);
-        for b in &brokers {
-            let s = &b.stats;
+    if let Some(every) = a.watch {
+        // Until interrupted: one round, its table, the rest of the interval.
+        loop {
+            let started = tokio::time::Instant::now();
+            let (answers, brokers) = round(&mut client, a.wait.min(every), None).await?;
             println!(
-                "broker {}: {} connections ({} accepted), refused {} (limit) {} (uid) {} (tls), \
-                 frames in {} out {}, up {} s",
-                b.broker,
-                s.connections_active,
-                s.connections_accepted,
-                s.refused_connection_limit,
-                s.refused_peer_credentials,
-                s.refused_tls,
-                s.frames_received,
-                s.frames_sent,
-                s.uptime_secs
+                "--- {}",
+                humantime::format_rfc3339_seconds(std::time::SystemTime::now())
             );
+            show(&answers, &brokers, a.json)?;
+            tokio::select! {
+                _ = tokio::time::sleep_until(started + every) => {}
+                _ = tokio::signal::ctrl_c() => break,
+            }
         }
+        let _ = tokio::time::timeout(Duration::from_secs(2), client.disconnect()).await;
+        return Ok(ExitCode::SUCCESS);
     }
+    let (answers, brokers) = round(&mut client, a.wait, a.expect).await?;
+    let _ = tokio::time::timeout(Duration::from_secs(2), client.disconnect()).await;
+    show(&answers, &brokers, a.json)?;
     if let Some(n) = a.expect {
         if answers.len() < n {
             eprintln!(
@@ -116,6 +91,66 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::from(1));
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Asks once and collects the answers for `wait` (or until `expect` buses and a broker
+/// answered).
+async fn round(
+    client: &mut AsyncClient,
+    wait: Duration,
+    expect: Option<usize>,
+) -> anyhow::Result<(Vec<Status>, Vec<BrokerStatus>)> {
+    client
+        .publish(STATUS_TOPIC, b"{}".to_vec(), QoS::Processed)
+        .await?;
+    let mut answers: Vec<Status> = Vec::new();
+    let mut brokers: Vec<BrokerStatus> = Vec::new();
+    let deadline = tokio::time::Instant::now() + wait;
+    // With `--expect`: done once that many buses and the broker have answered.
+    while expect.is_none_or(|n| answers.len() < n || brokers.is_empty()) {
+        let m = match tokio::time::timeout_at(deadline, client.recv()).await {
+            Ok(Ok(m)) => m,
+            Ok(Err(e)) => return Err(e.into()),
+            Err(_) => break,
+        };
+        if let Ok(b) = serde_json::from_slice::<BrokerStatus>(m.payload()) {
+            brokers.push(b);
+            continue;
+        }
+        match serde_json::from_slice::<Status>(m.payload()) {
+            Ok(s) => answers.push(s),
+            Err(e) => tracing::warn!("an answer from {} does not parse: {e}", m.sender()),
+        }
+    }
+    answers.sort_by(|x, y| x.name.cmp(&y.name));
+    Ok((answers, brokers))
+}
+
+/// Prints one round: a table, or one JSON object.
+fn show(answers: &[Status], brokers: &[BrokerStatus], json: bool) -> anyhow::Result<()> {
+    if json {
+        let v = serde_json::json!({"buses": answers, "brokers": brokers});
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else {
+        print_table(answers);
+        for b in brokers {
+            let s = &b.stats;
+            println!(
+                "broker {}: {} connections ({} accepted), refused {} (limit) {} (uid) {} (tls), \
+                 frames in {} out {}, up {} s",
+                b.broker,
+                s.connections_active,
+                s.connections_accepted,
+                s.refused_connection_limit,
+                s.refused_peer_credentials,
+                s.refused_tls,
+                s.frames_received,
+                s.frames_sent,
+                s.uptime_secs
+            );
+        }
+    }
+    Ok(())
 }
 
 fn print_table(answers: &[Status]) {
