@@ -596,13 +596,26 @@ impl Core {
 
 /// Turns the crossbeam-era subscription into the router's filter.
 pub(crate) fn filter_of(sub: &EventSubscription) -> Filter {
-    let f = sub.event_filter.clone().unwrap_or_default();
+    crossbeam_filter(
+        sub.capabilities,
+        sub.event_filter.clone(),
+        sub.correlation_filter.clone(),
+    )
+}
+
+/// The router's filter for the crossbeam buses' subscription parts (every version has these).
+pub(crate) fn crossbeam_filter(
+    capabilities: crate::event::SourceCaps,
+    event_filter: Option<crate::subscription::EventFilter>,
+    correlation_filter: Option<String>,
+) -> Filter {
+    let f = event_filter.unwrap_or_default();
     Filter {
-        capabilities: sub.capabilities,
+        capabilities,
         event_types: f.event_types,
         min_priority: f.min_priority,
         source: f.source_filter,
-        correlation_ids: sub.correlation_filter.iter().cloned().collect(),
+        correlation_ids: correlation_filter.into_iter().collect(),
         ..Filter::default()
     }
 }

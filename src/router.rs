@@ -50,23 +50,48 @@ pub struct Filter {
 }
 
 /// A topic a subscription asks for: a dotted pattern (`*` one level, `#` one or more) or, with
-/// wildcards off, the literal topic.
+/// wildcards off, the literal topic. Parsed once, at subscribe; a trace keeps it as text.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "snake_case")]
+#[serde(try_from = "RuleText", into = "RuleText")]
 pub enum TopicRule {
-    /// A pattern, as dotted text.
-    Pattern(String),
+    /// A pattern.
+    Pattern(crate::topic::Pattern),
     /// Exactly this topic.
     Literal(String),
 }
 
+/// A [`TopicRule`] as a trace writes it.
+#[derive(serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum RuleText {
+    Pattern(String),
+    Literal(String),
+}
+
+impl TryFrom<RuleText> for TopicRule {
+    type Error = crate::topic::TopicError;
+    fn try_from(t: RuleText) -> Result<Self, Self::Error> {
+        match t {
+            RuleText::Pattern(p) => Self::parse(&p, true),
+            RuleText::Literal(l) => Ok(Self::Literal(l)),
+        }
+    }
+}
+
+impl From<TopicRule> for RuleText {
+    fn from(r: TopicRule) -> Self {
+        match r {
+            TopicRule::Pattern(p) => Self::Pattern(p.to_dotted()),
+            TopicRule::Literal(l) => Self::Literal(l),
+        }
+    }
+}
+
 impl TopicRule {
-    /// A rule from a subscription's text: checked as a pattern when `wildcards`, else
-    /// taken literally.
+    /// A rule from a subscription's text: a pattern when `wildcards`, else taken literally.
     pub fn parse(text: &str, wildcards: bool) -> Result<Self, crate::topic::TopicError> {
         if wildcards {
-            crate::topic::Pattern::parse(text)?;
-            Ok(Self::Pattern(text.to_owned()))
+            Ok(Self::Pattern(crate::topic::Pattern::parse(text)?))
         } else {
             Ok(Self::Literal(text.to_owned()))
         }
@@ -75,8 +100,7 @@ impl TopicRule {
     /// Whether `topic` is wanted.
     pub fn matches(&self, topic: &crate::topic::Topic) -> bool {
         match self {
-            // Checked in `parse`; a rule read from a trace that does not parse matches nothing.
-            Self::Pattern(p) => crate::topic::Pattern::parse(p).is_ok_and(|p| p.matches(topic)),
+            Self::Pattern(p) => p.matches(topic),
             Self::Literal(l) => topic.as_str() == l,
         }
     }

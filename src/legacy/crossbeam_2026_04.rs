@@ -42,7 +42,7 @@
 use super::crossbeam::{CrossbeamSink, Retry, PRIORITY, PUBLISHER_ID as LEGACY_PUBLISHER_ID};
 use crate::bus::{Core, CoreOptions, Quota};
 use crate::codec::{Envelope, EventExtra};
-use crate::router::{Filter, Policy};
+use crate::router::Policy;
 use async_trait::async_trait;
 use crossbeam_channel::Receiver;
 use serde::{Deserialize, Serialize};
@@ -447,15 +447,11 @@ impl HighPerformanceEventBusImpl {
                 max_delay: (c.publish_timeout / 4).min(c.blocking_backoff_max_delay),
             },
         };
-        let f = sub.event_filter.unwrap_or_default();
-        let filter = Filter {
-            capabilities: sub.capabilities,
-            event_types: f.event_types,
-            min_priority: f.min_priority,
-            source: f.source_filter,
-            correlation_ids: sub.correlation_filter.into_iter().collect(),
-            ..Filter::default()
-        };
+        let filter = crate::bus::crossbeam_filter(
+            sub.capabilities,
+            sub.event_filter,
+            sub.correlation_filter,
+        );
         self.core
             .subscribe_within(
                 &self.quota,
