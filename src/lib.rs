@@ -160,6 +160,8 @@ pub mod sequence;
 pub mod stats;
 pub mod subscription;
 #[cfg(feature = "busrt")]
+pub mod task;
+#[cfg(feature = "busrt")]
 pub mod tls;
 pub mod topic;
 pub mod trace;

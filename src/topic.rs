@@ -275,7 +275,7 @@ impl std::str::FromStr for Pattern {
 }
 
 /// Replaces what a topic level cannot hold, so any collector name makes a valid level.
-fn sanitize_level(name: &str) -> String {
+pub(crate) fn sanitize_level(name: &str) -> String {
     let s: String = name
         .chars()
         .take(64)

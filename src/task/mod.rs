@@ -1,0 +1,395 @@
+//! Phase 5: multi-process collectors. Collectors announce what they can do, a registry in
+//! every agent tracks them, and tasks are dispatched to **one of** the capable collectors
+//! (chosen by a [`Strategy`]) or to **all of** them, with acceptance, retries elsewhere,
+//! deadlines, cancellation, and results gathered back per task.
+//!
+//! The shape is the bridge's: pure state machines without I/O ([`registry`], [`dispatch`],
+//! [`worker`]), driven by thin async loops ([`TaskClient`] on the requester's side,
+//! [`TaskServer`] on the collector's). The messages and topics are in [`proto`].
+//!
+//! ```no_run
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! use busbridge::task::{Mode, Status, TaskClient, TaskClientOptions, TaskEvent, TaskSpec};
+//! use std::time::Duration;
+//!
+//! let tasks = TaskClient::connect("ipc:///run/busbridge/daemoneye.sock", TaskClientOptions::default()).await?;
+//! tasks.wait_for(|c| !c.is_empty(), Duration::from_secs(5)).await;
+//! let mut spec = TaskSpec::new("list_processes", serde_json::json!({"name_contains": "sshd"}));
+//! spec.mode = Mode::AllOf;
+//! let mut handle = tasks.submit(spec).await?;
+//! while let Some(event) = handle.next().await {
+//!     match event {
+//!         TaskEvent::Result { collector, outcome, .. } => println!("{collector}: {outcome:?}"),
+//!         TaskEvent::Finished(status) => println!("{status:?}"),
+//!         _ => {}
+//!     }
+//! }
+//! # Ok(()) }
+//! ```
+//!
+//! Guarantees: a task id runs at most once on a collector however often it is offered
+//! ([`worker::Worker`] remembers the last [`worker::REMEMBERED`] ids); a one-of task yields one
+//! result, an all-of task one per collector; replies that name another collector than their
+//! busrt sender are dropped and counted; every queue is bounded.
+
+pub mod dispatch;
+pub mod proto;
+pub mod registry;
+mod server;
+pub mod worker;
+
+pub use dispatch::{
+    Attempt, DispatchConfig, DispatchError, DispatchStats, Dispatcher, Mode, Output, Status,
+    Strategy, TaskEvent, TaskSpec, WhenNoneCapable,
+};
+pub use proto::{CollectorInfo, Priority, TaskFailure};
+pub use registry::{Entry, Liveness, Registry, RegistryConfig, RegistryStats};
+pub use server::{Handler, TaskContext, TaskServer, TaskServerBuilder};
+
+use crate::client::{AsyncClient, ClientError, ClientOptions, Message, QoS};
+use parking_lot::Mutex;
+use proto::{ToCollector, ToRequester};
+use registry::Change;
+use serde::Serialize;
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot, watch, Notify};
+use tokio::time::Instant;
+
+/// Progress and partial events held per task before new ones are dropped (and counted);
+/// results and the final status are never dropped (their number is fixed at dispatch).
+pub const EVENT_BUFFER: usize = 1024;
+
+/// Requester settings.
+#[derive(Debug, Clone, Default)]
+pub struct TaskClientOptions {
+    /// The busrt connection (its name is the requester's; default `busbridge-<pid>-<n>`).
+    pub client: ClientOptions,
+    /// Dispatch settings.
+    pub dispatch: DispatchConfig,
+    /// Registry settings.
+    pub registry: RegistryConfig,
+}
+
+/// The requester's counters.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct TaskClientStats {
+    /// Dispatcher counters.
+    pub dispatch: DispatchStats,
+    /// Registry counters.
+    pub registry: RegistryStats,
+    /// Replies that did not parse.
+    pub malformed: u64,
+    /// Progress and partial events dropped because a handle did not keep up.
+    pub events_dropped: u64,
+}
+
+enum Command {
+    Submit(TaskSpec, oneshot::Sender<Result<TaskHandle, DispatchError>>),
+    Cancel(String),
+    Stats(oneshot::Sender<TaskClientStats>),
+}
+
+#[derive(Default)]
+struct Sink {
+    events: Mutex<VecDeque<TaskEvent>>,
+    ready: Notify,
+}
+
+/// A connection that dispatches tasks and tracks collectors.
+pub struct TaskClient {
+    commands: mpsc::Sender<Command>,
+    collectors: watch::Receiver<Vec<Entry>>,
+    driver: tokio::task::JoinHandle<()>,
+    client_name: String,
+}
+
+/// One submitted task: its events as they arrive, ending with [`TaskEvent::Finished`].
+pub struct TaskHandle {
+    id: String,
+    sink: Arc<Sink>,
+    commands: mpsc::Sender<Command>,
+    finished: bool,
+}
+
+impl TaskHandle {
+    /// The task id.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// The next event; `None` after [`TaskEvent::Finished`] was returned.
+    pub async fn next(&mut self) -> Option<TaskEvent> {
+        if self.finished {
+            return None;
+        }
+        loop {
+            let notified = self.sink.ready.notified();
+            if let Some(e) = self.sink.events.lock().pop_front() {
+                self.finished = matches!(e, TaskEvent::Finished(_));
+                return Some(e);
+            }
+            notified.await;
+        }
+    }
+
+    /// Waits for the end: the results in arrival order and the status.
+    pub async fn results(mut self) -> (Vec<TaskEvent>, Status) {
+        let mut results = Vec::new();
+        while let Some(e) = self.next().await {
+            match e {
+                TaskEvent::Finished(status) => return (results, status),
+                e @ TaskEvent::Result { .. } => results.push(e),
+                _ => {}
+            }
+        }
+        unreachable!("a task always finishes")
+    }
+
+    /// Cancels the task; its collectors are told to stop and it ends `Cancelled`.
+    pub async fn cancel(&self) {
+        let _ = self.commands.send(Command::Cancel(self.id.clone())).await;
+    }
+}
+
+impl TaskClient {
+    /// Connects to the broker at `address`, subscribes to presence and to its own results,
+    /// and asks every collector to announce itself.
+    pub async fn connect(address: &str, opts: TaskClientOptions) -> Result<Self, ClientError> {
+        let client = AsyncClient::connect_with(address, opts.client.clone()).await?;
+        let name = client.name().to_owned();
+        let reply_to = proto::result_topic(&name);
+        client
+            .subscribe(&format!("{}.#", proto::HEALTH_ROOT), QoS::Processed)
+            .await?;
+        client.subscribe(&reply_to, QoS::Processed).await?;
+        client
+            .publish(proto::DISCOVER_TOPIC, Vec::new(), QoS::Processed)
+            .await?;
+        let (commands, command_rx) = mpsc::channel(1024);
+        let (collectors_tx, collectors) = watch::channel(Vec::new());
+        let driver = Driver {
+            registry: Registry::new(opts.registry),
+            dispatcher: Dispatcher::new(opts.dispatch, reply_to),
+            sinks: HashMap::new(),
+            collectors: collectors_tx,
+            commands: commands.clone(),
+            malformed: 0,
+            dropped: Arc::new(AtomicU64::new(0)),
+        };
+        let driver = tokio::spawn(driver.run(client, command_rx));
+        Ok(Self {
+            commands,
+            collectors,
+            driver,
+            client_name: name,
+        })
+    }
+
+    /// The busrt name results come back to.
+    pub fn name(&self) -> &str {
+        &self.client_name
+    }
+
+    /// Submits a task. Errors at once when nothing can run it (policy `refuse`), the queue is
+    /// full, or the task is invalid.
+    pub async fn submit(&self, spec: TaskSpec) -> Result<TaskHandle, DispatchError> {
+        let (tx, rx) = oneshot::channel();
+        let closed = || DispatchError::Invalid("the task client is closed".into());
+        self.commands
+            .send(Command::Submit(spec, tx))
+            .await
+            .map_err(|_| closed())?;
+        rx.await.map_err(|_| closed())?
+    }
+
+    /// The registry now.
+    pub fn collectors(&self) -> Vec<Entry> {
+        self.collectors.borrow().clone()
+    }
+
+    /// Waits until `ready` holds for the registry, at most `limit`; returns whether it did.
+    pub async fn wait_for(&self, ready: impl Fn(&[Entry]) -> bool, limit: Duration) -> bool {
+        let mut rx = self.collectors.clone();
+        tokio::time::timeout(limit, async {
+            loop {
+                if ready(&rx.borrow_and_update()) {
+                    return;
+                }
+                if rx.changed().await.is_err() {
+                    std::future::pending::<()>().await;
+                }
+            }
+        })
+        .await
+        .is_ok()
+    }
+
+    /// Counters.
+    pub async fn stats(&self) -> TaskClientStats {
+        let (tx, rx) = oneshot::channel();
+        let _ = self.commands.send(Command::Stats(tx)).await;
+        rx.await.unwrap_or_default()
+    }
+}
+
+impl Drop for TaskClient {
+    fn drop(&mut self) {
+        self.driver.abort();
+    }
+}
+
+struct Driver {
+    registry: Registry,
+    dispatcher: Dispatcher,
+    sinks: HashMap<String, Arc<Sink>>,
+    collectors: watch::Sender<Vec<Entry>>,
+    commands: mpsc::Sender<Command>,
+    malformed: u64,
+    dropped: Arc<AtomicU64>,
+}
+
+impl Driver {
+    async fn run(mut self, mut client: AsyncClient, mut commands: mpsc::Receiver<Command>) {
+        let publisher = client.publisher();
+        // Offers and cancels leave in order on their own task, so a slow acknowledgement
+        // never holds up the replies being read.
+        let (out_tx, mut out_rx) = mpsc::channel::<(String, Vec<u8>)>(4096);
+        let sender = tokio::spawn(async move {
+            while let Some((topic, body)) = out_rx.recv().await {
+                if let Err(e) = publisher.publish(&topic, body, QoS::Processed).await {
+                    tracing::warn!(topic, "task message not sent: {e}");
+                }
+            }
+        });
+        loop {
+            let wake = [
+                self.dispatcher.next_deadline(),
+                self.registry.next_deadline(),
+            ]
+            .into_iter()
+            .flatten()
+            .min()
+            .map(Instant::from_std)
+            .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
+            tokio::select! {
+                m = client.recv() => match m {
+                    Ok(m) => self.message(&m),
+                    Err(_) => break,
+                },
+                c = commands.recv() => match c {
+                    Some(c) => self.command(c),
+                    None => break,
+                },
+                _ = tokio::time::sleep_until(wake) => {
+                    let now = std::time::Instant::now();
+                    for change in self.registry.tick(now) {
+                        self.changed(&change, now);
+                    }
+                    self.dispatcher.tick(&self.registry, now);
+                }
+            }
+            self.flush(&out_tx).await;
+        }
+        drop(out_tx);
+        let _ = sender.await;
+        let _ = client.disconnect().await;
+    }
+
+    fn message(&mut self, m: &Message) {
+        let now = std::time::Instant::now();
+        if m.topic().starts_with(proto::HEALTH_ROOT) {
+            match self.registry.receive(m.primary_sender(), m.payload(), now) {
+                Ok(Some(change)) => self.changed(&change, now),
+                Ok(None) => {}
+                Err(e) => tracing::warn!("presence refused: {e}"),
+            }
+            return;
+        }
+        match serde_json::from_slice::<ToRequester>(m.payload()) {
+            Ok(reply) => self
+                .dispatcher
+                .receive(m.primary_sender(), reply, &self.registry, now),
+            Err(e) => {
+                self.malformed += 1;
+                tracing::warn!(sender = m.sender(), "malformed task reply: {e}");
+            }
+        }
+    }
+
+    fn changed(&mut self, change: &Change, now: std::time::Instant) {
+        tracing::debug!(?change, "registry");
+        self.dispatcher
+            .registry_changed(change, &self.registry, now);
+        self.collectors
+            .send_replace(self.registry.entries().cloned().collect());
+    }
+
+    fn command(&mut self, c: Command) {
+        match c {
+            Command::Submit(spec, reply) => {
+                let now = std::time::Instant::now();
+                let result = self.dispatcher.submit(spec, &self.registry, now).map(|id| {
+                    let sink = Arc::new(Sink::default());
+                    self.sinks.insert(id.clone(), sink.clone());
+                    TaskHandle {
+                        id,
+                        sink,
+                        commands: self.commands.clone(),
+                        finished: false,
+                    }
+                });
+                // The handle exists before any event for it is handed out (below).
+                let _ = reply.send(result);
+            }
+            Command::Cancel(id) => {
+                self.dispatcher.cancel(&id);
+            }
+            Command::Stats(reply) => {
+                let _ = reply.send(TaskClientStats {
+                    dispatch: self.dispatcher.stats(),
+                    registry: self.registry.stats(),
+                    malformed: self.malformed,
+                    events_dropped: self.dropped.load(Relaxed),
+                });
+            }
+        }
+    }
+
+    async fn flush(&mut self, out: &mpsc::Sender<(String, Vec<u8>)>) {
+        for o in self.dispatcher.take_output() {
+            match o {
+                Output::Send { to, message } => {
+                    let body = serde_json::to_vec::<ToCollector>(&message).expect("serializable");
+                    if out.send((proto::offer_topic(&to), body)).await.is_err() {
+                        return;
+                    }
+                }
+                Output::Event { task_id, event } => {
+                    let finished = matches!(event, TaskEvent::Finished(_));
+                    let Some(sink) = (if finished {
+                        self.sinks.remove(&task_id)
+                    } else {
+                        self.sinks.get(&task_id).cloned()
+                    }) else {
+                        continue;
+                    };
+                    let mut events = sink.events.lock();
+                    let droppable = matches!(
+                        event,
+                        TaskEvent::Progress { .. } | TaskEvent::Partial { .. }
+                    );
+                    if droppable && events.len() >= EVENT_BUFFER {
+                        self.dropped.fetch_add(1, Relaxed);
+                    } else {
+                        events.push_back(event);
+                    }
+                    drop(events);
+                    sink.ready.notify_one();
+                }
+            }
+        }
+    }
+}
