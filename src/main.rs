@@ -51,6 +51,8 @@ enum Command {
     Journal(journal::Args),
     Stats(stats::Args),
     Collector(collector::Args),
+    Collectors(collectors::Args),
+    Task(task::Args),
     #[cfg(feature = "legacy")]
     Bench(bench::Args),
     CheckConfig(check_config::Args),
@@ -94,6 +96,8 @@ fn main() -> ExitCode {
             Command::Journal(a) => journal::run(a).await,
             Command::Stats(a) => stats::run(a).await,
             Command::Collector(a) => collector::run(a).await,
+            Command::Collectors(a) => collectors::run(a).await,
+            Command::Task(a) => task::run(a).await,
             #[cfg(feature = "legacy")]
             Command::Bench(a) => bench::run(a).await,
             Command::CheckConfig(a) => check_config::run(a).await,

@@ -7,6 +7,8 @@ use busbridge::collector::ProcessCollector;
 use busbridge::config::Config;
 use busbridge::phase::Phase;
 use busbridge::rpc::{serve_control, CollectorSettings, RpcNode};
+use busbridge::task::ops::serve_builtin;
+use busbridge::task::TaskServer;
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -28,6 +30,17 @@ pub struct Args {
     /// Time between scans.
     #[arg(long, value_parser = humantime::parse_duration)]
     interval: Option<Duration>,
+    /// Also serve phase-5 tasks as a collector of this type (`process`, `network`,
+    /// `filesystem`, `performance` or your own), with the operations of that type
+    /// (`busbridge::task::ops`). Its task connection is `<name>%%tasks`.
+    #[arg(long = "type")]
+    kind: Option<String>,
+    /// Tasks it runs at once (with `--type`).
+    #[arg(long, default_value_t = 4)]
+    capacity: u32,
+    /// Heartbeat interval of its task server (with `--type`).
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    heartbeat: Duration,
 }
 
 /// `busbridge collector`: scans this machine's processes when told to, publishes them on
@@ -38,6 +51,9 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
         connect,
         config,
         interval,
+        kind,
+        capacity,
+        heartbeat,
     } = a;
     let config = match config.map(|p| super::load_config(&p)) {
         Some(Ok(c)) => c,
@@ -99,6 +115,17 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
         }
     };
     serve_control(&node, collector.clone()).await?;
+    let tasks = match kind {
+        Some(kind) => {
+            let builder = TaskServer::builder(&name, &kind)
+                .capacity(capacity)
+                .heartbeat(heartbeat)
+                .client_options(opts.clone())
+                .events(bridged.core().clone());
+            Some(serve_builtin(builder, &kind).serve(&connect).await?)
+        }
+        None => None,
+    };
     let scan = tokio::spawn(collector.clone().run());
     println!("ready");
     std::io::stdout().flush()?;
@@ -107,6 +134,10 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
         _ = collector.stopped() => {}
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
+    }
+    // Registries take a collector that says goodbye out at once.
+    if let Some(tasks) = tasks {
+        tasks.shutdown().await;
     }
     // The shutdown reply is written before the connection goes: close flushes with a ping.
     node.close().await;

@@ -10,6 +10,7 @@ pub mod bench;
 pub mod broker;
 pub mod check_config;
 pub mod collector;
+pub mod collectors;
 #[cfg(feature = "legacy")]
 pub mod demo;
 pub mod journal;
@@ -23,6 +24,7 @@ pub mod publish;
 pub mod rpc;
 pub mod stats;
 pub mod subscribe;
+pub mod task;
 
 use busbridge::client::{AsyncClient, ClientError, ClientOptions};
 use std::process::ExitCode;

@@ -33,6 +33,8 @@
 //! busrt sender are dropped and counted; every queue is bounded.
 
 pub mod dispatch;
+#[cfg(feature = "cli")]
+pub mod ops;
 pub mod proto;
 pub mod registry;
 mod server;
