@@ -80,6 +80,66 @@ pub struct Config {
     pub tls: Option<TlsConfig>,
     /// Prometheus `/metrics` (`[metrics]`), off unless `listen` is set.
     pub metrics: MetricsConfig,
+    /// Phase-5 task dispatch (`[tasks]`).
+    pub tasks: TasksConfig,
+}
+
+/// How a one-of task picks its collector among those with room.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Strategy {
+    /// The lowest load for its capacity; ties rotate.
+    #[default]
+    LeastLoaded,
+    /// Each in turn, by name.
+    RoundRobin,
+    /// Least loaded, but a collector's last free slot is kept for `high` and `critical`.
+    PriorityAware,
+}
+
+/// What happens to a task no alive collector can run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WhenNoneCapable {
+    /// Refuse it at once (`DispatchError::NothingCapable`).
+    #[default]
+    Refuse,
+    /// Queue it (bounded, by priority) until a capable collector appears or its deadline
+    /// passes.
+    Queue,
+}
+
+/// Phase-5 task dispatch (`[tasks]`): how a requester ([`crate::task::TaskClient`]) picks
+/// collectors, retries and queues.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TasksConfig {
+    /// How one-of tasks choose.
+    pub strategy: Strategy,
+    /// Refuse or queue when nothing is capable.
+    pub when_none_capable: WhenNoneCapable,
+    /// Most tasks waiting in the queue (for a capable collector, or for room).
+    pub queue_capacity: usize,
+    /// Time a collector has to accept an offer before the task goes elsewhere.
+    #[serde(with = "humantime_serde")]
+    pub accept_timeout: Duration,
+    /// Most collectors a one-of task is offered to before it fails.
+    pub max_attempts: u32,
+    /// Largest task payload, in bytes of JSON.
+    pub max_payload: usize,
+}
+
+impl Default for TasksConfig {
+    fn default() -> Self {
+        Self {
+            strategy: Strategy::default(),
+            when_none_capable: WhenNoneCapable::default(),
+            queue_capacity: 10_000,
+            accept_timeout: Duration::from_secs(2),
+            max_attempts: 3,
+            max_payload: 64 * 1024,
+        }
+    }
 }
 
 /// Where `/metrics` is served.
@@ -443,6 +503,17 @@ impl Config {
             ));
         }
         self.metrics.addr()?;
+        let t = &self.tasks;
+        for (key, ok) in [
+            ("tasks.queue_capacity", t.queue_capacity >= 1),
+            ("tasks.max_attempts", t.max_attempts >= 1),
+            ("tasks.accept_timeout", !t.accept_timeout.is_zero()),
+            ("tasks.max_payload", t.max_payload >= 1),
+        ] {
+            if !ok {
+                return Err(invalid(key, "must be at least 1"));
+            }
+        }
         if let Some(addr) = &self.transport.tcp_listen {
             if addr.parse::<std::net::SocketAddr>().is_err() {
                 return Err(invalid(

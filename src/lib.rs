@@ -61,6 +61,7 @@
 //!   around routing; [`parity`]: the parity engine; [`trace`]: record and replay.
 //! - [`broker`], [`client`], [`endpoint`], [`tls`]: the busrt transport and mutual TLS.
 //!   [`sequence`]: per-origin duplicate and gap tracking.
+//! - [`task`]: phase 5, multi-process collectors: registry, dispatch, aggregation.
 //! - [`rpc`]: typed RPC and the `CollectorControl` lifecycle operations; [`collector`]: a real
 //!   process collector; [`procscan`]: this machine's processes as events.
 //! - [`scenario`] (feature `cli`): deterministic sample events and subscriptions for the

@@ -38,7 +38,7 @@ fn collector(socket: &Path, name: &str, kind: &str, heartbeat: &str) -> Proc {
     p
 }
 
-async fn requester(socket: &Path, dispatch: DispatchConfig) -> TaskClient {
+async fn requester(socket: &Path, dispatch: TasksConfig) -> TaskClient {
     let opts = TaskClientOptions {
         dispatch,
         ..TaskClientOptions::default()
@@ -76,7 +76,7 @@ async fn two_thousand_one_of_tasks_are_answered_once_each_even_when_a_collector_
     let p2 = collector(&socket, "p2", "process", "100ms");
     let p3 = collector(&socket, "p3", "process", "100ms");
     let _n1 = collector(&socket, "n1", "network", "100ms");
-    let tasks = requester(&socket, DispatchConfig::default()).await;
+    let tasks = requester(&socket, TasksConfig::default()).await;
     wait_alive(&tasks, &["p1", "p2", "p3", "n1"]).await;
 
     let mut handles = Vec::new();
@@ -141,7 +141,7 @@ async fn scatter_completes_and_a_frozen_collector_makes_it_partial_naming_it() {
     let _p2 = collector(&socket, "p2", "process", "100ms");
     // A slow heartbeat: frozen, it stays "alive" past the task's deadline.
     let n1 = collector(&socket, "n1", "network", "10s");
-    let tasks = requester(&socket, DispatchConfig::default()).await;
+    let tasks = requester(&socket, TasksConfig::default()).await;
     wait_alive(&tasks, &["p1", "p2", "n1"]).await;
 
     let mut spec = TaskSpec::new("echo", json!("all"));
@@ -193,10 +193,10 @@ async fn a_queued_task_reaches_a_collector_started_later_once_and_the_queue_is_b
     let _broker = procs::broker(&socket, &[]);
     let tasks = requester(
         &socket,
-        DispatchConfig {
+        TasksConfig {
             when_none_capable: WhenNoneCapable::Queue,
             queue_capacity: 2,
-            ..DispatchConfig::default()
+            ..TasksConfig::default()
         },
     )
     .await;
@@ -245,7 +245,7 @@ async fn spoofing_unknown_operations_and_bad_payloads_get_typed_answers_and_the_
     let connect = format!("ipc://{}", socket.display());
     let _broker = procs::broker(&socket, &[]);
     let _p1 = collector(&socket, "p1", "process", "100ms");
-    let tasks = requester(&socket, DispatchConfig::default()).await;
+    let tasks = requester(&socket, TasksConfig::default()).await;
     wait_alive(&tasks, &["p1"]).await;
 
     // Mallory announces herself as p1 with a huge capacity: refused, counted.
@@ -345,4 +345,60 @@ async fn spoofing_unknown_operations_and_bad_payloads_get_typed_answers_and_the_
         tasks.submit(big).await,
         Err(DispatchError::Invalid(_))
     ));
+}
+
+/// `migration/phase-5.toml` as given: its broker's access rules let its collectors announce
+/// and serve, and keep a collector from announcing as another.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_phase_5_example_configuration_serves_tasks_and_its_rules_hold() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("migration");
+    let config = busbridge::config::Config::load(root.join("phase-5.toml")).unwrap();
+    assert_eq!(config.tasks.when_none_capable, WhenNoneCapable::Queue);
+    let dir = procs::sock_dir();
+    let socket = procs::sock_path(&dir, "b.sock");
+    let file = root.join("phase-5.toml");
+    let _broker = procs::broker(&socket, &["--config", file.to_str().unwrap()]);
+    let _p = collector(&socket, "procmond-1", "process", "100ms");
+    let _n = collector(&socket, "netmond-1", "network", "100ms");
+    let opts = TaskClientOptions {
+        client: busbridge::client::ClientOptions::default().name("daemoneye-agent"),
+        dispatch: config.tasks.clone(),
+        ..TaskClientOptions::default()
+    };
+    let tasks = TaskClient::connect(&format!("ipc://{}", socket.display()), opts)
+        .await
+        .unwrap();
+    wait_alive(&tasks, &["procmond-1", "netmond-1"]).await;
+    let mut spec = TaskSpec::new("list_processes", json!({"limit": 5}));
+    spec.capabilities = SourceCaps::PROCESS;
+    let (results, status) = tasks.submit(spec).await.unwrap().results().await;
+    assert_eq!(status, Status::Complete);
+    let TaskEvent::Result {
+        collector,
+        outcome: Ok(list),
+        ..
+    } = &results[0]
+    else {
+        panic!("{results:?}")
+    };
+    assert_eq!(collector, "procmond-1");
+    assert!(!list.as_array().unwrap().is_empty());
+    // netmond-1 may not publish on procmond-1's health topic.
+    let net = AsyncClient::connect_with(
+        &format!("ipc://{}", socket.display()),
+        busbridge::client::ClientOptions::default().name("netmond-1%%spoof"),
+    )
+    .await
+    .unwrap();
+    let denied = net
+        .publish(
+            &proto::health_topic("procmond-1"),
+            b"{}".to_vec(),
+            QoS::Processed,
+        )
+        .await;
+    assert!(
+        matches!(denied, Err(busbridge::client::ClientError::Denied(_))),
+        "{denied:?}"
+    );
 }

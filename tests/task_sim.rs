@@ -48,7 +48,7 @@ struct Sim {
 }
 
 impl Sim {
-    fn new(config: DispatchConfig) -> Self {
+    fn new(config: TasksConfig) -> Self {
         Self {
             now: Instant::now(),
             registry: Registry::new(RegistryConfig::default()),
@@ -174,7 +174,7 @@ fn echo(id: &str) -> TaskSpec {
 
 #[test]
 fn least_loaded_spreads_one_of_tasks_and_each_gets_one_result() {
-    let mut sim = Sim::new(DispatchConfig::default());
+    let mut sim = Sim::new(TasksConfig::default());
     let cs: Vec<_> = (1..=3)
         .map(|i| info(&format!("p{i}"), "process", 4))
         .collect();
@@ -203,9 +203,9 @@ fn least_loaded_spreads_one_of_tasks_and_each_gets_one_result() {
 
 #[test]
 fn round_robin_takes_each_in_turn() {
-    let mut sim = Sim::new(DispatchConfig {
+    let mut sim = Sim::new(TasksConfig {
         strategy: Strategy::RoundRobin,
-        ..DispatchConfig::default()
+        ..TasksConfig::default()
     });
     for i in 1..=3 {
         sim.join(info(&format!("p{i}"), "process", 100));
@@ -233,10 +233,10 @@ fn round_robin_takes_each_in_turn() {
 
 #[test]
 fn priority_aware_keeps_the_last_slot_for_urgent_tasks() {
-    let mut sim = Sim::new(DispatchConfig {
+    let mut sim = Sim::new(TasksConfig {
         strategy: Strategy::PriorityAware,
         when_none_capable: WhenNoneCapable::Queue,
-        ..DispatchConfig::default()
+        ..TasksConfig::default()
     });
     sim.join(info("p1", "process", 2));
     sim.submit(echo("normal-1")).unwrap();
@@ -250,10 +250,10 @@ fn priority_aware_keeps_the_last_slot_for_urgent_tasks() {
 
 #[test]
 fn no_acceptance_moves_the_task_and_exhaustion_names_every_attempt() {
-    let mut sim = Sim::new(DispatchConfig {
+    let mut sim = Sim::new(TasksConfig {
         accept_timeout: Duration::from_millis(200),
         max_attempts: 2,
-        ..DispatchConfig::default()
+        ..TasksConfig::default()
     });
     let cs = [
         info("p1", "process", 4),
@@ -286,7 +286,7 @@ fn no_acceptance_moves_the_task_and_exhaustion_names_every_attempt() {
 
 #[test]
 fn a_collector_that_dies_in_flight_loses_its_task_to_another_and_its_late_result_is_ignored() {
-    let mut sim = Sim::new(DispatchConfig::default());
+    let mut sim = Sim::new(TasksConfig::default());
     let p1 = info("p1", "process", 4);
     let p2 = info("p2", "process", 4);
     sim.join(p1.clone());
@@ -311,7 +311,7 @@ fn a_collector_that_dies_in_flight_loses_its_task_to_another_and_its_late_result
 
 #[test]
 fn nothing_capable_is_refused_with_what_was_required_and_what_is_there() {
-    let mut sim = Sim::new(DispatchConfig::default());
+    let mut sim = Sim::new(TasksConfig::default());
     sim.join(info("p1", "process", 4));
     let mut spec = echo("t");
     spec.capabilities = SourceCaps::NETWORK;
@@ -326,10 +326,10 @@ fn nothing_capable_is_refused_with_what_was_required_and_what_is_there() {
 
 #[test]
 fn queued_tasks_wait_for_a_capable_collector_run_once_and_respect_deadlines_and_capacity() {
-    let mut sim = Sim::new(DispatchConfig {
+    let mut sim = Sim::new(TasksConfig {
         when_none_capable: WhenNoneCapable::Queue,
         queue_capacity: 2,
-        ..DispatchConfig::default()
+        ..TasksConfig::default()
     });
     let mut spec = TaskSpec::new("network_op", json!({}));
     spec.id = "net".into();
@@ -356,7 +356,7 @@ fn queued_tasks_wait_for_a_capable_collector_run_once_and_respect_deadlines_and_
 
 #[test]
 fn scatter_completes_with_every_result_or_ends_partial_naming_who_is_missing() {
-    let mut sim = Sim::new(DispatchConfig::default());
+    let mut sim = Sim::new(TasksConfig::default());
     let cs = [
         info("p1", "process", 4),
         info("p2", "process", 4),
@@ -398,7 +398,7 @@ fn scatter_completes_with_every_result_or_ends_partial_naming_who_is_missing() {
 
 #[test]
 fn nobody_speaks_for_another_collector() {
-    let mut sim = Sim::new(DispatchConfig::default());
+    let mut sim = Sim::new(TasksConfig::default());
     sim.join(info("p1", "process", 4));
     let e = sim
         .registry
@@ -426,7 +426,7 @@ fn nobody_speaks_for_another_collector() {
 
 #[test]
 fn a_leave_removes_a_collector_at_once() {
-    let mut sim = Sim::new(DispatchConfig::default());
+    let mut sim = Sim::new(TasksConfig::default());
     let p1 = info("p1", "process", 4);
     sim.join(p1.clone());
     let change = sim
@@ -439,9 +439,9 @@ fn a_leave_removes_a_collector_at_once() {
 
 #[test]
 fn invalid_tasks_are_refused() {
-    let mut sim = Sim::new(DispatchConfig {
+    let mut sim = Sim::new(TasksConfig {
         max_payload: 100,
-        ..DispatchConfig::default()
+        ..TasksConfig::default()
     });
     sim.join(info("p1", "process", 4));
     let big = TaskSpec::new("echo", json!("x".repeat(200)));

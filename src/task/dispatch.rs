@@ -5,6 +5,7 @@
 
 use super::proto::{millis, Priority, TaskFailure, TaskOffer, ToCollector, ToRequester};
 use super::registry::{Change, Registry};
+pub use crate::config::{Strategy, TasksConfig, WhenNoneCapable};
 use crate::event::SourceCaps;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -19,63 +20,6 @@ pub enum Mode {
     OneOf,
     /// Every matching collector (scatter-gather); the expected count is fixed at dispatch.
     AllOf,
-}
-
-/// How a one-of task picks its collector among those with room.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Strategy {
-    /// The lowest load for its capacity; ties rotate.
-    #[default]
-    LeastLoaded,
-    /// Each in turn, by name.
-    RoundRobin,
-    /// Least loaded, but a collector's last free slot is kept for `high` and `critical`.
-    PriorityAware,
-}
-
-/// What happens to a task no alive collector can run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum WhenNoneCapable {
-    /// Refuse it at once ([`DispatchError::NothingCapable`]).
-    #[default]
-    Refuse,
-    /// Queue it (bounded, by priority) until a capable collector appears or its deadline
-    /// passes.
-    Queue,
-}
-
-/// Dispatcher settings (`[tasks]` in the configuration).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct DispatchConfig {
-    /// How one-of tasks choose.
-    pub strategy: Strategy,
-    /// Refuse or queue when nothing is capable.
-    pub when_none_capable: WhenNoneCapable,
-    /// Most tasks waiting in the queue (for a capable collector, or for room).
-    pub queue_capacity: usize,
-    /// Time a collector has to accept an offer before the task goes elsewhere.
-    #[serde(with = "humantime_serde")]
-    pub accept_timeout: Duration,
-    /// Most collectors a one-of task is offered to before it fails.
-    pub max_attempts: u32,
-    /// Largest task payload, in bytes of JSON.
-    pub max_payload: usize,
-}
-
-impl Default for DispatchConfig {
-    fn default() -> Self {
-        Self {
-            strategy: Strategy::default(),
-            when_none_capable: WhenNoneCapable::default(),
-            queue_capacity: 10_000,
-            accept_timeout: Duration::from_secs(2),
-            max_attempts: 3,
-            max_payload: 64 * 1024,
-        }
-    }
 }
 
 /// A task to dispatch.
@@ -325,7 +269,7 @@ struct Task {
 /// The dispatcher.
 #[derive(Debug)]
 pub struct Dispatcher {
-    config: DispatchConfig,
+    config: TasksConfig,
     reply_to: String,
     tasks: HashMap<String, Task>,
     queue: BTreeSet<(std::cmp::Reverse<Priority>, u64, String)>,
@@ -339,7 +283,7 @@ pub struct Dispatcher {
 
 impl Dispatcher {
     /// A dispatcher whose collectors answer on `reply_to` (`results.<requester>`).
-    pub fn new(config: DispatchConfig, reply_to: impl Into<String>) -> Self {
+    pub fn new(config: TasksConfig, reply_to: impl Into<String>) -> Self {
         Self {
             config,
             reply_to: reply_to.into(),
@@ -354,7 +298,7 @@ impl Dispatcher {
     }
 
     /// Its settings.
-    pub fn config(&self) -> &DispatchConfig {
+    pub fn config(&self) -> &TasksConfig {
         &self.config
     }
 

@@ -41,8 +41,8 @@ mod server;
 pub mod worker;
 
 pub use dispatch::{
-    Attempt, DispatchConfig, DispatchError, DispatchStats, Dispatcher, Mode, Output, Status,
-    Strategy, TaskEvent, TaskSpec, WhenNoneCapable,
+    Attempt, DispatchError, DispatchStats, Dispatcher, Mode, Output, Status, Strategy, TaskEvent,
+    TaskSpec, TasksConfig, WhenNoneCapable,
 };
 pub use proto::{CollectorInfo, Priority, TaskFailure};
 pub use registry::{Entry, Liveness, Registry, RegistryConfig, RegistryStats};
@@ -70,7 +70,7 @@ pub struct TaskClientOptions {
     /// The busrt connection (its name is the requester's; default `busbridge-<pid>-<n>`).
     pub client: ClientOptions,
     /// Dispatch settings.
-    pub dispatch: DispatchConfig,
+    pub dispatch: TasksConfig,
     /// Registry settings.
     pub registry: RegistryConfig,
 }
