@@ -38,4 +38,10 @@ fn demo_runs_every_phase_and_parity_holds() {
             assert_eq!(p["rpc_parity"]["mismatches"], 0);
         }
     }
+    // Phase 5: a task to the collector process, answered and correlated.
+    let task = &v["phase5_task"];
+    assert_eq!(task["collector"], "procmond-1", "{task}");
+    assert_eq!(task["sha256"].as_str().unwrap().len(), 64);
+    assert_eq!(task["hash_matches"], true);
+    assert_eq!(task["event_correlated"], true);
 }

@@ -1,8 +1,9 @@
 //! `busbridge demo`: the showcase. This machine's real processes go through the legacy
 //! crossbeam facade, first on the legacy router alone (phase 0), then bridged to an embedded
 //! busrt broker in phases 1, 2 and 3, with a subscriber in a separate process on the broker's
-//! Unix socket, and parity checked in every phase. Exits 0 only if every count and every
-//! parity check holds.
+//! Unix socket, and parity checked in every phase; then phase 5: a collector in its own
+//! process (`busbridge collector --type process`) is dispatched `hash_executable` of the demo
+//! itself. Exits 0 only if every count, every parity check and the task's answer hold.
 
 use anyhow::Context;
 use busbridge::config::Config;
@@ -229,6 +230,97 @@ impl Drop for External {
     }
 }
 
+/// Phase 5: a task handed to a collector in its own process.
+struct TaskStep {
+    collector: String,
+    sha256: String,
+    /// The collector's hash of this program equals the one computed here.
+    hash_ok: bool,
+    /// The event the collector published for the task reached this bus with the task's
+    /// correlation id.
+    correlated: bool,
+}
+
+/// Starts `busbridge collector --type process` as its own process, dispatches
+/// `hash_executable` of this program to it, and checks the answer and the correlated event.
+async fn phase5(
+    socket: &std::path::Path,
+    all: &crossbeam_channel::Receiver<BusEvent>,
+) -> anyhow::Result<TaskStep> {
+    use busbridge::task::{Liveness, TaskClient, TaskClientOptions, TaskEvent, TaskSpec};
+    use sha2::Digest;
+    let uri = format!("ipc://{}", socket.display());
+    let mut child = std::process::Command::new(std::env::current_exe()?)
+        .args(["collector", "--name", "procmond-1", "--type", "process"])
+        .args(["--heartbeat", "200ms", "--connect", &uri])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("start the collector process")?;
+    let stdout = child.stdout.take().context("stdout")?;
+    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+    // Keep reading its output to the end, so its last line is never written to a closed pipe.
+    std::thread::spawn(move || {
+        let mut ready = Some(ready_tx);
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if line == "ready" {
+                if let Some(tx) = ready.take() {
+                    let _ = tx.send(());
+                }
+            }
+        }
+    });
+    let step = async {
+        tokio::time::timeout(LIMIT, ready_rx)
+            .await
+            .context("the collector process did not start")??;
+        let tasks = TaskClient::connect(&uri, TaskClientOptions::default()).await?;
+        let alive = |c: &[busbridge::task::Entry]| {
+            c.iter()
+                .any(|e| e.info.name == "procmond-1" && e.state == Liveness::Alive)
+        };
+        anyhow::ensure!(
+            tasks.wait_for(alive, LIMIT).await,
+            "the collector did not announce itself"
+        );
+        let mut spec = TaskSpec::new("hash_executable", json!({ "pid": std::process::id() }));
+        spec.capabilities = SourceCaps::PROCESS;
+        spec.timeout = LIMIT;
+        let handle = tasks.submit(spec).await?;
+        let id = handle.id().to_owned();
+        let (results, status) = handle.results().await;
+        let Some(TaskEvent::Result {
+            collector,
+            outcome: Ok(value),
+            ..
+        }) = results.first()
+        else {
+            anyhow::bail!("the task ended {status:?} with {results:?}");
+        };
+        let sha256 = value["sha256"].as_str().unwrap_or_default().to_owned();
+        let mine = sha2::Sha256::digest(std::fs::read(std::env::current_exe()?)?);
+        let mine: String = mine.iter().map(|b| format!("{b:02x}")).collect();
+        let deadline = Instant::now() + LIMIT;
+        let mut correlated = false;
+        while let Ok(e) = all.recv_deadline(deadline) {
+            if e.correlation_id == id {
+                correlated = true;
+                break;
+            }
+        }
+        Ok(TaskStep {
+            collector: collector.clone(),
+            hash_ok: sha256 == mine,
+            sha256,
+            correlated,
+        })
+    }
+    .await;
+    let _ = child.kill();
+    let _ = child.wait();
+    step
+}
+
 /// Publish this machine's processes through the legacy bus and show what subscribers got.
 #[derive(clap::Args)]
 pub struct Args {
@@ -328,12 +420,26 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
             ok,
         });
     }
+    // Phase 5: the bus stays as it is; a collector process serves a task.
+    let all = &subs
+        .iter()
+        .find(|(id, _)| *id == "all-processes")
+        .context("subscriber")?
+        .1;
+    let task = phase5(&socket, all).await;
     let stats = bus.stats();
     bus.shutdown().await?;
     bridge.shutdown().await;
     drop(external);
 
-    let ok = rows.iter().all(|r| r.ok);
+    let task_ok = task.as_ref().is_ok_and(|t| t.hash_ok && t.correlated);
+    let ok = rows.iter().all(|r| r.ok) && task_ok;
+    let task_json = match &task {
+        Ok(t) => {
+            json!({"collector": t.collector, "sha256": t.sha256, "hash_matches": t.hash_ok, "event_correlated": t.correlated, "ok": task_ok})
+        }
+        Err(e) => json!({"error": e.to_string(), "ok": false}),
+    };
     if json_out {
         let phases: Vec<_> = rows
             .iter()
@@ -351,7 +457,7 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
             .collect();
         println!(
             "{}",
-            json!({"phases": phases, "statistics": stats, "seconds": started.elapsed().as_secs_f64(), "ok": ok})
+            json!({"phases": phases, "phase5_task": task_json, "statistics": stats, "seconds": started.elapsed().as_secs_f64(), "ok": ok})
         );
     } else {
         println!("busbridge demo: this machine's processes through the legacy crossbeam facade");
@@ -394,6 +500,16 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
                 "phase {}: lifecycle control in process vs over busrt RPC: {c} compared, {m} mismatches",
                 r.phase
             );
+        }
+        match &task {
+            Ok(t) => println!(
+                "phase 5: hash_executable of this program by collector process {}: {}; matches ours: {}; its event reached this bus with the task's correlation id: {}",
+                t.collector,
+                t.sha256,
+                if t.hash_ok { "yes" } else { "NO" },
+                if t.correlated { "yes" } else { "NO" }
+            ),
+            Err(e) => println!("phase 5: the task failed: {e:#}"),
         }
         println!(
             "\nbus statistics: published {}, delivered {}, dropped {}, sent to busrt {}, received from busrt {}",
