@@ -137,8 +137,9 @@ async fn scatter_completes_and_a_frozen_collector_makes_it_partial_naming_it() {
     let dir = procs::sock_dir();
     let socket = procs::sock_path(&dir, "b.sock");
     let _broker = procs::broker(&socket, &[]);
-    let _p1 = collector(&socket, "p1", "process", "100ms");
-    let _p2 = collector(&socket, "p2", "process", "100ms");
+    // Heartbeats slow enough that a loaded machine never makes them look gone.
+    let _p1 = collector(&socket, "p1", "process", "500ms");
+    let _p2 = collector(&socket, "p2", "process", "500ms");
     // A slow heartbeat: frozen, it stays "alive" past the task's deadline.
     let n1 = collector(&socket, "n1", "network", "10s");
     let tasks = requester(&socket, TasksConfig::default()).await;
@@ -151,7 +152,7 @@ async fn scatter_completes_and_a_frozen_collector_makes_it_partial_naming_it() {
     assert_eq!(results.len(), 3);
 
     n1.signal(libc::SIGSTOP);
-    spec.timeout = Duration::from_millis(800);
+    spec.timeout = Duration::from_secs(3);
     let (results, status) = tasks.submit(spec).await.unwrap().results().await;
     n1.signal(libc::SIGCONT);
     assert_eq!(results.len(), 2);
@@ -196,6 +197,8 @@ async fn a_queued_task_reaches_a_collector_started_later_once_and_the_queue_is_b
         TasksConfig {
             when_none_capable: WhenNoneCapable::Queue,
             queue_capacity: 2,
+            // Offered once each: no second offer for a slow acceptance on a loaded machine.
+            accept_timeout: Duration::from_secs(60),
             ..TasksConfig::default()
         },
     )
