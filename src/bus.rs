@@ -69,6 +69,10 @@ pub enum BusError {
     #[cfg(feature = "busrt")]
     #[error("busrt: {0}")]
     Transport(#[from] crate::client::ClientError),
+    /// Phase 5: the trigger request could not be dispatched as a task (nothing capable, the
+    /// queue full, ...); nothing was delivered. The source is a `task::DispatchError`.
+    #[error("trigger request not dispatched: {0}")]
+    Dispatch(#[source] Box<dyn std::error::Error + Send + Sync>),
     /// A correlation pattern is not a valid regular expression.
     #[error("invalid correlation pattern `{pattern}`: {source}")]
     BadPattern {
@@ -161,6 +165,19 @@ pub trait Uplink: Send + Sync {
     fn close(&self);
 }
 
+/// What the core needs at phase 5: a way to hand a trigger request to one capable collector
+/// as a task. `task::TriggerDispatch` implements it (defined here, as [`Uplink`] is, so the core
+/// does not depend on the task layer).
+#[async_trait::async_trait]
+pub trait TaskUplink: Send + Sync {
+    /// Submits the trigger request in `env` as a task. An error refuses the publish whole
+    /// (nothing is delivered); its source is a `task::DispatchError`.
+    async fn dispatch_trigger(
+        &self,
+        env: &Envelope,
+    ) -> Result<(), Box<dyn std::error::Error + Send + Sync>>;
+}
+
 /// One facade's own subscriber limit on a shared core.
 ///
 /// Several facades can be made over one core (a bridged bus often has a crossbeam and a tokio
@@ -191,6 +208,7 @@ pub struct Core {
     phase: AtomicU8,
     observers: Observers,
     uplink: OnceLock<Arc<dyn Uplink>>,
+    tasks: OnceLock<Arc<dyn TaskUplink>>,
     queues: (Option<usize>, Option<BackpressureStrategy>),
 }
 
@@ -209,6 +227,7 @@ impl Core {
             phase: AtomicU8::new(Phase::Legacy as u8),
             observers: Observers::new(Arc::new(Parity::new(opts.parity))),
             uplink: OnceLock::new(),
+            tasks: OnceLock::new(),
             queues: (opts.channel_capacity, opts.backpressure_strategy),
         }
     }
@@ -246,6 +265,9 @@ impl Core {
         phase.check_build()?;
         if phase != Phase::Legacy && self.uplink.get().is_none() {
             return Err(PhaseError::NeedsBridge(phase as u8).into());
+        }
+        if phase.dispatches_triggers() && self.tasks.get().is_none() {
+            return Err(PhaseError::NeedsTasks.into());
         }
         let old = self.phase.swap(phase as u8, Ordering::AcqRel);
         if old != phase as u8 {
@@ -371,6 +393,11 @@ impl Core {
         let _ = self.uplink.set(uplink);
     }
 
+    /// Gives this core its phase-5 task dispatcher (once; later calls are ignored).
+    pub fn attach_tasks(&self, tasks: Arc<dyn TaskUplink>) {
+        let _ = self.tasks.set(tasks);
+    }
+
     /// Events waiting in local subscribers' queues, all subscribers together.
     pub fn queued(&self) -> usize {
         self.router.queued()
@@ -450,6 +477,17 @@ impl Core {
             up.wait_room().await;
         }
         let phase = self.phase();
+        if phase.dispatches_triggers() && matches!(env.event, CollectionEvent::TriggerRequest(_)) {
+            // Phase 5: one collector instance gets it as a task, not every subscriber of
+            // its topic; this process's own subscribers still see what it publishes.
+            if let Some(tasks) = self.tasks.get() {
+                tasks
+                    .dispatch_trigger(&env)
+                    .await
+                    .map_err(BusError::Dispatch)?;
+                return Ok(self.deliver_direct(&env, false).await);
+            }
+        }
         let compare = phase.has_control() && self.observers.comparing();
         let route = up.route(phase, compare, &mut env);
         // Encoded before any delivery: an event that cannot travel is refused whole.

@@ -62,7 +62,7 @@ fn invalid(key: &str, reason: impl Into<String>) -> ConfigError {
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
-    /// Migration phase, 0–4 (see [`Phase`]).
+    /// Migration phase, 0–5 (see [`Phase`]).
     pub phase: Phase,
     /// Encoding of events on busrt; both are accepted on receive.
     pub codec: CodecKind,
@@ -127,6 +127,12 @@ pub struct TasksConfig {
     pub max_attempts: u32,
     /// Largest task payload, in bytes of JSON.
     pub max_payload: usize,
+    /// Start a bridged bus's trigger dispatcher even below phase 5, so it can switch into
+    /// phase 5 at run time (at phase 5 it always starts).
+    pub dispatch_triggers: bool,
+    /// Time a trigger request dispatched at phase 5 has to be taken and delivered.
+    #[serde(with = "humantime_serde")]
+    pub trigger_timeout: Duration,
 }
 
 impl Default for TasksConfig {
@@ -138,6 +144,8 @@ impl Default for TasksConfig {
             accept_timeout: Duration::from_secs(2),
             max_attempts: 3,
             max_payload: 64 * 1024,
+            dispatch_triggers: false,
+            trigger_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -509,6 +517,7 @@ impl Config {
             ("tasks.max_attempts", t.max_attempts >= 1),
             ("tasks.accept_timeout", !t.accept_timeout.is_zero()),
             ("tasks.max_payload", t.max_payload >= 1),
+            ("tasks.trigger_timeout", !t.trigger_timeout.is_zero()),
         ] {
             if !ok {
                 return Err(invalid(key, "must be at least 1"));

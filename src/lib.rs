@@ -2,8 +2,8 @@
 //!
 //! The legacy DaemonEye event-bus API, unchanged, over the [busrt](https://crates.io/crates/busrt)
 //! IPC broker: a drop-in for existing code, a two-way bridge between the legacy bus and busrt
-//! topics, a migration in four phases switched at run time, and parity checks that prove each
-//! phase against the old path.
+//! topics, a migration in phases switched at run time (0–4, then 5 for multi-process
+//! collectors), and parity checks that prove each phase against the old path.
 //!
 //! ```
 //! # #[cfg(feature = "legacy")]

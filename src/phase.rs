@@ -7,6 +7,7 @@
 //! | 2 topics | busrt subscriptions (authoritative) | both directions live | busrt = served, legacy = shadow control |
 //! | 3 rpc | as 2 | lifecycle control over busrt RPC | RPC answers vs in-process answers |
 //! | 4 busrt only | busrt | as 3 | against recorded traces |
+//! | 5 tasks | busrt | as 4; trigger requests dispatched to one capable collector as tasks | exactly one result per task |
 //!
 //! Cargo features only add code; the phase is chosen at run time. Phases 0–3 need the `legacy`
 //! feature (the legacy router is their control path).
@@ -28,13 +29,16 @@ pub enum Phase {
     Rpc = 3,
     /// 4: busrt only; no crossbeam.
     BusrtOnly = 4,
+    /// 5: as 4, and trigger requests go to one capable collector instance as tasks
+    /// (`busbridge::task`) instead of to every subscriber of `tasks.<target_collector>`.
+    Tasks = 5,
 }
 
-/// The phase number is outside 0–4, or the build cannot serve it.
+/// The phase number is outside 0–5, or the build cannot serve it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PhaseError {
-    #[error("unknown phase {0}: phases are 0 (legacy) to 4 (busrt only)")]
-    /// The phase number is not 0 to 4.
+    #[error("unknown phase {0}: phases are 0 (legacy) to 5 (tasks)")]
+    /// The phase number is not 0 to 5.
     Unknown(u8),
     #[error("phase {0} needs the legacy router, but this build has no `legacy` feature; use phase 4 or rebuild with `--features legacy`")]
     /// The phase needs the legacy router, which this build leaves out.
@@ -47,16 +51,22 @@ pub enum PhaseError {
     )]
     /// The phase needs a bridged bus.
     NeedsBridge(u8),
+    #[error(
+        "phase 5 needs a task dispatcher on this bus: build it at phase 5, or with `tasks.dispatch_triggers = true` to switch into phase 5 later"
+    )]
+    /// Phase 5 needs the bus's task dispatcher, which was not started.
+    NeedsTasks,
 }
 
 impl Phase {
     /// Every phase, in order.
-    pub const ALL: [Phase; 5] = [
+    pub const ALL: [Phase; 6] = [
         Phase::Legacy,
         Phase::Shadow,
         Phase::Topics,
         Phase::Rpc,
         Phase::BusrtOnly,
+        Phase::Tasks,
     ];
 
     /// The default: the legacy path, until a user opts in.
@@ -80,7 +90,12 @@ impl Phase {
 
     /// Whether the legacy router runs (as authority or as shadow control).
     pub fn uses_legacy(self) -> bool {
-        self != Phase::BusrtOnly
+        self < Phase::BusrtOnly
+    }
+
+    /// Whether trigger requests are dispatched as tasks (phase 5) rather than broadcast.
+    pub fn dispatches_triggers(self) -> bool {
+        self == Phase::Tasks
     }
 
     /// Whether the legacy router's answer is there to compare with (phases 1–3).
@@ -135,6 +150,7 @@ impl fmt::Display for Phase {
             Phase::Topics => "topics",
             Phase::Rpc => "rpc",
             Phase::BusrtOnly => "busrt-only",
+            Phase::Tasks => "tasks",
         };
         write!(f, "{} ({name})", *self as u8)
     }
@@ -149,7 +165,7 @@ mod tests {
         for p in Phase::ALL {
             assert_eq!(Phase::try_from(p as u8), Ok(p));
         }
-        assert_eq!(Phase::try_from(5), Err(PhaseError::Unknown(5)));
+        assert_eq!(Phase::try_from(6), Err(PhaseError::Unknown(6)));
     }
 
     #[test]
@@ -158,5 +174,8 @@ mod tests {
         assert!(!Phase::Topics.legacy_authoritative());
         assert!(Phase::Rpc.rpc_over_busrt());
         assert!(!Phase::BusrtOnly.uses_legacy());
+        assert!(!Phase::Tasks.uses_legacy());
+        assert!(Phase::Tasks.rpc_over_busrt());
+        assert!(Phase::Tasks.dispatches_triggers() && !Phase::BusrtOnly.dispatches_triggers());
     }
 }

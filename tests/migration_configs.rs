@@ -9,7 +9,7 @@ use busbridge::phase::Phase;
 #[test]
 fn every_phase_example_loads() {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("migration");
-    for n in 0..=4u8 {
+    for n in 0..=5u8 {
         let path = root.join(format!("phase-{n}.toml"));
         let phase = Phase::try_from(n).unwrap();
         match Config::load(&path) {

@@ -670,6 +670,7 @@ pub struct BridgeBuilder {
     gap_wait: std::time::Duration,
     wait_for_broker: bool,
     metrics: Option<std::net::SocketAddr>,
+    tasks: Option<crate::config::TasksConfig>,
 }
 
 impl Default for BridgeBuilder {
@@ -698,6 +699,7 @@ impl BridgeBuilder {
             gap_wait: GAP_WAIT,
             wait_for_broker: true,
             metrics: None,
+            tasks: None,
         }
     }
 
@@ -724,6 +726,9 @@ impl BridgeBuilder {
         };
         b.gap_wait = config.bus.gap_wait;
         b.metrics = config.metrics.addr()?;
+        if config.phase.dispatches_triggers() || config.tasks.dispatch_triggers {
+            b.tasks = Some(config.tasks.clone());
+        }
         if let Some(name) = &config.client.name {
             b = b.name(name);
         }
@@ -737,6 +742,15 @@ impl BridgeBuilder {
             None => b = b.connect("ipc://daemoneye.sock"),
         }
         Ok(b)
+    }
+
+    /// Starts the phase-5 trigger dispatcher with these settings (at phase 5 it starts with
+    /// the defaults if not set), so the bus can be switched into phase 5: a `TriggerRequest`
+    /// then goes to one collector instance of the target's type as a task
+    /// ([`crate::task::trigger`]).
+    pub fn tasks(mut self, settings: crate::config::TasksConfig) -> Self {
+        self.tasks = Some(settings);
+        self
     }
 
     /// Serves Prometheus `/metrics` for this bus (and its embedded broker) on `addr`
@@ -841,6 +855,7 @@ impl BridgeBuilder {
         if let Some(n) = self.name {
             opts.name = Some(n);
         }
+        let task_client_opts = opts.clone();
         let client = match AsyncClient::connect_with(&uri, opts.clone()).await {
             Ok(c) => c,
             // Start in any order: the broker may come later (a collector before its agent).
@@ -905,6 +920,34 @@ impl BridgeBuilder {
             close: Mutex::new(Some(close_tx)),
         });
         core.attach(link.clone());
+        let triggers = match self.tasks.or_else(|| {
+            self.phase
+                .dispatches_triggers()
+                .then(crate::config::TasksConfig::default)
+        }) {
+            Some(settings) => {
+                let trigger_timeout = settings.trigger_timeout;
+                let task_opts = crate::task::TaskClientOptions {
+                    // A secondary client of the bus's own name: the same access rule covers it.
+                    client: task_client_opts.name(format!(
+                        "{}{}",
+                        link.name,
+                        crate::task::proto::TASK_CLIENT_SUFFIX
+                    )),
+                    dispatch: settings,
+                    ..Default::default()
+                };
+                // In the background, as the bus's own client may be: start in any order.
+                let tasks = crate::task::TaskClient::connect_lazily(&uri, task_opts).await?;
+                let dispatch = Arc::new(crate::task::TriggerDispatch::new(
+                    Arc::new(tasks),
+                    trigger_timeout,
+                ));
+                core.attach_tasks(dispatch.clone());
+                Some(dispatch)
+            }
+            None => None,
+        };
         core.set_phase(self.phase)?;
         tokio::spawn(sender(
             Arc::downgrade(&link),
@@ -929,6 +972,7 @@ impl BridgeBuilder {
             broker: tokio::sync::Mutex::new(broker),
             task: Mutex::new(Some(task)),
             metrics: std::sync::OnceLock::new(),
+            triggers,
         }));
         if let Some(addr) = self.metrics {
             // The endpoint must not keep the bus alive: it reads through a weak handle.
@@ -973,6 +1017,8 @@ struct Inner {
     task: Mutex<Option<tokio::task::JoinHandle<()>>>,
     /// `/metrics`, if configured (stops with the bus).
     metrics: std::sync::OnceLock<crate::metrics::MetricsServer>,
+    /// The phase-5 trigger dispatcher, if started.
+    triggers: Option<Arc<crate::task::TriggerDispatch>>,
 }
 
 impl Drop for Inner {
@@ -1007,6 +1053,12 @@ impl Bridged {
     /// The migration phase now.
     pub fn phase(&self) -> Phase {
         self.0.core.phase()
+    }
+
+    /// The phase-5 trigger dispatcher (its task client, registry and counters), if this bus
+    /// started one.
+    pub fn triggers(&self) -> Option<&Arc<crate::task::TriggerDispatch>> {
+        self.0.triggers.as_ref()
     }
 
     /// Where `/metrics` is served, if it is.

@@ -47,6 +47,10 @@ pub struct Args {
     /// Publish the sample envelopes with their deterministic event ids (for parity runs).
     #[arg(long)]
     exact_ids: bool,
+    /// Also serve phase-5 trigger requests as a collector of this type: a trigger dispatched
+    /// to this instance reaches its subscribers like any other event.
+    #[arg(long, value_name = "TYPE")]
+    serve_triggers: Option<String>,
 }
 
 /// One facade of one legacy version.
@@ -85,6 +89,16 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
     };
     let (lines_tx, mut lines_rx) = tokio::sync::mpsc::unbounded_channel();
     let mut publisher = Publisher::subscribe(&bridged, facade, lines_tx).await?;
+    let triggers = match &a.serve_triggers {
+        Some(kind) => Some(
+            busbridge::task::TaskServer::builder(&a.name, kind)
+                .heartbeat(Duration::from_millis(200))
+                .triggers(bridged.core().clone())
+                .serve(&a.connect)
+                .await?,
+        ),
+        None => None,
+    };
     println!("ready");
     std::io::stdout().flush()?;
     let go = tokio::task::spawn_blocking(|| {
@@ -117,6 +131,9 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
     let _ = tokio::time::timeout(Duration::from_secs(10), bridged.link().settled()).await;
     let stats = bridged.core().stats().snapshot();
     line(json!({"done": received, "stats": stats}))?;
+    if let Some(t) = triggers {
+        t.shutdown().await;
+    }
     bridged.shutdown().await;
     Ok(if received == a.expect {
         ExitCode::SUCCESS

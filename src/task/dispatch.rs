@@ -36,6 +36,10 @@ pub struct TaskSpec {
     pub collector_type: Option<String>,
     /// Only this collector.
     pub target: Option<String>,
+    /// Only collectors of the same type as this named one (a legacy `target_collector`:
+    /// `procmond` means any instance of procmond's type). A name the registry does not know
+    /// is taken as a type.
+    pub like: Option<String>,
     /// One of them, or all.
     pub mode: Mode,
     /// Queue order and `priority_aware` slots.
@@ -57,6 +61,7 @@ impl Default for TaskSpec {
             capabilities: SourceCaps::empty(),
             collector_type: None,
             target: None,
+            like: None,
             mode: Mode::OneOf,
             priority: Priority::Normal,
             payload: serde_json::Value::Null,
@@ -86,6 +91,9 @@ impl TaskSpec {
         }
         if let Some(t) = &self.target {
             s += &format!(", collector `{t}`");
+        }
+        if let Some(t) = &self.like {
+            s += &format!(", the type of `{t}`");
         }
         s
     }
@@ -566,6 +574,11 @@ impl Dispatcher {
         spec: &'a TaskSpec,
         registry: &'a Registry,
     ) -> impl Iterator<Item = &'a super::registry::Entry> + 'a {
+        // `like`: the type of the named collector, or the name itself as a type.
+        let like = spec
+            .like
+            .as_deref()
+            .map(|name| registry.get(name).map_or(name, |e| e.info.kind.as_str()));
         registry
             .capable(
                 spec.capabilities,
@@ -573,6 +586,7 @@ impl Dispatcher {
                 spec.collector_type.as_deref(),
             )
             .filter(move |e| spec.target.as_ref().is_none_or(|t| *t == e.info.name))
+            .filter(move |e| like.is_none_or(|k| e.info.kind == k))
     }
 
     fn load(&self, entry: &super::registry::Entry) -> u32 {

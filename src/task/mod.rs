@@ -38,6 +38,7 @@ pub mod ops;
 pub mod proto;
 pub mod registry;
 mod server;
+pub mod trigger;
 pub mod worker;
 
 pub use dispatch::{
@@ -47,6 +48,7 @@ pub use dispatch::{
 pub use proto::{CollectorInfo, Priority, TaskFailure};
 pub use registry::{Entry, Liveness, Registry, RegistryConfig, RegistryStats};
 pub use server::{Handler, TaskContext, TaskServer, TaskServerBuilder};
+pub use trigger::{TriggerDispatch, TriggerStats, TRIGGER_OPERATION};
 
 use crate::client::{AsyncClient, ClientError, ClientOptions, Message, QoS};
 use parking_lot::Mutex;
@@ -161,6 +163,21 @@ impl TaskClient {
     /// and asks every collector to announce itself.
     pub async fn connect(address: &str, opts: TaskClientOptions) -> Result<Self, ClientError> {
         let client = AsyncClient::connect_with(address, opts.client.clone()).await?;
+        Self::start(client, opts).await
+    }
+
+    /// Like [`connect`](Self::connect), but returns at once and connects in the background
+    /// (only a malformed address is an error): subscriptions and the discovery request are
+    /// made on connecting. Until collectors have announced themselves, nothing is capable.
+    pub async fn connect_lazily(
+        address: &str,
+        opts: TaskClientOptions,
+    ) -> Result<Self, ClientError> {
+        let client = AsyncClient::connect_lazily(address, opts.client.clone())?;
+        Self::start(client, opts).await
+    }
+
+    async fn start(client: AsyncClient, opts: TaskClientOptions) -> Result<Self, ClientError> {
         let name = client.name().to_owned();
         let reply_to = proto::result_topic(&name);
         client
