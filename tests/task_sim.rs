@@ -470,6 +470,7 @@ fn a_worker_runs_each_task_id_once_and_refuses_beyond_capacity() {
         deadline_ms: 1000,
         reply_to: "results.me".into(),
         attempt: 1,
+        accept_ms: 0,
     };
     assert_eq!(w.offer("me", &offer, now), Decision::Start);
     assert_eq!(w.offer("me", &offer, now), Decision::Running);
@@ -485,4 +486,21 @@ fn a_worker_runs_each_task_id_once_and_refuses_beyond_capacity() {
         w.expired(now + Duration::from_secs(2)),
         vec![("you".into(), "t".into())]
     );
+}
+
+#[test]
+fn a_reply_shows_a_suspect_collector_alive() {
+    let mut sim = Sim::new(TasksConfig::default());
+    let p1 = info("p1", "process", 4);
+    sim.join(p1);
+    sim.submit(echo("t")).unwrap();
+    // Its heartbeats are late (queued behind its replies on a loaded machine).
+    sim.advance(HEARTBEAT * 3, &[]);
+    assert_eq!(sim.registry.get("p1").unwrap().state, Liveness::Suspect);
+    assert_eq!(
+        sim.registry.touch("p1", sim.now),
+        Some(Change::Updated("p1".into()))
+    );
+    assert_eq!(sim.registry.get("p1").unwrap().state, Liveness::Alive);
+    assert_eq!(sim.registry.touch("nobody", sim.now), None);
 }

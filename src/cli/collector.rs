@@ -117,7 +117,9 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
     serve_control(&node, collector.clone()).await?;
     let tasks = match kind {
         Some(kind) => {
+            // Its RPC node holds `name`: the task server is its secondary.
             let builder = TaskServer::builder(&name, &kind)
+                .shares_name()
                 .capacity(capacity)
                 .heartbeat(heartbeat)
                 .client_options(opts.clone())

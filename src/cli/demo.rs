@@ -252,7 +252,7 @@ async fn phase5(
     let uri = format!("ipc://{}", socket.display());
     let mut child = std::process::Command::new(std::env::current_exe()?)
         .args(["collector", "--name", "procmond-1", "--type", "process"])
-        .args(["--heartbeat", "200ms", "--connect", &uri])
+        .args(["--heartbeat", "1s", "--connect", &uri])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -274,7 +274,10 @@ async fn phase5(
         tokio::time::timeout(LIMIT, ready_rx)
             .await
             .context("the collector process did not start")??;
-        let tasks = TaskClient::connect(&uri, TaskClientOptions::default()).await?;
+        // Queue, not refuse: on a loaded machine a late heartbeat must not fail the demo.
+        let mut opts = TaskClientOptions::default();
+        opts.dispatch.when_none_capable = busbridge::task::WhenNoneCapable::Queue;
+        let tasks = TaskClient::connect(&uri, opts).await?;
         let alive = |c: &[busbridge::task::Entry]| {
             c.iter()
                 .any(|e| e.info.name == "procmond-1" && e.state == Liveness::Alive)

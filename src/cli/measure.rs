@@ -474,15 +474,24 @@ pub async fn phase2(events: usize, transport: Transport, batch: bool, qos: QoS) 
     lat
 }
 
-/// (e) RPC calls: `concurrency` callers sharing `calls`.
-pub async fn rpc_calls(calls: usize, concurrency: usize) -> Vec<f64> {
+/// A broker of its own on a Unix socket in a fresh temp dir (kept alive by the returned
+/// guard), at most `connections` clients; its `ipc://` address.
+async fn unix_broker(tag: &str, connections: u32) -> (tempfile::TempDir, Broker, String) {
     let dir = tempfile::tempdir().expect("tempdir");
-    let socket = dir.path().join("rpc.sock");
+    let socket = dir.path().join(format!("{tag}.sock"));
     let mut broker = Broker::new();
-    broker.set_name(format!("bench-rpc-{}", uuid::Uuid::new_v4().simple()));
-    broker.spawn_ipc_server(&socket, 100).expect("listener");
+    broker.set_name(format!("bench-{tag}-{}", uuid::Uuid::new_v4().simple()));
+    broker
+        .spawn_ipc_server(&socket, connections)
+        .expect("listener");
     broker.spawn().await.expect("broker");
     let uri = format!("ipc://{}", socket.display());
+    (dir, broker, uri)
+}
+
+/// (e) RPC calls: `concurrency` callers sharing `calls`.
+pub async fn rpc_calls(calls: usize, concurrency: usize) -> Vec<f64> {
+    let (_dir, _broker, uri) = unix_broker("rpc", 100).await;
     let server = RpcNode::connect(&uri, "bench-server")
         .await
         .expect("server");
@@ -495,9 +504,11 @@ pub async fn rpc_calls(calls: usize, concurrency: usize) -> Vec<f64> {
             .await
             .expect("client"),
     );
-    let per = calls / concurrency.max(1);
+    let callers = concurrency.max(1);
     let mut tasks = Vec::new();
-    for _ in 0..concurrency.max(1) {
+    for c in 0..callers {
+        // Every call is made: the first `calls % callers` callers make one more.
+        let per = calls / callers + usize::from(c < calls % callers);
         let client = client.clone();
         tasks.push(tokio::spawn(async move {
             let mut lat = Vec::with_capacity(per);
@@ -521,15 +532,72 @@ pub async fn rpc_calls(calls: usize, concurrency: usize) -> Vec<f64> {
     lat
 }
 
+/// (f) Phase-5 tasks: one-of `echo` tasks to four collectors over Unix sockets, `in_flight`
+/// at once, or one every `1/pace` seconds; the latency is submit to final status.
+pub async fn task_round_trips(count: usize, in_flight: usize, pace: Option<usize>) -> Vec<f64> {
+    use busbridge::task::{Status, TaskClient, TaskClientOptions, TaskServer, TaskSpec};
+    let (_dir, mut broker, uri) = unix_broker("tasks", 100).await;
+    let mut servers = Vec::new();
+    for i in 0..4 {
+        let server = TaskServer::builder(format!("bench-collector-{i}"), "process")
+            .capabilities(SourceCaps::PROCESS)
+            .capacity(64)
+            .operation("echo", |_ctx, p| async move { Ok(p) })
+            .serve(&uri)
+            .await
+            .expect("collector");
+        servers.push(server);
+    }
+    let client = Arc::new(
+        TaskClient::connect(&uri, TaskClientOptions::default())
+            .await
+            .expect("task client"),
+    );
+    client
+        .wait_for(|c| c.len() == 4, Duration::from_secs(10))
+        .await;
+    let permits = Arc::new(tokio::sync::Semaphore::new(in_flight.max(1)));
+    let mut tick = pace.map(|per_sec| {
+        let mut t = tokio::time::interval(Duration::from_secs_f64(1.0 / per_sec as f64));
+        t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        t
+    });
+    let mut running = Vec::with_capacity(count);
+    for i in 0..count {
+        if let Some(t) = &mut tick {
+            t.tick().await;
+        }
+        let permit = permits.clone().acquire_owned().await.expect("open");
+        let client = client.clone();
+        running.push(tokio::spawn(async move {
+            let _permit = permit;
+            let t = Instant::now();
+            let mut spec = TaskSpec::new("echo", serde_json::json!(i));
+            spec.capabilities = SourceCaps::PROCESS;
+            spec.timeout = Duration::from_secs(30);
+            let handle = client.submit(spec).await.ok()?;
+            let (_, status) = handle.results().await;
+            (status == Status::Complete).then(|| t.elapsed().as_secs_f64() * 1e6)
+        }));
+    }
+    let mut lat = Vec::with_capacity(count);
+    for r in running {
+        if let Ok(Some(l)) = r.await {
+            lat.push(l);
+        }
+    }
+    // Clients go before the broker, so none of them sees (and logs) a lost connection.
+    drop(client);
+    for s in servers {
+        s.shutdown().await;
+    }
+    broker.shutdown_within(Duration::from_secs(1)).await;
+    lat
+}
+
 /// A steady 10,000 events/s over a Unix socket (no batching): latency and CPU.
 pub async fn steady(secs: u64) -> Steady {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let socket = dir.path().join("steady.sock");
-    let mut broker = Broker::new();
-    broker.set_name(format!("bench-steady-{}", uuid::Uuid::new_v4().simple()));
-    broker.spawn_ipc_server(&socket, 10).expect("listener");
-    broker.spawn().await.expect("broker");
-    let uri = format!("ipc://{}", socket.display());
+    let (_dir, _broker, uri) = unix_broker("steady", 10).await;
     let build = |n: &str| {
         BridgeBuilder::new()
             .phase(Phase::BusrtOnly)
@@ -634,6 +702,8 @@ enum Path {
     Phase2(Transport, bool, QoS),
     /// Calls in flight.
     Rpc(usize),
+    /// Phase-5 tasks in flight, and a pace in tasks per second.
+    Tasks(usize, Option<usize>),
 }
 
 #[cfg(feature = "legacy")]
@@ -645,6 +715,7 @@ impl Path {
             Path::Raw(unix, window) => raw_busrt(n, unix, window, None).await,
             Path::Phase2(transport, batch, qos) => phase2(n, transport, batch, qos).await,
             Path::Rpc(concurrency) => rpc_calls(n, concurrency).await,
+            Path::Tasks(in_flight, pace) => task_round_trips(n, in_flight, pace).await,
         }
     }
 }
@@ -709,6 +780,16 @@ pub async fn run(opts: &BenchOptions) -> Report {
         ),
         ("rpc calls, 1 in flight", calls, Path::Rpc(1)),
         ("rpc calls, 16 in flight", calls, Path::Rpc(16)),
+        (
+            "tasks one-of, 4 collectors unix, 64 in flight",
+            calls,
+            Path::Tasks(64, None),
+        ),
+        (
+            "tasks one-of, 4 collectors unix, 1,000/s",
+            (calls / 6).max(1),
+            Path::Tasks(64, Some(1000)),
+        ),
     ];
     let paths: Vec<_> = paths
         .into_iter()
@@ -758,6 +839,23 @@ pub async fn run(opts: &BenchOptions) -> Report {
     ]
     .into_iter()
     .filter_map(|(name, num, den, target)| Some(ratio(name, by(num)?, by(den)?, target)))
+    .chain(
+        by("tasks one-of, 4 collectors unix, 64 in flight")
+            .zip(by("rpc calls, 16 in flight"))
+            .map(|(t, r)| ratio("tasks 64 in flight / rpc 16 in flight", t, r, 0.5)),
+    )
+    .chain(
+        // A latency target as a ratio: 2 ms over the measured p99 must be at least 1.
+        by("tasks one-of, 4 collectors unix, 1,000/s").map(|t| {
+            let value = 2000.0 / t.p99_us.max(f64::MIN_POSITIVE);
+            Ratio {
+                name: "task round trip at 1,000/s: 2 ms / p99".into(),
+                value,
+                target: 1.0,
+                met: value >= 1.0,
+            }
+        }),
+    )
     .collect();
     let steady = if wanted("steady") {
         Some(steady(opts.steady_secs).await)

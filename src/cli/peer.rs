@@ -91,7 +91,9 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
     let mut publisher = Publisher::subscribe(&bridged, facade, lines_tx).await?;
     let triggers = match &a.serve_triggers {
         Some(kind) => Some(
+            // The bridged bus holds `name`: the task server is its secondary.
             busbridge::task::TaskServer::builder(&a.name, kind)
+                .shares_name()
                 .heartbeat(Duration::from_millis(200))
                 .triggers(bridged.core().clone())
                 .serve(&a.connect)

@@ -451,13 +451,25 @@ impl Dispatcher {
                 }
             }
             ToRequester::Progress { message, .. } => {
-                if current.is_some() {
+                if let Some(t) = current {
+                    // Progress (or a partial result) is an acceptance too.
+                    if matches!(t, Target::Offered(_)) {
+                        *t = Target::Accepted;
+                    }
                     self.event(&id, TaskEvent::Progress { collector, message });
                 }
             }
             ToRequester::Partial { seq, data, .. } => {
+                if let Some(t @ Target::Offered(_)) = current {
+                    *t = Target::Accepted;
+                }
+                let task = self.tasks.get_mut(&id).expect("checked above");
                 let next = task.partial_seq.entry(collector.clone()).or_default();
-                if current.is_some() && seq >= *next {
+                let current = match task.spec.mode {
+                    Mode::OneOf => task.current.as_ref().is_some_and(|(c, _)| *c == collector),
+                    Mode::AllOf => task.targets.contains_key(&collector),
+                };
+                if current && seq >= *next {
                     *next = seq + 1;
                     self.event(&id, TaskEvent::Partial { collector, data });
                 } else {
@@ -690,6 +702,7 @@ impl Dispatcher {
             deadline_ms: millis(task.deadline.saturating_duration_since(now)),
             reply_to: task.reply_to.clone(),
             attempt,
+            accept_ms: millis(self.config.accept_timeout),
         };
         *self.assigned.entry(collector.to_owned()).or_default() += 1;
         self.stats.offers += 1;

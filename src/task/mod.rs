@@ -62,6 +62,77 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, watch, Notify};
 use tokio::time::Instant;
 
+/// Messages waiting to be sent, per requester or collector.
+const OUTGOING: usize = 4096;
+/// Acknowledged publishes in flight at once (as the bridge's window).
+const SEND_WINDOW: usize = 256;
+
+/// Publishes what arrives on `rx` in order, acknowledged, with up to [`SEND_WINDOW`] in
+/// flight: one acknowledgement at a time would cap a requester at one round trip per task.
+/// A message the broker refuses is logged; one in flight across a reconnect is resent by the
+/// client's outbox.
+pub(crate) async fn send_in_order(
+    publisher: crate::client::Publisher,
+    mut rx: mpsc::Receiver<(String, Vec<u8>)>,
+) {
+    let mut acks = VecDeque::new();
+    loop {
+        let next = if acks.len() >= SEND_WINDOW {
+            None
+        } else if acks.is_empty() {
+            match rx.recv().await {
+                Some(m) => Some(m),
+                None => break,
+            }
+        } else {
+            tokio::select! {
+                biased;
+                m = rx.recv() => match m {
+                    Some(m) => Some(m),
+                    None => break,
+                },
+                r = acks.front_mut().expect("not empty") => {
+                    acks.pop_front();
+                    if let Err(e) = r {
+                        tracing::warn!("task message not acknowledged: {e}");
+                    }
+                    continue;
+                }
+            }
+        };
+        match next {
+            Some((topic, body)) => {
+                let busrt_topic = match crate::topic::Topic::parse(&topic) {
+                    Ok(t) => t.to_busrt(),
+                    Err(e) => {
+                        tracing::warn!(topic, "task message not sent: {e}");
+                        continue;
+                    }
+                };
+                match publisher
+                    .publish_pipelined(busrt_topic, body, QoS::Processed, !rx.is_empty())
+                    .await
+                {
+                    Ok(ack) => acks.push_back(ack),
+                    Err(e) => tracing::warn!(topic, "task message not sent: {e}"),
+                }
+            }
+            None => {
+                if let Some(ack) = acks.pop_front() {
+                    if let Err(e) = ack.await {
+                        tracing::warn!("task message not acknowledged: {e}");
+                    }
+                }
+            }
+        }
+    }
+    for ack in acks {
+        if let Err(e) = ack.await {
+            tracing::warn!("task message not acknowledged: {e}");
+        }
+    }
+}
+
 /// Progress and partial events held per task before new ones are dropped (and counted);
 /// results and the final status are never dropped (their number is fixed at dispatch).
 pub const EVENT_BUFFER: usize = 1024;
@@ -272,17 +343,10 @@ struct Driver {
 
 impl Driver {
     async fn run(mut self, mut client: AsyncClient, mut commands: mpsc::Receiver<Command>) {
-        let publisher = client.publisher();
         // Offers and cancels leave in order on their own task, so a slow acknowledgement
         // never holds up the replies being read.
-        let (out_tx, mut out_rx) = mpsc::channel::<(String, Vec<u8>)>(4096);
-        let sender = tokio::spawn(async move {
-            while let Some((topic, body)) = out_rx.recv().await {
-                if let Err(e) = publisher.publish(&topic, body, QoS::Processed).await {
-                    tracing::warn!(topic, "task message not sent: {e}");
-                }
-            }
-        });
+        let (out_tx, out_rx) = mpsc::channel::<(String, Vec<u8>)>(OUTGOING);
+        let sender = tokio::spawn(send_in_order(client.publisher(), out_rx));
         loop {
             let wake = [
                 self.dispatcher.next_deadline(),
@@ -328,9 +392,13 @@ impl Driver {
             return;
         }
         match serde_json::from_slice::<ToRequester>(m.payload()) {
-            Ok(reply) => self
-                .dispatcher
-                .receive(m.primary_sender(), reply, &self.registry, now),
+            Ok(reply) => {
+                if let Some(change) = self.registry.touch(m.primary_sender(), now) {
+                    self.changed(&change, now);
+                }
+                self.dispatcher
+                    .receive(m.primary_sender(), reply, &self.registry, now)
+            }
             Err(e) => {
                 self.malformed += 1;
                 tracing::warn!(sender = m.sender(), "malformed task reply: {e}");

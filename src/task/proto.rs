@@ -24,9 +24,10 @@ pub const DISCOVER_TOPIC: &str = "control.collectors.discover";
 pub const OFFER_ROOT: &str = "control.tasks";
 /// Replies to one requester (`results.<level>`).
 pub const RESULT_ROOT: &str = "results";
-/// The suffix of a collector's task connection: `procmond` serves tasks as `procmond%%tasks`,
-/// a busrt secondary client of `procmond`, so broker access rules and certificate identities
-/// of `procmond` cover it and receivers see `procmond` as its primary name.
+/// The suffix of a collector's task connection when its name is taken by its own RPC node or
+/// bridged bus (`TaskServerBuilder::shares_name`): `procmond` then serves tasks as `procmond%%tasks`, a busrt secondary client of
+/// `procmond`, so broker access rules and certificate identities of `procmond` cover it and
+/// receivers see `procmond` as its primary name.
 pub const TASK_CLIENT_SUFFIX: &str = "%%tasks";
 
 /// A busrt client name as one topic level (characters topics may not hold become `_`).
@@ -157,6 +158,11 @@ pub struct TaskOffer {
     pub reply_to: String,
     /// Which attempt this is (1 first).
     pub attempt: u32,
+    /// The requester's acceptance timeout, in milliseconds: a collector whose task is still
+    /// running after a quarter of it sends `accepted`; a quicker task's result is its
+    /// acknowledgement. 0 (or absent): accept at once.
+    #[serde(default)]
+    pub accept_ms: u64,
 }
 
 /// Requester → collector, on `control.tasks.<collector>`.

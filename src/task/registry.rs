@@ -173,6 +173,20 @@ impl Registry {
         }
     }
 
+    /// Any message from a collector (an acceptance, a result) shows it alive as well as a
+    /// heartbeat does: under load, heartbeats wait in the same queues as replies. A gone
+    /// collector comes back only by announcing itself.
+    pub fn touch(&mut self, name: &str, now: Instant) -> Option<Change> {
+        let e = self.entries.get_mut(name)?;
+        if e.state == Liveness::Gone {
+            return None;
+        }
+        e.last_heard = now;
+        e.silent_for = Duration::ZERO;
+        (std::mem::replace(&mut e.state, Liveness::Alive) == Liveness::Suspect)
+            .then(|| Change::Updated(name.to_owned()))
+    }
+
     /// Moves silent collectors to suspect and gone, forgets old gone ones.
     pub fn tick(&mut self, now: Instant) -> Vec<Change> {
         let mut changes = Vec::new();

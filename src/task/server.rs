@@ -108,6 +108,7 @@ pub struct TaskServerBuilder {
     operations: BTreeMap<String, Handler>,
     client: ClientOptions,
     core: Option<Arc<Core>>,
+    shares_name: bool,
 }
 
 impl TaskServerBuilder {
@@ -135,9 +136,18 @@ impl TaskServerBuilder {
         self
     }
 
-    /// Connection settings (the name is set from the collector's: `<name>%%tasks`).
+    /// Connection settings (the name is set from the collector's).
     pub fn client_options(mut self, opts: ClientOptions) -> Self {
         self.client = opts;
+        self
+    }
+
+    /// The collector's RPC node or bridged bus already holds its name on the broker: connect
+    /// as that client's busrt secondary, `<name>%%tasks` (busrt admits a secondary only while
+    /// its primary is connected). Receivers still see the collector's name as the sender, and
+    /// the broker's access rule and certificate identity of `<name>` cover it.
+    pub fn shares_name(mut self) -> Self {
+        self.shares_name = true;
         self
     }
 
@@ -163,11 +173,12 @@ impl TaskServerBuilder {
 
     /// Connects to `address`, announces itself and serves until shut down.
     pub async fn serve(self, address: &str) -> Result<TaskServer, ClientError> {
-        let opts =
-            self.client
-                .clone()
-                .name(format!("{}{}", self.info.name, proto::TASK_CLIENT_SUFFIX));
-        let client = AsyncClient::connect_with(address, opts).await?;
+        let name = if self.shares_name {
+            format!("{}{}", self.info.name, proto::TASK_CLIENT_SUFFIX)
+        } else {
+            self.info.name.clone()
+        };
+        let client = AsyncClient::connect_with(address, self.client.clone().name(name)).await?;
         client
             .subscribe(&proto::offer_topic(&self.info.name), QoS::Processed)
             .await?;
@@ -237,6 +248,7 @@ impl TaskServer {
             operations: BTreeMap::new(),
             client: ClientOptions::default(),
             core: None,
+            shares_name: false,
         }
     }
 
@@ -287,17 +299,10 @@ type Finished = (
 
 impl Serve {
     async fn run(mut self, mut client: AsyncClient, mut stop: watch::Receiver<bool>) {
-        let publisher = client.publisher();
         // Everything the collector says leaves through one queue, in order: an acceptance
         // before its partial results before its final result.
-        let (out, mut out_rx) = mpsc::channel::<(String, Vec<u8>)>(4096);
-        let sender = tokio::spawn(async move {
-            while let Some((topic, body)) = out_rx.recv().await {
-                if let Err(e) = publisher.publish(&topic, body, QoS::Processed).await {
-                    tracing::warn!(topic, "task reply not sent: {e}");
-                }
-            }
-        });
+        let (out, out_rx) = mpsc::channel::<(String, Vec<u8>)>(super::OUTGOING);
+        let sender = tokio::spawn(super::send_in_order(client.publisher(), out_rx));
         let (done_tx, mut done_rx) = mpsc::channel::<Finished>(1024);
         self.announce(&out, PresenceReason::Start).await;
         let mut beat = tokio::time::interval(self.heartbeat);
@@ -405,7 +410,13 @@ impl Serve {
                     task_id: offer.task_id.clone(),
                     collector: name.clone(),
                 };
-                send(out, offer.reply_to.clone(), &accepted).await;
+                // A task that ends within a quarter of the requester's acceptance timeout is
+                // acknowledged by its result; a longer one says "accepted" at that point, well
+                // before the requester gives up on it. (Offers without the timeout: at once.)
+                let accept_after = Duration::from_millis(offer.accept_ms / 4);
+                if accept_after.is_zero() {
+                    send(out, offer.reply_to.clone(), &accepted).await;
+                }
                 let (cancel, cancelled) = watch::channel(false);
                 let key = (requester.to_owned(), offer.task_id.clone());
                 self.running.insert(key, cancel);
@@ -422,19 +433,41 @@ impl Serve {
                 let handler = self.operations.get(&offer.operation).cloned();
                 let done = done.clone();
                 let requester = requester.to_owned();
+                let out = out.clone();
                 tokio::spawn(async move {
                     let outcome = match handler {
                         None => Err(TaskFailure::UnknownOperation(offer.operation.clone())),
                         Some(h) => {
+                            use futures_util::FutureExt;
                             let cancelled = ctx.clone();
-                            // A panicking operation is a failed task, not a dead collector.
-                            let mut work = tokio::spawn(h(ctx, offer.payload));
-                            tokio::select! {
-                                r = &mut work => r.unwrap_or_else(|e| Err(TaskFailure::Failed(format!("the operation panicked: {e}")))),
-                                _ = cancelled.cancelled() => {
-                                    work.abort();
-                                    Err(TaskFailure::Cancelled)
+                            // A panicking operation is a failed task, not a dead collector;
+                            // dropping the operation's future is what cancels it.
+                            let work = std::panic::AssertUnwindSafe(h(ctx, offer.payload))
+                                .catch_unwind()
+                                .map(|r| {
+                                    r.unwrap_or_else(|_| {
+                                        Err(TaskFailure::Failed("the operation panicked".into()))
+                                    })
+                                });
+                            let mut work = std::pin::pin!(work);
+                            let early = if accept_after.is_zero() {
+                                None
+                            } else {
+                                tokio::select! {
+                                    r = &mut work => Some(r),
+                                    _ = cancelled.cancelled() => Some(Err(TaskFailure::Cancelled)),
+                                    _ = tokio::time::sleep(accept_after) => {
+                                        send(&out, offer.reply_to.clone(), &accepted).await;
+                                        None
+                                    }
                                 }
+                            };
+                            match early {
+                                Some(r) => r,
+                                None => tokio::select! {
+                                    r = &mut work => r,
+                                    _ = cancelled.cancelled() => Err(TaskFailure::Cancelled),
+                                },
                             }
                         }
                     };
