@@ -67,70 +67,81 @@ const OUTGOING: usize = 4096;
 /// Acknowledged publishes in flight at once (as the bridge's window).
 const SEND_WINDOW: usize = 256;
 
-/// Publishes what arrives on `rx` in order, acknowledged, with up to [`SEND_WINDOW`] in
-/// flight: one acknowledgement at a time would cap a requester at one round trip per task.
-/// A message the broker refuses is logged; one in flight across a reconnect is resent by the
-/// client's outbox.
+/// Acknowledged publishes in order with up to [`SEND_WINDOW`] in flight: one acknowledgement
+/// at a time would cap a requester at one round trip per task. A message the broker refuses
+/// is logged; one in flight across a reconnect is resent by the client's outbox.
+pub(crate) struct Pipeline {
+    publisher: crate::client::Publisher,
+    acks: VecDeque<crate::client::Ack>,
+}
+
+impl Pipeline {
+    pub(crate) fn new(publisher: crate::client::Publisher) -> Self {
+        Self {
+            publisher,
+            acks: VecDeque::new(),
+        }
+    }
+
+    /// Hands one message to the broker (waiting for the oldest acknowledgement when the
+    /// window is full). `more`: another follows at once, so this one need not be flushed.
+    pub(crate) async fn send(&mut self, topic: &str, body: Vec<u8>, more: bool) {
+        if self.acks.len() >= SEND_WINDOW {
+            self.settle_one().await;
+        }
+        let busrt_topic = match crate::topic::Topic::parse(topic) {
+            Ok(t) => t.to_busrt(),
+            Err(e) => return tracing::warn!(topic, "task message not sent: {e}"),
+        };
+        match self
+            .publisher
+            .publish_pipelined(busrt_topic, body, QoS::Processed, more)
+            .await
+        {
+            Ok(ack) => self.acks.push_back(ack),
+            Err(e) => tracing::warn!(topic, "task message not sent: {e}"),
+        }
+    }
+
+    /// Waits for the oldest acknowledgement; pending forever when none is owed (for
+    /// `select!`).
+    pub(crate) async fn settle_one(&mut self) {
+        match self.acks.front_mut() {
+            Some(ack) => {
+                if let Err(e) = ack.await {
+                    tracing::warn!("task message not acknowledged: {e}");
+                }
+                self.acks.pop_front();
+            }
+            None => std::future::pending().await,
+        }
+    }
+
+    /// Waits for every acknowledgement owed.
+    pub(crate) async fn settle(&mut self) {
+        while !self.acks.is_empty() {
+            self.settle_one().await;
+        }
+    }
+}
+
+/// Publishes what arrives on `rx`, in order, through a [`Pipeline`].
 pub(crate) async fn send_in_order(
     publisher: crate::client::Publisher,
     mut rx: mpsc::Receiver<(String, Vec<u8>)>,
 ) {
-    let mut acks = VecDeque::new();
+    let mut pipeline = Pipeline::new(publisher);
     loop {
-        let next = if acks.len() >= SEND_WINDOW {
-            None
-        } else if acks.is_empty() {
-            match rx.recv().await {
-                Some(m) => Some(m),
+        tokio::select! {
+            biased;
+            m = rx.recv() => match m {
+                Some((topic, body)) => pipeline.send(&topic, body, !rx.is_empty()).await,
                 None => break,
-            }
-        } else {
-            tokio::select! {
-                biased;
-                m = rx.recv() => match m {
-                    Some(m) => Some(m),
-                    None => break,
-                },
-                r = acks.front_mut().expect("not empty") => {
-                    acks.pop_front();
-                    if let Err(e) = r {
-                        tracing::warn!("task message not acknowledged: {e}");
-                    }
-                    continue;
-                }
-            }
-        };
-        match next {
-            Some((topic, body)) => {
-                let busrt_topic = match crate::topic::Topic::parse(&topic) {
-                    Ok(t) => t.to_busrt(),
-                    Err(e) => {
-                        tracing::warn!(topic, "task message not sent: {e}");
-                        continue;
-                    }
-                };
-                match publisher
-                    .publish_pipelined(busrt_topic, body, QoS::Processed, !rx.is_empty())
-                    .await
-                {
-                    Ok(ack) => acks.push_back(ack),
-                    Err(e) => tracing::warn!(topic, "task message not sent: {e}"),
-                }
-            }
-            None => {
-                if let Some(ack) = acks.pop_front() {
-                    if let Err(e) = ack.await {
-                        tracing::warn!("task message not acknowledged: {e}");
-                    }
-                }
-            }
+            },
+            _ = pipeline.settle_one() => {}
         }
     }
-    for ack in acks {
-        if let Err(e) = ack.await {
-            tracing::warn!("task message not acknowledged: {e}");
-        }
-    }
+    pipeline.settle().await;
 }
 
 /// Progress and partial events held per task before new ones are dropped (and counted);
@@ -343,10 +354,9 @@ struct Driver {
 
 impl Driver {
     async fn run(mut self, mut client: AsyncClient, mut commands: mpsc::Receiver<Command>) {
-        // Offers and cancels leave in order on their own task, so a slow acknowledgement
-        // never holds up the replies being read.
-        let (out_tx, out_rx) = mpsc::channel::<(String, Vec<u8>)>(OUTGOING);
-        let sender = tokio::spawn(send_in_order(client.publisher(), out_rx));
+        // Offers and cancels leave from this task, pipelined: acknowledgements are awaited
+        // beside the replies being read, never before them.
+        let mut out = Pipeline::new(client.publisher());
         loop {
             let wake = [
                 self.dispatcher.next_deadline(),
@@ -373,11 +383,11 @@ impl Driver {
                     }
                     self.dispatcher.tick(&self.registry, now);
                 }
+                _ = out.settle_one() => {}
             }
-            self.flush(&out_tx).await;
+            self.flush(&mut out).await;
         }
-        drop(out_tx);
-        let _ = sender.await;
+        out.settle().await;
         let _ = client.disconnect().await;
     }
 
@@ -445,14 +455,19 @@ impl Driver {
         }
     }
 
-    async fn flush(&mut self, out: &mpsc::Sender<(String, Vec<u8>)>) {
-        for o in self.dispatcher.take_output() {
+    async fn flush(&mut self, out: &mut Pipeline) {
+        let outputs = self.dispatcher.take_output();
+        let sends = outputs
+            .iter()
+            .filter(|o| matches!(o, Output::Send { .. }))
+            .count();
+        let mut sent = 0;
+        for o in outputs {
             match o {
                 Output::Send { to, message } => {
                     let body = serde_json::to_vec::<ToCollector>(&message).expect("serializable");
-                    if out.send((proto::offer_topic(&to), body)).await.is_err() {
-                        return;
-                    }
+                    sent += 1;
+                    out.send(&proto::offer_topic(&to), body, sent < sends).await;
                 }
                 Output::Event { task_id, event } => {
                     let finished = matches!(event, TaskEvent::Finished(_));
