@@ -176,6 +176,8 @@ pub trait TaskUplink: Send + Sync {
         &self,
         env: &Envelope,
     ) -> Result<(), Box<dyn std::error::Error + Send + Sync>>;
+    /// What it dispatched so far.
+    fn counts(&self) -> crate::stats::TriggerCounts;
 }
 
 /// One facade's own subscriber limit on a shared core.
@@ -391,6 +393,11 @@ impl Core {
     /// Makes this core bridged (once; later calls are ignored).
     pub fn attach(&self, uplink: Arc<dyn Uplink>) {
         let _ = self.uplink.set(uplink);
+    }
+
+    /// The phase-5 dispatcher's counts, if this core has one.
+    pub fn trigger_counts(&self) -> Option<crate::stats::TriggerCounts> {
+        self.tasks.get().map(|t| t.counts())
     }
 
     /// Gives this core its phase-5 task dispatcher (once; later calls are ignored).

@@ -21,6 +21,7 @@
 //! | `busbridge_bus_connected` | gauge | `bus` (1 connected, 0 not) |
 //! | `busbridge_queue_depth` | gauge | `bus`, `queue` (`subscribers`: events waiting in local subscriber queues; `in_flight`: own events not yet back from busrt) |
 //! | `busbridge_subscribers` | gauge | `bus` |
+//! | `busbridge_task_triggers_total` | counter | `bus`, `outcome` (`dispatched`, `completed`, `failed`); phase 5, buses with a trigger dispatcher |
 //! | `busbridge_broker_connections` | gauge | `broker` |
 //! | `busbridge_broker_connections_accepted_total` | counter | `broker` |
 //! | `busbridge_broker_refused_total` | counter | `broker`, `reason` (`limit`, `peer_credentials`, `tls`) |
@@ -132,6 +133,11 @@ pub fn render(s: &Snapshot) -> String {
     );
     let depth = gauges(&mut r, "queue_depth", "Events waiting, by queue");
     let subscribers = gauges(&mut r, "subscribers", "Local subscribers");
+    let triggers = counters(
+        &mut r,
+        "task_triggers",
+        "Phase 5: trigger requests dispatched as tasks, by outcome",
+    );
     for b in &s.buses {
         let bus = label("bus", &b.name);
         let st = &b.stats;
@@ -183,6 +189,17 @@ pub fn render(s: &Snapshot) -> String {
                 .set(n as i64);
         }
         subscribers.get_or_create(&bus).set(b.subscribers as i64);
+        if let Some(t) = b.triggers {
+            for (outcome, n) in [
+                ("dispatched", t.dispatched),
+                ("completed", t.completed),
+                ("failed", t.failed),
+            ] {
+                triggers
+                    .get_or_create(&with(bus.clone(), "outcome", outcome))
+                    .inc_by(n);
+            }
+        }
     }
     let conns = gauges(&mut r, "broker_connections", "Connections open now");
     let accepted = counters(

@@ -184,4 +184,18 @@ pub struct Status {
     /// Local subscribers.
     #[serde(default)]
     pub subscribers: u64,
+    /// Phase 5: the trigger requests this bus dispatched as tasks, if it has a dispatcher.
+    #[serde(default)]
+    pub triggers: Option<TriggerCounts>,
+}
+
+/// Trigger requests a bus dispatched as phase-5 tasks (`task::TriggerDispatch`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct TriggerCounts {
+    /// Triggers handed to the task layer.
+    pub dispatched: u64,
+    /// Triggers a collector took and delivered.
+    pub completed: u64,
+    /// Triggers that ended otherwise (timed out, failed); each one is also logged.
+    pub failed: u64,
 }

@@ -140,6 +140,19 @@ async fn triggers_go_to_one_instance_at_phase_5_and_to_all_at_phase_4() {
         tokio::task::yield_now().await;
     }
     assert_eq!(triggers.stats().failed, 0);
+    // The same counts in the bus's status and its Prometheus exposition.
+    let status = bridged.link().status(bridged.core());
+    assert_eq!(status.triggers, Some(triggers.stats()));
+    let text = busbridge::metrics::render(&busbridge::metrics::Snapshot {
+        buses: vec![status],
+        brokers: vec![],
+    });
+    assert!(
+        text.contains(
+            r#"busbridge_task_triggers_total{bus="daemoneye-agent",outcome="completed"} 50"#
+        ),
+        "{text}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

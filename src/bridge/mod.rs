@@ -252,6 +252,7 @@ impl Link {
             queued: core.queued() as u64,
             in_flight: core.in_flight() as u64,
             subscribers: core.subscribers() as u64,
+            triggers: core.trigger_counts(),
         }
     }
 

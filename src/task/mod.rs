@@ -296,6 +296,7 @@ impl TaskClient {
 
     /// Submits a task. Errors at once when nothing can run it (policy `refuse`), the queue is
     /// full, or the task is invalid.
+    #[tracing::instrument(name = "task_dispatch", level = "debug", skip_all, fields(client = %self.client_name, operation = %spec.operation, mode = ?spec.mode))]
     pub async fn submit(&self, spec: TaskSpec) -> Result<TaskHandle, DispatchError> {
         let (tx, rx) = oneshot::channel();
         let closed = || DispatchError::Invalid("the task client is closed".into());

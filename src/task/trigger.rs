@@ -12,7 +12,7 @@ use super::{Priority, TaskClient, TaskEvent, TaskServerBuilder, TaskSpec};
 use crate::bus::{Core, TaskUplink};
 use crate::codec::{Codec, CodecKind, Envelope, DEFAULT_MAX_MESSAGE_SIZE};
 use crate::event::{CollectionEvent, TriggerPriority};
-use serde::Serialize;
+pub use crate::stats::TriggerCounts as TriggerStats;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,17 +26,6 @@ struct Counters {
     dispatched: AtomicU64,
     completed: AtomicU64,
     failed: AtomicU64,
-}
-
-/// A copy of [`TriggerDispatch`]'s counters.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
-pub struct TriggerStats {
-    /// Triggers handed to the task layer.
-    pub dispatched: u64,
-    /// Triggers a collector took and delivered.
-    pub completed: u64,
-    /// Triggers that ended otherwise (timed out, failed); each one is also logged.
-    pub failed: u64,
 }
 
 /// The agent side: dispatches the trigger requests its bus publishes at phase 5.
@@ -121,6 +110,10 @@ impl TaskUplink for TriggerDispatch {
             }
         });
         Ok(())
+    }
+
+    fn counts(&self) -> TriggerStats {
+        self.stats()
     }
 }
 
