@@ -415,3 +415,26 @@ async fn the_phase_5_example_configuration_serves_tasks_and_its_rules_hold() {
         "{denied:?}"
     );
 }
+
+/// A handle whose client goes away ends `failed`, not never.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handle_outliving_its_client_ends() {
+    let dir = procs::sock_dir();
+    let socket = procs::sock_path(&dir, "b.sock");
+    let _broker = procs::broker(&socket, &[]);
+    let _p1 = collector(&socket, "p1", "process", "300ms");
+    let tasks = requester(&socket, TasksConfig::default()).await;
+    wait_alive(&tasks, &["p1"]).await;
+    let mut spec = TaskSpec::new("echo", json!({"sleep_ms": 60_000}));
+    spec.timeout = Duration::from_secs(120);
+    let handle = tasks.submit(spec).await.unwrap();
+    drop(tasks);
+    let (results, status) = tokio::time::timeout(Duration::from_secs(10), handle.results())
+        .await
+        .expect("the handle ends");
+    assert!(results.is_empty());
+    assert!(
+        matches!(&status, Status::Failed { attempts } if attempts[0].reason.contains("closed")),
+        "{status:?}"
+    );
+}

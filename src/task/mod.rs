@@ -343,6 +343,24 @@ impl Drop for TaskClient {
     }
 }
 
+/// A driver that ends (its client dropped, its connection closed) finishes every task still
+/// open, so no handle waits forever.
+impl Drop for Driver {
+    fn drop(&mut self) {
+        for (_, sink) in self.sinks.drain() {
+            sink.events
+                .lock()
+                .push_back(TaskEvent::Finished(Status::Failed {
+                    attempts: vec![Attempt {
+                        collector: String::new(),
+                        reason: "the task client was closed".into(),
+                    }],
+                }));
+            sink.ready.notify_one();
+        }
+    }
+}
+
 struct Driver {
     registry: Registry,
     dispatcher: Dispatcher,
