@@ -9,6 +9,7 @@ use crate::bus::{BusError, Core};
 use crate::client::{AsyncClient, ClientError, ClientOptions, QoS};
 use crate::event::{CollectionEvent, SourceCaps};
 use futures_util::future::BoxFuture;
+use parking_lot::Mutex;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
@@ -188,11 +189,13 @@ impl TaskServerBuilder {
         let (stop, stopped) = watch::channel(false);
         let served = Arc::new(AtomicU64::new(0));
         let run = Serve {
-            worker: Worker::new(&self.info.name, self.info.capacity),
+            state: Arc::new(Mutex::new(State {
+                worker: Worker::new(&self.info.name, self.info.capacity),
+                running: HashMap::new(),
+            })),
             info: self.info.clone(),
             heartbeat: self.heartbeat,
             operations: self.operations,
-            running: HashMap::new(),
             core: self.core,
             served: served.clone(),
         };
@@ -280,22 +283,31 @@ impl Drop for TaskServer {
 }
 
 struct Serve {
-    worker: Worker,
+    state: Arc<Mutex<State>>,
     info: CollectorInfo,
     heartbeat: Duration,
     operations: BTreeMap<String, Handler>,
-    /// Cancellation switches of running tasks, by (requester, task id).
-    running: HashMap<(String, String), watch::Sender<bool>>,
     core: Option<Arc<Core>>,
     served: Arc<AtomicU64>,
 }
 
-type Finished = (
-    String,
-    String,
-    String,
-    Result<serde_json::Value, TaskFailure>,
-);
+/// What the serving loop and the tasks it runs share: a task that ends records its result
+/// and sends it itself, one hop fewer than handing it back to the loop.
+struct State {
+    worker: Worker,
+    /// Cancellation switches of running tasks, by (requester, task id).
+    running: HashMap<(String, String), watch::Sender<bool>>,
+}
+
+impl State {
+    /// Stops a running task; true if it was running.
+    fn cancel(&mut self, key: &(String, String)) -> bool {
+        if let Some(c) = self.running.remove(key) {
+            let _ = c.send(true);
+        }
+        self.worker.cancel(&key.0, &key.1)
+    }
+}
 
 impl Serve {
     async fn run(mut self, mut client: AsyncClient, mut stop: watch::Receiver<bool>) {
@@ -303,13 +315,14 @@ impl Serve {
         // before its partial results before its final result.
         let (out, out_rx) = mpsc::channel::<(String, Vec<u8>)>(super::OUTGOING);
         let sender = tokio::spawn(super::send_in_order(client.publisher(), out_rx));
-        let (done_tx, mut done_rx) = mpsc::channel::<Finished>(1024);
         self.announce(&out, PresenceReason::Start).await;
         let mut beat = tokio::time::interval(self.heartbeat);
         beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         beat.tick().await;
         loop {
             let wake = self
+                .state
+                .lock()
                 .worker
                 .next_deadline()
                 .map(tokio::time::Instant::from_std)
@@ -321,43 +334,38 @@ impl Serve {
                     }
                     Ok(m) => match serde_json::from_slice::<ToCollector>(m.payload()) {
                         Ok(ToCollector::Offer(offer)) => {
-                            self.offer(m.sender(), offer, &out, &done_tx).await;
+                            self.offer(m.sender(), offer, &out).await;
                         }
                         Ok(ToCollector::Cancel { task_id }) => {
-                            let key = (m.sender().to_owned(), task_id);
-                            if self.worker.cancel(&key.0, &key.1) {
-                                if let Some(c) = self.running.remove(&key) {
-                                    let _ = c.send(true);
-                                }
-                            }
+                            self.state.lock().cancel(&(m.sender().to_owned(), task_id));
                         }
                         Err(e) => tracing::warn!(sender = m.sender(), "malformed task message: {e}"),
                     },
                     Err(_) => break,
                 },
-                Some((requester, task_id, correlation_id, outcome)) = done_rx.recv() => {
-                    self.running.remove(&(requester.clone(), task_id.clone()));
-                    if let Some((topic, m)) = self.worker.finished(&requester, &task_id, &correlation_id, outcome) {
-                        self.served.fetch_add(1, Relaxed);
-                        send(&out, topic, &m).await;
-                    }
-                }
                 _ = beat.tick() => self.announce(&out, PresenceReason::Heartbeat).await,
                 _ = tokio::time::sleep_until(wake) => {
-                    for (requester, task_id) in self.worker.expired(std::time::Instant::now()) {
-                        if let Some(c) = self.running.remove(&(requester.clone(), task_id.clone())) {
-                            let _ = c.send(true);
-                        }
-                        // The requester has given up too; the result tells it why if not.
-                        if let Some((topic, m)) = self.worker.finished(&requester, &task_id, "", Err(TaskFailure::DeadlineExceeded)) {
-                            send(&out, topic, &m).await;
-                        }
+                    let expired: Vec<_> = {
+                        let mut st = self.state.lock();
+                        let keys = st.worker.expired(std::time::Instant::now());
+                        keys.into_iter()
+                            .filter_map(|(requester, task_id)| {
+                                if let Some(c) = st.running.remove(&(requester.clone(), task_id.clone())) {
+                                    let _ = c.send(true);
+                                }
+                                st.worker.finished(&requester, &task_id, "", Err(TaskFailure::DeadlineExceeded))
+                            })
+                            .collect()
+                    };
+                    // The requester has given up too; the result tells it why if not.
+                    for (topic, m) in expired {
+                        send(&out, topic, &m).await;
                     }
                 }
                 _ = stop.changed() => break,
             }
         }
-        for (_, c) in self.running.drain() {
+        for (_, c) in self.state.lock().running.drain() {
             let _ = c.send(true);
         }
         self.announce(&out, PresenceReason::Leave).await;
@@ -367,7 +375,7 @@ impl Serve {
     }
 
     async fn announce(&mut self, out: &mpsc::Sender<(String, Vec<u8>)>, reason: PresenceReason) {
-        self.info.load = self.worker.load();
+        self.info.load = self.state.lock().worker.load();
         let presence = Presence {
             reason,
             collector: self.info.clone(),
@@ -382,13 +390,14 @@ impl Serve {
         requester: &str,
         offer: TaskOffer,
         out: &mpsc::Sender<(String, Vec<u8>)>,
-        done: &mpsc::Sender<Finished>,
     ) {
         let name = self.info.name.clone();
-        match self
+        let decision = self
+            .state
+            .lock()
             .worker
-            .offer(requester, &offer, std::time::Instant::now())
-        {
+            .offer(requester, &offer, std::time::Instant::now());
+        match decision {
             Decision::Running => {
                 let m = ToRequester::Accepted {
                     task_id: offer.task_id,
@@ -419,7 +428,7 @@ impl Serve {
                 }
                 let (cancel, cancelled) = watch::channel(false);
                 let key = (requester.to_owned(), offer.task_id.clone());
-                self.running.insert(key, cancel);
+                self.state.lock().running.insert(key, cancel);
                 let ctx = TaskContext {
                     task_id: offer.task_id.clone(),
                     correlation_id: offer.correlation_id.clone(),
@@ -431,7 +440,8 @@ impl Serve {
                     core: self.core.clone(),
                 };
                 let handler = self.operations.get(&offer.operation).cloned();
-                let done = done.clone();
+                let state = self.state.clone();
+                let served = self.served.clone();
                 let requester = requester.to_owned();
                 let out = out.clone();
                 tokio::spawn(async move {
@@ -471,9 +481,23 @@ impl Serve {
                             }
                         }
                     };
-                    let _ = done
-                        .send((requester, offer.task_id, offer.correlation_id, outcome))
-                        .await;
+                    // Recorded before it is sent, so a repeated offer gets this same result; a
+                    // task cancelled meanwhile was recorded as cancelled and sends nothing.
+                    let finished = {
+                        let mut st = state.lock();
+                        st.running
+                            .remove(&(requester.clone(), offer.task_id.clone()));
+                        st.worker.finished(
+                            &requester,
+                            &offer.task_id,
+                            &offer.correlation_id,
+                            outcome,
+                        )
+                    };
+                    if let Some((topic, m)) = finished {
+                        served.fetch_add(1, Relaxed);
+                        send(&out, topic, &m).await;
+                    }
                 });
             }
         }
