@@ -38,6 +38,14 @@ fn collector(socket: &Path, name: &str, kind: &str, heartbeat: &str) -> Proc {
     p
 }
 
+/// A `busbridge broker` process on a socket of its own (the dir guard keeps the socket).
+fn broker(extra: &[&str]) -> (tempfile::TempDir, std::path::PathBuf, Proc) {
+    let dir = procs::sock_dir();
+    let socket = procs::sock_path(&dir, "b.sock");
+    let broker = procs::broker(&socket, extra);
+    (dir, socket, broker)
+}
+
 async fn requester(socket: &Path, dispatch: TasksConfig) -> TaskClient {
     let opts = TaskClientOptions {
         dispatch,
@@ -69,9 +77,7 @@ async fn wait_alive(tasks: &TaskClient, names: &[&str]) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_thousand_one_of_tasks_are_answered_once_each_even_when_a_collector_is_killed() {
-    let dir = procs::sock_dir();
-    let socket = procs::sock_path(&dir, "b.sock");
-    let _broker = procs::broker(&socket, &[]);
+    let (_dir, socket, _broker) = broker(&[]);
     let p1 = collector(&socket, "p1", "process", "250ms");
     let p2 = collector(&socket, "p2", "process", "250ms");
     let p3 = collector(&socket, "p3", "process", "250ms");
@@ -143,9 +149,7 @@ async fn two_thousand_one_of_tasks_are_answered_once_each_even_when_a_collector_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scatter_completes_and_a_frozen_collector_makes_it_partial_naming_it() {
-    let dir = procs::sock_dir();
-    let socket = procs::sock_path(&dir, "b.sock");
-    let _broker = procs::broker(&socket, &[]);
+    let (_dir, socket, _broker) = broker(&[]);
     // Heartbeats slow enough that a loaded machine never makes them look gone.
     let _p1 = collector(&socket, "p1", "process", "500ms");
     let _p2 = collector(&socket, "p2", "process", "500ms");
@@ -198,9 +202,7 @@ async fn scatter_completes_and_a_frozen_collector_makes_it_partial_naming_it() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_queued_task_reaches_a_collector_started_later_once_and_the_queue_is_bounded() {
-    let dir = procs::sock_dir();
-    let socket = procs::sock_path(&dir, "b.sock");
-    let _broker = procs::broker(&socket, &[]);
+    let (_dir, socket, _broker) = broker(&[]);
     let tasks = requester(
         &socket,
         TasksConfig {
@@ -252,10 +254,8 @@ async fn a_queued_task_reaches_a_collector_started_later_once_and_the_queue_is_b
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spoofing_unknown_operations_and_bad_payloads_get_typed_answers_and_the_collector_keeps_serving(
 ) {
-    let dir = procs::sock_dir();
-    let socket = procs::sock_path(&dir, "b.sock");
+    let (_dir, socket, _broker) = broker(&[]);
     let connect = format!("ipc://{}", socket.display());
-    let _broker = procs::broker(&socket, &[]);
     let _p1 = collector(&socket, "p1", "process", "300ms");
     let tasks = requester(&socket, TasksConfig::default()).await;
     wait_alive(&tasks, &["p1"]).await;
@@ -367,10 +367,8 @@ async fn the_phase_5_example_configuration_serves_tasks_and_its_rules_hold() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("migration");
     let config = busbridge::config::Config::load(root.join("phase-5.toml")).unwrap();
     assert_eq!(config.tasks.when_none_capable, WhenNoneCapable::Queue);
-    let dir = procs::sock_dir();
-    let socket = procs::sock_path(&dir, "b.sock");
     let file = root.join("phase-5.toml");
-    let _broker = procs::broker(&socket, &["--config", file.to_str().unwrap()]);
+    let (_dir, socket, _broker) = broker(&["--config", file.to_str().unwrap()]);
     let _p = collector(&socket, "procmond-1", "process", "300ms");
     let _n = collector(&socket, "netmond-1", "network", "300ms");
     let opts = TaskClientOptions {
@@ -419,9 +417,7 @@ async fn the_phase_5_example_configuration_serves_tasks_and_its_rules_hold() {
 /// A handle whose client goes away ends `failed`, not never.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_handle_outliving_its_client_ends() {
-    let dir = procs::sock_dir();
-    let socket = procs::sock_path(&dir, "b.sock");
-    let _broker = procs::broker(&socket, &[]);
+    let (_dir, socket, _broker) = broker(&[]);
     let _p1 = collector(&socket, "p1", "process", "300ms");
     let tasks = requester(&socket, TasksConfig::default()).await;
     wait_alive(&tasks, &["p1"]).await;

@@ -921,29 +921,21 @@ impl BridgeBuilder {
             close: Mutex::new(Some(close_tx)),
         });
         core.attach(link.clone());
-        let triggers = match self.tasks.or_else(|| {
+        let settings = self.tasks.or_else(|| {
             self.phase
                 .dispatches_triggers()
                 .then(crate::config::TasksConfig::default)
-        }) {
+        });
+        let triggers = match settings {
             Some(settings) => {
-                let trigger_timeout = settings.trigger_timeout;
-                let task_opts = crate::task::TaskClientOptions {
-                    // A secondary client of the bus's own name: the same access rule covers it.
-                    client: task_client_opts.name(format!(
-                        "{}{}",
-                        link.name,
-                        crate::task::proto::TASK_CLIENT_SUFFIX
-                    )),
-                    dispatch: settings,
-                    ..Default::default()
-                };
-                // In the background, as the bus's own client may be: start in any order.
-                let tasks = crate::task::TaskClient::connect_lazily(&uri, task_opts).await?;
-                let dispatch = Arc::new(crate::task::TriggerDispatch::new(
-                    Arc::new(tasks),
-                    trigger_timeout,
-                ));
+                let dispatch = crate::task::TriggerDispatch::connect(
+                    &uri,
+                    &link.name,
+                    task_client_opts,
+                    settings,
+                )
+                .await?;
+                let dispatch = Arc::new(dispatch);
                 core.attach_tasks(dispatch.clone());
                 Some(dispatch)
             }

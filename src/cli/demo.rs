@@ -248,7 +248,6 @@ async fn phase5(
     all: &crossbeam_channel::Receiver<BusEvent>,
 ) -> anyhow::Result<TaskStep> {
     use busbridge::task::{Liveness, TaskClient, TaskClientOptions, TaskEvent, TaskSpec};
-    use sha2::Digest;
     let uri = format!("ipc://{}", socket.display());
     let mut child = std::process::Command::new(std::env::current_exe()?)
         .args(["collector", "--name", "procmond-1", "--type", "process"])
@@ -301,8 +300,7 @@ async fn phase5(
             anyhow::bail!("the task ended {status:?} with {results:?}");
         };
         let sha256 = value["sha256"].as_str().unwrap_or_default().to_owned();
-        let mine = sha2::Sha256::digest(std::fs::read(std::env::current_exe()?)?);
-        let mine: String = mine.iter().map(|b| format!("{b:02x}")).collect();
+        let (mine, _) = busbridge::task::ops::sha256_file(&std::env::current_exe()?)?;
         let deadline = Instant::now() + LIMIT;
         let mut correlated = false;
         while let Ok(e) = all.recv_deadline(deadline) {

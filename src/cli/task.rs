@@ -111,20 +111,7 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
         tokio::time::sleep(a.discover).await;
     } else {
         tasks
-            .wait_for(
-                |c| {
-                    c.iter().any(|e| {
-                        e.state == busbridge::task::Liveness::Alive
-                            && e.info.serves(spec.capabilities, &spec.operation)
-                            && spec
-                                .collector_type
-                                .as_ref()
-                                .is_none_or(|t| *t == e.info.kind)
-                            && spec.target.as_ref().is_none_or(|t| *t == e.info.name)
-                    })
-                },
-                a.discover,
-            )
+            .wait_for(|c| spec.candidates(c.iter()).next().is_some(), a.discover)
             .await;
     }
     let mut handle = match tasks.submit(spec).await {

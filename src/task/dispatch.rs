@@ -4,7 +4,7 @@
 //! path is tested on a simulated clock (`tests/task_sim.rs`).
 
 use super::proto::{millis, Priority, TaskFailure, TaskOffer, ToCollector, ToRequester};
-use super::registry::{Change, Registry};
+use super::registry::{Change, Entry, Liveness, Registry};
 pub use crate::config::{Strategy, TasksConfig, WhenNoneCapable};
 use crate::event::SourceCaps;
 use serde::{Deserialize, Serialize};
@@ -79,6 +79,32 @@ impl TaskSpec {
             payload,
             ..Self::default()
         }
+    }
+
+    /// The alive collectors among `entries` that can run this task: capabilities,
+    /// operation, type, named target, and `like` (the type of the collector of that name
+    /// among `entries`, or the name itself as a type). The dispatcher's choice and the
+    /// command line's wait for a capable collector both ask this.
+    pub fn candidates<'a, I>(&'a self, entries: I) -> impl Iterator<Item = &'a Entry> + 'a
+    where
+        I: Iterator<Item = &'a Entry> + Clone + 'a,
+    {
+        let like = self.like.as_deref().map(|name| {
+            entries
+                .clone()
+                .find(|e| e.info.name == name)
+                .map_or(name, |e| e.info.kind.as_str())
+        });
+        entries.filter(move |e| {
+            e.state == Liveness::Alive
+                && e.info.serves(self.capabilities, &self.operation)
+                && self
+                    .collector_type
+                    .as_ref()
+                    .is_none_or(|k| *k == e.info.kind)
+                && self.target.as_ref().is_none_or(|t| *t == e.info.name)
+                && like.is_none_or(|k| e.info.kind == k)
+        })
     }
 
     fn requirement(&self) -> String {
@@ -263,8 +289,6 @@ struct Task {
     reply_to: String,
     deadline: Instant,
     seq: u64,
-    /// Queued: waiting for a capable collector or for room.
-    queued: bool,
     /// One-of: the attempts so far and the one in progress (the last, unless failed).
     attempts: Vec<Attempt>,
     current: Option<(String, Target)>,
@@ -274,13 +298,24 @@ struct Task {
     partial_seq: HashMap<String, u64>,
 }
 
+/// Queue order: highest priority first, then first come.
+type QueueKey = (std::cmp::Reverse<Priority>, u64, String);
+
+fn queue_key(id: &str, task: &Task) -> QueueKey {
+    (
+        std::cmp::Reverse(task.spec.priority),
+        task.seq,
+        id.to_owned(),
+    )
+}
+
 /// The dispatcher.
 #[derive(Debug)]
 pub struct Dispatcher {
     config: TasksConfig,
     reply_to: String,
     tasks: HashMap<String, Task>,
-    queue: BTreeSet<(std::cmp::Reverse<Priority>, u64, String)>,
+    queue: BTreeSet<QueueKey>,
     /// Tasks this dispatcher has on each collector now.
     assigned: HashMap<String, u32>,
     seq: u64,
@@ -373,7 +408,6 @@ impl Dispatcher {
             spec,
             reply_to: self.reply_to.clone(),
             seq: self.seq,
-            queued: false,
             attempts: Vec::new(),
             current: None,
             targets: BTreeMap::new(),
@@ -586,19 +620,7 @@ impl Dispatcher {
         spec: &'a TaskSpec,
         registry: &'a Registry,
     ) -> impl Iterator<Item = &'a super::registry::Entry> + 'a {
-        // `like`: the type of the named collector, or the name itself as a type.
-        let like = spec
-            .like
-            .as_deref()
-            .map(|name| registry.get(name).map_or(name, |e| e.info.kind.as_str()));
-        registry
-            .capable(
-                spec.capabilities,
-                &spec.operation,
-                spec.collector_type.as_deref(),
-            )
-            .filter(move |e| spec.target.as_ref().is_none_or(|t| *t == e.info.name))
-            .filter(move |e| like.is_none_or(|k| e.info.kind == k))
+        spec.candidates(registry.entries())
     }
 
     fn load(&self, entry: &super::registry::Entry) -> u32 {
@@ -643,36 +665,26 @@ impl Dispatcher {
                 if room.is_empty() {
                     return false;
                 }
-                let chosen = match self.config.strategy {
-                    Strategy::RoundRobin => {
-                        room.sort_by(|a, b| a.0.info.name.cmp(&b.0.info.name));
-                        let after = self.last_round_robin.as_deref().unwrap_or("");
-                        room.iter()
-                            .find(|(e, _)| e.info.name.as_str() > after)
-                            .unwrap_or(&room[0])
-                            .0
-                            .info
-                            .name
-                            .clone()
-                    }
-                    Strategy::LeastLoaded | Strategy::PriorityAware => {
-                        // Lowest load for capacity; ties rotate so equal collectors share.
-                        let key = |(e, load): &(&super::registry::Entry, u32)| {
-                            u64::from(*load) * 1_000_000 / u64::from(e.info.capacity.max(1))
-                        };
-                        let best = room.iter().map(key).min().unwrap_or_default();
-                        room.retain(|r| key(r) == best);
-                        room.sort_by(|a, b| a.0.info.name.cmp(&b.0.info.name));
-                        let after = self.last_round_robin.as_deref().unwrap_or("");
-                        room.iter()
-                            .find(|(e, _)| e.info.name.as_str() > after)
-                            .unwrap_or(&room[0])
-                            .0
-                            .info
-                            .name
-                            .clone()
-                    }
-                };
+                if self.config.strategy != Strategy::RoundRobin {
+                    // Lowest load for capacity; the ties rotate like round robin, so equal
+                    // collectors share.
+                    let key = |(e, load): &(&super::registry::Entry, u32)| {
+                        u64::from(*load) * 1_000_000 / u64::from(e.info.capacity.max(1))
+                    };
+                    let best = room.iter().map(key).min().unwrap_or_default();
+                    room.retain(|r| key(r) == best);
+                }
+                // Each in turn by name: the first after the last one chosen.
+                room.sort_by(|a, b| a.0.info.name.cmp(&b.0.info.name));
+                let after = self.last_round_robin.as_deref().unwrap_or("");
+                let chosen = room
+                    .iter()
+                    .find(|(e, _)| e.info.name.as_str() > after)
+                    .unwrap_or(&room[0])
+                    .0
+                    .info
+                    .name
+                    .clone();
                 self.last_round_robin = Some(chosen.clone());
                 if !self.tasks[id].attempts.is_empty() {
                     self.stats.retries += 1;
@@ -877,11 +889,7 @@ impl Dispatcher {
         let Some(task) = self.tasks.remove(id) else {
             return;
         };
-        self.queue.remove(&(
-            std::cmp::Reverse(task.spec.priority),
-            task.seq,
-            id.to_owned(),
-        ));
+        self.queue.remove(&queue_key(id, &task));
         // Whoever still works on it is told to stop.
         let holders: Vec<String> = task
             .current
@@ -957,25 +965,16 @@ impl Dispatcher {
     }
 
     fn enqueue(&mut self, id: &str) {
-        let task = self.tasks.get_mut(id).expect("task exists");
-        task.queued = true;
-        self.queue.insert((
-            std::cmp::Reverse(task.spec.priority),
-            task.seq,
-            id.to_owned(),
-        ));
+        let key = queue_key(id, &self.tasks[id]);
+        self.queue.insert(key);
     }
 
     /// Offers queued tasks, highest priority first, where a capable collector has room.
     fn pump(&mut self, registry: &Registry, now: Instant) {
-        let waiting: Vec<(std::cmp::Reverse<Priority>, u64, String)> =
-            self.queue.iter().cloned().collect();
+        let waiting: Vec<QueueKey> = self.queue.iter().cloned().collect();
         for key in waiting {
             if self.start(&key.2, registry, now) {
                 self.queue.remove(&key);
-                if let Some(t) = self.tasks.get_mut(&key.2) {
-                    t.queued = false;
-                }
             }
         }
     }

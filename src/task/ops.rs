@@ -143,31 +143,27 @@ async fn process_details(_ctx: TaskContext, payload: Value) -> Result<Value, Tas
     Ok(Value::Object(details))
 }
 
+/// The SHA-256 of a file, hex, and its size in bytes (streamed, not read whole).
+pub fn sha256_file(path: &std::path::Path) -> std::io::Result<(String, u64)> {
+    use sha2::Digest;
+    let mut hasher = sha2::Sha256::new();
+    let bytes = std::io::copy(&mut std::fs::File::open(path)?, &mut hasher)?;
+    let hex = hasher
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    Ok((hex, bytes))
+}
+
 async fn hash_executable(ctx: TaskContext, payload: Value) -> Result<Value, TaskFailure> {
-    use sha2::{Digest, Sha256};
-    use std::io::Read;
     let Pid { pid } = params(payload)?;
     let exe = proc_path(pid, "exe");
     let path = std::fs::read_link(&exe).map_err(|e| no_process(pid, e))?;
-    let (digest, bytes) = tokio::task::spawn_blocking(move || {
-        let mut file = std::fs::File::open(&exe)?;
-        let mut hasher = Sha256::new();
-        let mut buf = vec![0u8; 64 * 1024];
-        let mut total = 0u64;
-        loop {
-            let n = file.read(&mut buf)?;
-            if n == 0 {
-                break;
-            }
-            hasher.update(&buf[..n]);
-            total += n as u64;
-        }
-        Ok::<_, std::io::Error>((hasher.finalize(), total))
-    })
-    .await
-    .map_err(|e| TaskFailure::Failed(e.to_string()))?
-    .map_err(|e| no_process(pid, e))?;
-    let sha256: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    let (sha256, bytes) = tokio::task::spawn_blocking(move || sha256_file(&exe))
+        .await
+        .map_err(|e| TaskFailure::Failed(e.to_string()))?
+        .map_err(|e| no_process(pid, e))?;
     let path = path.display().to_string();
     // The finding is an event too, correlated with the task, where the collector has a bus.
     let event = CollectionEvent::Process(ProcessEvent {

@@ -7,7 +7,6 @@
 //! `forget_after`, then are dropped.
 
 use super::proto::{CollectorInfo, Presence, PresenceReason};
-use crate::event::SourceCaps;
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -233,23 +232,8 @@ impl Registry {
     }
 
     /// Every collector, by name.
-    pub fn entries(&self) -> impl Iterator<Item = &Entry> {
+    pub fn entries(&self) -> impl Iterator<Item = &Entry> + Clone {
         self.entries.values()
-    }
-
-    /// Alive collectors that have `caps`, serve `operation` and, where given, are of type
-    /// `kind`.
-    pub fn capable<'a>(
-        &'a self,
-        caps: SourceCaps,
-        operation: &'a str,
-        kind: Option<&'a str>,
-    ) -> impl Iterator<Item = &'a Entry> + 'a {
-        self.entries.values().filter(move |e| {
-            e.state == Liveness::Alive
-                && e.info.serves(caps, operation)
-                && kind.is_none_or(|k| e.info.kind == k)
-        })
     }
 
     /// Counters.

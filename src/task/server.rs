@@ -97,8 +97,7 @@ impl TaskContext {
     }
 
     async fn send(&self, m: ToRequester) {
-        let body = serde_json::to_vec(&m).expect("serializable");
-        let _ = self.out.send((self.reply_to.clone(), body)).await;
+        send(&self.out, self.reply_to.clone(), &m).await;
     }
 }
 

@@ -45,6 +45,25 @@ impl TriggerDispatch {
         }
     }
 
+    /// The dispatcher of the bus named `bus` on the broker at `address`: its task client is a
+    /// busrt secondary of the bus's own client (`<bus>%%tasks`, so the bus's access rule
+    /// covers it) and connects in the background, as a bus may start before its broker.
+    pub async fn connect(
+        address: &str,
+        bus: &str,
+        client: crate::client::ClientOptions,
+        settings: crate::config::TasksConfig,
+    ) -> Result<Self, crate::client::ClientError> {
+        let timeout = settings.trigger_timeout;
+        let opts = super::TaskClientOptions {
+            client: client.name(format!("{bus}{}", super::proto::TASK_CLIENT_SUFFIX)),
+            dispatch: settings,
+            ..Default::default()
+        };
+        let tasks = TaskClient::connect_lazily(address, opts).await?;
+        Ok(Self::new(Arc::new(tasks), timeout))
+    }
+
     /// The task client (its registry and counters).
     pub fn tasks(&self) -> &Arc<TaskClient> {
         &self.tasks
