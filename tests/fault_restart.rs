@@ -129,7 +129,7 @@ async fn restart_mid_stream(file: &Path, uri: &str, target: Vec<String>) -> Vec<
     let (tx, rx) = std::sync::mpsc::channel();
     let collectors = stream(collectors, move |wait_more| {
         let mut first = first;
-        first.signal(libc::SIGSTOP);
+        first.freeze();
         wait_more(100);
         first.signal(libc::SIGKILL);
         first.wait_exit();

@@ -94,18 +94,14 @@ async fn two_thousand_one_of_tasks_are_answered_once_each_even_when_a_collector_
     .await;
     wait_alive(&tasks, &["p1", "p2", "p3", "n1"]).await;
 
-    let mut handles = Vec::new();
-    for i in 0..2000 {
+    let submit = |i: usize| {
         let mut spec = TaskSpec::new("echo", json!({"i": i, "sleep_ms": 1}));
         spec.capabilities = SourceCaps::PROCESS;
         spec.timeout = Duration::from_secs(60);
-        handles.push(tasks.submit(spec).await.unwrap());
-    }
+        tasks.submit(spec)
+    };
     let mut by_collector: HashMap<String, usize> = HashMap::new();
-    let mut killed = false;
-    for (i, h) in handles.into_iter().enumerate() {
-        let id = h.id().to_owned();
-        let (results, status) = h.results().await;
+    let mut check = |i: usize, (results, status): (Vec<TaskEvent>, Status), id: &str| {
         assert_eq!(status, Status::Complete, "task {i} ({id})");
         assert_eq!(results.len(), 1, "task {i}: {results:?}");
         let TaskEvent::Result {
@@ -117,13 +113,29 @@ async fn two_thousand_one_of_tasks_are_answered_once_each_even_when_a_collector_
             unreachable!()
         };
         assert_eq!(outcome.as_ref().unwrap()["i"], i, "the answer to this task");
-        assert_eq!(correlation_id, &id);
+        assert_eq!(correlation_id, id);
         *by_collector.entry(collector.clone()).or_default() += 1;
-        if i == 300 && !killed {
-            // Mid-run: tasks are in flight on p2 right now.
-            p2.signal(libc::SIGKILL);
-            killed = true;
-        }
+    };
+    // The first 300 run everywhere, p2 included.
+    let mut handles = Vec::new();
+    for i in 0..300 {
+        handles.push(submit(i).await.unwrap());
+    }
+    for (i, h) in handles.into_iter().enumerate() {
+        let id = h.id().to_owned();
+        check(i, h.results().await, &id);
+    }
+    // Mid-run: p2 freezes, still looks alive (it answered a moment ago), so least-loaded
+    // offers it its share of the next tasks; then it is killed holding them.
+    p2.freeze();
+    let mut handles = Vec::new();
+    for i in 300..2000 {
+        handles.push(submit(i).await.unwrap());
+    }
+    p2.signal(libc::SIGKILL);
+    for (i, h) in handles.into_iter().enumerate() {
+        let id = h.id().to_owned();
+        check(300 + i, h.results().await, &id);
     }
     let stats = tasks.stats().await;
     assert_eq!(stats.dispatch.complete, 2000, "{stats:?}");
@@ -164,7 +176,7 @@ async fn scatter_completes_and_a_frozen_collector_makes_it_partial_naming_it() {
     assert_eq!(status, Status::Complete);
     assert_eq!(results.len(), 3);
 
-    n1.signal(libc::SIGSTOP);
+    n1.freeze();
     spec.timeout = Duration::from_secs(3);
     let (results, status) = tasks.submit(spec).await.unwrap().results().await;
     n1.signal(libc::SIGCONT);

@@ -425,6 +425,9 @@ impl Driver {
                 if let Some(change) = self.registry.touch(m.primary_sender(), now) {
                     self.changed(&change, now);
                 }
+                if matches!(reply, ToRequester::Done { .. }) {
+                    self.registry.finished(m.primary_sender());
+                }
                 self.dispatcher
                     .receive(m.primary_sender(), reply, &self.registry, now)
             }

@@ -186,6 +186,15 @@ impl Registry {
             .then(|| Change::Updated(name.to_owned()))
     }
 
+    /// A collector sent a final result: its load is one less than its last heartbeat said.
+    /// Without this a full collector would get nothing until its next heartbeat, however
+    /// many tasks it finished in between.
+    pub fn finished(&mut self, name: &str) {
+        if let Some(e) = self.entries.get_mut(name) {
+            e.info.load = e.info.load.saturating_sub(1);
+        }
+    }
+
     /// Moves silent collectors to suspect and gone, forgets old gone ones.
     pub fn tick(&mut self, now: Instant) -> Vec<Change> {
         let mut changes = Vec::new();

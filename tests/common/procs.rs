@@ -61,6 +61,25 @@ impl Proc {
         unsafe { libc::kill(self.child.id() as i32, sig) };
     }
 
+    /// SIGSTOP, returning once the kernel reports the process stopped: kill(2) only queues
+    /// the signal, and a running process could still answer one more message.
+    pub fn freeze(&self) {
+        self.signal(libc::SIGSTOP);
+        let stat = format!("/proc/{}/stat", self.child.id());
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let s = std::fs::read_to_string(&stat).unwrap_or_default();
+            // The state follows the command name's closing parenthesis.
+            if s.rsplit_once(") ")
+                .is_some_and(|(_, rest)| rest.starts_with('T'))
+            {
+                return;
+            }
+            assert!(std::time::Instant::now() < deadline, "process did not stop");
+            std::thread::sleep(Duration::from_millis(1)); // polling a state, not synchronising
+        }
+    }
+
     /// Waits (bounded) for the exit code.
     pub fn wait_exit(&mut self) -> i32 {
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
