@@ -4,7 +4,8 @@
 //! Every value comes from the same snapshots `busbridge stats` reads ([`bridge::Status`],
 //! [`broker::BrokerStatus`]), encoded with `prometheus-client` at each scrape and served by
 //! hyper. Labels are bounded: the bus or broker name, a drop `reason`, a gap `outcome`, a
-//! refusal `reason`, a frame `direction`; never an event, a pid or a topic.
+//! refusal `reason`, a frame `direction`, an RPC method (at most 64 names) and outcome; never an
+//! event, a pid or a topic.
 //!
 //! | metric | type | labels |
 //! |---|---|---|
@@ -22,6 +23,7 @@
 //! | `busbridge_queue_depth` | gauge | `bus`, `queue` (`subscribers`: events waiting in local subscriber queues; `in_flight`: own events not yet back from busrt) |
 //! | `busbridge_subscribers` | gauge | `bus` |
 //! | `busbridge_task_triggers_total` | counter | `bus`, `outcome` (`dispatched`, `completed`, `failed`); phase 5, buses with a trigger dispatcher |
+//! | `busbridge_rpc_calls_total` | counter | `side` (`client`, `server`), `method` (at most 64 names, then `other`), `outcome` (`ok`, `timeout`, `no_such_target`, `no_provider`, `method_not_found`, `invalid_params`, `handler_failed`, `panicked`, `disconnected`, ...) |
 //! | `busbridge_broker_connections` | gauge | `broker` |
 //! | `busbridge_broker_connections_accepted_total` | counter | `broker` |
 //! | `busbridge_broker_refused_total` | counter | `broker`, `reason` (`limit`, `peer_credentials`, `tls`) |
@@ -51,6 +53,8 @@ pub struct Snapshot {
     pub buses: Vec<Status>,
     /// Brokers of this process.
     pub brokers: Vec<BrokerStatus>,
+    /// RPC calls this process made and served ([`crate::rpc::call_counts`]).
+    pub rpc: Vec<crate::rpc::CallCount>,
 }
 
 /// Produces a snapshot for each scrape.
@@ -235,6 +239,21 @@ pub fn render(s: &Snapshot) -> String {
             bframes
                 .get_or_create(&with(broker.clone(), "direction", direction))
                 .inc_by(n);
+        }
+    }
+    if !s.rpc.is_empty() {
+        let calls = counters(
+            &mut r,
+            "rpc_calls",
+            "RPC calls made and served, by method and outcome",
+        );
+        for c in &s.rpc {
+            let labels = with(
+                with(label("side", c.side.as_str()), "method", &c.method),
+                "outcome",
+                c.outcome,
+            );
+            calls.get_or_create(&labels).inc_by(c.calls);
         }
     }
     let mut out = String::new();

@@ -1,6 +1,7 @@
 //! `busbridge pub` across a broker outage: it keeps reconnecting until its deadline, hands
 //! over everything it accepted once the broker is back, and otherwise says exactly how many
-//! messages it could not hand over.
+//! messages it could not hand over. With `--bridged`, `pub` and `sub` deliver every event
+//! exactly once, in order, across a broker killed and restarted mid-stream.
 
 #![cfg(feature = "cli")]
 
@@ -95,4 +96,68 @@ fn pub_counts_what_it_could_not_hand_over_by_its_deadline() {
         .and_then(|w| w.parse().ok())
         .unwrap_or_else(|| panic!("no number: {line}"));
     assert!(n > 0 && n <= N.parse::<u64>().unwrap(), "{line}");
+}
+
+#[test]
+fn bridged_pub_and_sub_deliver_every_event_once_in_order_across_a_broker_kill() {
+    const EVENTS: usize = 6000;
+    let dir = procs::sock_dir();
+    let socket = procs::sock_path(&dir, "b.sock");
+    let uri = format!("ipc://{}", socket.display());
+    let mut broker = procs::broker(&socket, &[]);
+    let count = EVENTS.to_string();
+    let sub = procs::spawn_both(&[
+        "sub",
+        "--bridged",
+        "events.process.#",
+        "--connect",
+        &uri,
+        "--count",
+        &count,
+    ]);
+    sub.wait_line("subscribed");
+    // Paced (about 1.2 s of stream), so the kill below lands mid-stream.
+    let mut publisher = procs::spawn(
+        &[
+            "pub",
+            "--bridged",
+            "events.process.new",
+            "--connect",
+            &uri,
+            "--count",
+            &count,
+            "--rate",
+            "5000",
+            "--deadline",
+            "60s",
+        ],
+        &[],
+    );
+    let event = |line: String| -> Option<usize> {
+        let v: serde_json::Value = serde_json::from_str(&line).ok()?;
+        assert_eq!(v["topic"], "events.process.new", "{line}");
+        Some(v["correlation_id"].as_str()?.parse().unwrap())
+    };
+    let mut got = Vec::with_capacity(EVENTS);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while got.len() < EVENTS {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let line = sub
+            .lines
+            .recv_timeout(left)
+            .unwrap_or_else(|e| panic!("{} of {EVENTS} events: {e}", got.len()));
+        got.extend(event(line));
+        if got.len() == EVENTS / 6 {
+            broker.signal(libc::SIGKILL);
+            broker.wait_exit();
+            broker = procs::broker(&socket, &[]);
+        }
+    }
+    assert_eq!(
+        got,
+        (0..EVENTS).collect::<Vec<_>>(),
+        "every event once, in order"
+    );
+    assert_eq!(publisher.wait_exit(), 0, "every event confirmed");
+    drop(broker);
 }

@@ -95,9 +95,51 @@ async fn a_bridged_process_serves_its_bus_and_broker_counters() {
     for _ in 0..5 {
         rx.recv_timeout(std::time::Duration::from_secs(10)).unwrap();
     }
+    // RPC calls in this process, made and served, counted by method and outcome.
+    let uri = format!("ipc://{}", config.transport.socket_path.display());
+    let server = busbridge::rpc::RpcNode::connect(&uri, "metrics-rpc-server")
+        .await
+        .unwrap();
+    server
+        .rpc_register_raw("metrics_probe", |p| async move { Ok(p) })
+        .await
+        .unwrap();
+    let caller = busbridge::rpc::RpcNode::connect(&uri, "metrics-rpc-caller")
+        .await
+        .unwrap();
+    for _ in 0..3 {
+        caller
+            .rpc_call_to("metrics-rpc-server", "metrics_probe", b"x".to_vec())
+            .await
+            .unwrap();
+    }
+    caller
+        .rpc_call_to("metrics-rpc-server", "metrics_absent", Vec::new())
+        .await
+        .unwrap_err();
     let (status, text) = get(addr, "/metrics").await;
     assert_eq!(status, 200);
     let scrape = parse(&text);
+    let rpc = |side: &str, method: &str, outcome: &str| {
+        scrape
+            .samples
+            .iter()
+            .find(|s| {
+                s.metric == "busbridge_rpc_calls_total"
+                    && s.labels.get("side") == Some(side)
+                    && s.labels.get("method") == Some(method)
+                    && s.labels.get("outcome") == Some(outcome)
+            })
+            .map(|s| match s.value {
+                prometheus_parse::Value::Counter(v) | prometheus_parse::Value::Untyped(v) => v,
+                ref other => panic!("{other:?}"),
+            })
+            .unwrap_or_else(|| panic!("no rpc_calls_total {side} {method} {outcome}:\n{text}"))
+    };
+    assert_eq!(rpc("client", "metrics_probe", "ok"), 3.0);
+    assert_eq!(rpc("server", "metrics_probe", "ok"), 3.0);
+    assert_eq!(rpc("client", "metrics_absent", "method_not_found"), 1.0);
+    assert_eq!(rpc("server", "metrics_absent", "method_not_found"), 1.0);
     let bus_label = "metrics-agent";
     assert_eq!(
         value(
@@ -131,7 +173,17 @@ async fn a_bridged_process_serves_its_bus_and_broker_counters() {
     for s in &scrape.samples {
         for (k, _) in s.labels.iter() {
             assert!(
-                ["bus", "broker", "reason", "outcome", "direction", "queue"].contains(&k.as_str()),
+                [
+                    "bus",
+                    "broker",
+                    "reason",
+                    "outcome",
+                    "direction",
+                    "queue",
+                    "side",
+                    "method"
+                ]
+                .contains(&k.as_str()),
                 "unexpected label {k} on {}",
                 s.metric
             );

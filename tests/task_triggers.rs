@@ -147,7 +147,7 @@ async fn triggers_go_to_one_instance_at_phase_5_and_to_all_at_phase_4() {
     assert_eq!(status.triggers, Some(triggers.stats()));
     let text = busbridge::metrics::render(&busbridge::metrics::Snapshot {
         buses: vec![status],
-        brokers: vec![],
+        ..Default::default()
     });
     assert!(
         text.contains(

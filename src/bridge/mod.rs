@@ -256,6 +256,18 @@ impl Link {
         }
     }
 
+    /// Back after an outage (the client has subscribed again): says hello, so origins that
+    /// went idle meanwhile announce how far they got (see [`Protocol::reconnected`]).
+    fn say_hello_again(&self) {
+        let Some(body) = self.proto.lock().reconnected() else {
+            return;
+        };
+        if self.control.try_send((HELLO_TOPIC, body)).is_err() {
+            Stats::add(&self.stats.bridge_send_errors, 1);
+            tracing::warn!("control queue full; hello after reconnecting dropped");
+        }
+    }
+
     fn answer_status(&self, core: &Core) {
         let body = serde_json::to_vec(&self.status(core)).expect("status serializes");
         if self.control.try_send((STATUS_REPLY_TOPIC, body)).is_err() {
@@ -588,6 +600,9 @@ async fn receive_loop(
     let woken = link.timer.notified();
     tokio::pin!(woken);
     let mut bufs = DriveBuffers::default();
+    let mut state = link.state.clone();
+    let mut state_open = true;
+    let mut was_lost = false;
     loop {
         let deadline = link.proto.lock().poll_timeout();
         if deadline != armed {
@@ -632,6 +647,15 @@ async fn receive_loop(
                 woken.set(link.timer.notified());
                 let Some(core) = core.upgrade() else { break };
                 link.drive(&core, &mut bufs).await;
+            }
+            changed = state.changed(), if state_open => {
+                state_open = changed.is_ok();
+                let connected =
+                    *state.borrow_and_update() == crate::client::ConnectionState::Connected;
+                if connected && was_lost {
+                    link.say_hello_again();
+                }
+                was_lost = !connected;
             }
             _ = &mut close => break,
         }
@@ -974,7 +998,10 @@ impl BridgeBuilder {
                 let bus = bus.upgrade();
                 let broker = broker_status.clone();
                 Box::pin(async move {
-                    let mut snapshot = crate::metrics::Snapshot::default();
+                    let mut snapshot = crate::metrics::Snapshot {
+                        rpc: crate::rpc::call_counts(),
+                        ..Default::default()
+                    };
                     if let Some(bus) = bus {
                         snapshot.buses.push(bus.link.status(&bus.core));
                     }

@@ -262,10 +262,19 @@ impl Protocol {
         let own = self.s.origin.clone();
         self.origins
             .insert(own.clone(), Origin::new(&own, Some(self.seq)));
-        self.durable.then(|| {
-            json(&Hello {
-                origin: self.s.origin.clone(),
-            })
+        self.durable.then(|| self.hello_body())
+    }
+
+    /// The hello to send after a reconnection, when listening: every origin answers with how
+    /// far it has got, so a tail sent while this bus was cut off is found and asked for even
+    /// if its origin has gone idle since.
+    pub fn reconnected(&self) -> Option<Vec<u8>> {
+        self.listening.then(|| self.hello_body())
+    }
+
+    fn hello_body(&self) -> Vec<u8> {
+        json(&Hello {
+            origin: self.s.origin.clone(),
         })
     }
 

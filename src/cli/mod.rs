@@ -50,6 +50,14 @@ pub async fn connect(uri: &str) -> Result<AsyncClient, ExitCode> {
         })
 }
 
+/// A phase-2 bridged bus for `pub --bridged` / `sub --bridged`, named `busbridge-ROLE-PID`.
+pub fn bridged_builder(uri: &str, role: &str) -> busbridge::bridge::BridgeBuilder {
+    busbridge::bridge::BridgeBuilder::new()
+        .phase(busbridge::phase::Phase::Topics)
+        .connect(uri)
+        .name(format!("busbridge-{role}-{}", std::process::id()))
+}
+
 /// Loads a configuration file; a bad one is printed and becomes exit code 2.
 pub fn load_config(path: &std::path::Path) -> Result<busbridge::config::Config, ExitCode> {
     busbridge::config::Config::load(path).map_err(|e| {

@@ -1,8 +1,12 @@
-//! `busbridge pub TOPIC [PAYLOAD|@FILE]`: publish a payload to a topic.
+//! `busbridge pub TOPIC [PAYLOAD|@FILE]`: publish a payload to a topic, or with `--bridged`
+//! publish events as a bridge origin, which a broker outage cannot make lose.
 
 use super::{connect, EXIT_USAGE};
 use busbridge::client::ClientError;
-use busbridge::QoS;
+use busbridge::event::CollectionEvent;
+use busbridge::event::SourceCaps;
+use busbridge::topic::{topic_for_event, Topic};
+use busbridge::{EventSubscription, QoS};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -24,25 +28,51 @@ pub struct Args {
     /// everything to the broker before exiting 1 with the number that could not be.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     deadline: Duration,
+    /// At most this many messages a second (default: as fast as the broker takes them).
+    #[arg(long)]
+    rate: Option<u64>,
+    /// Publish events as a bridge origin (sequence numbers, a replay buffer): the payload is
+    /// one event as JSON, or numbered sample events of TOPIC's kind when omitted, each with
+    /// its number as correlation id. Exits 0 once every event came back from the broker and
+    /// no subscriber asked for one again for `--linger`; else 1, saying how many did not.
+    #[arg(long)]
+    bridged: bool,
+    /// With `--bridged`: how long to stay, after the last event came back, answering
+    /// subscribers that ask for what they missed (more than the bridge's heartbeat, 500 ms).
+    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+    linger: Duration,
+}
+
+/// Sleeps until message `i` is due at `rate` a second from `start`.
+async fn pace(rate: Option<u64>, start: tokio::time::Instant, i: u64) {
+    if let Some(r) = rate.filter(|r| *r > 0) {
+        let due = Duration::from_nanos(i.saturating_mul(1_000_000_000) / r);
+        tokio::time::sleep_until(start + due).await;
+    }
 }
 
 /// Acknowledged publishes in flight at once: the library's window (`bus.publish_window`).
 const WINDOW: usize = 256;
 
 pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
+    let bytes = match a.payload.as_deref() {
+        Some(p) if p.starts_with('@') => Some(std::fs::read(&p[1..])?),
+        Some(p) => Some(p.as_bytes().to_vec()),
+        None => None,
+    };
+    if a.bridged {
+        return run_bridged(a, bytes).await;
+    }
     let Args {
         topic,
-        payload,
         connect: connect_uri,
         qos,
         count,
         deadline,
+        rate,
+        ..
     } = a;
-    let bytes = match payload.as_deref() {
-        Some(p) if p.starts_with('@') => std::fs::read(&p[1..])?,
-        Some(p) => p.as_bytes().to_vec(),
-        None => Vec::new(),
-    };
+    let bytes = bytes.unwrap_or_default();
     let mut client = match connect(&connect_uri).await {
         Ok(c) => c,
         Err(code) => return Ok(code),
@@ -64,7 +94,9 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
     let mut pause = Duration::from_millis(5);
     // Messages never published because the outbox stayed full until the deadline.
     let mut unsent = 0;
+    let start = tokio::time::Instant::now();
     for i in 0..count {
+        pace(rate, start, i).await;
         let more = i + 1 < count;
         let sent = loop {
             match publisher
@@ -127,6 +159,106 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
         "busbridge: {} of {count} messages could not be handed to the broker within {deadline:?} \
          ({unsent} never published: the outbox stayed full; {unconfirmed} never confirmed)",
         unsent + unconfirmed
+    );
+    Ok(ExitCode::from(1))
+}
+
+/// The events `pub --bridged` sends: `payload` (one event as JSON) each time, or sample
+/// events of `topic`'s kind. A usage error names what is wrong.
+fn bridged_events(
+    topic: &str,
+    payload: Option<Vec<u8>>,
+) -> Result<Box<dyn Fn(u64) -> CollectionEvent + Send>, String> {
+    let topic = Topic::parse(topic).map_err(|e| e.to_string())?;
+    if let Some(bytes) = payload {
+        let event: CollectionEvent = serde_json::from_slice(&bytes)
+            .map_err(|e| format!("the payload is not an event: {e}"))?;
+        let its = topic_for_event(&event);
+        if its != topic {
+            return Err(format!("the event's topic is {its}, not {topic}"));
+        }
+        return Ok(Box::new(move |_| event.clone()));
+    }
+    // The sample events cycle through five kinds: keep those of the topic's kind.
+    let kinds: Vec<Topic> = (0..5)
+        .map(|k| topic_for_event(&busbridge::scenario::sample_event("pub", k)))
+        .collect();
+    let Some(kind) = kinds.iter().position(|t| *t == topic) else {
+        let names: Vec<String> = kinds.iter().map(ToString::to_string).collect();
+        return Err(format!(
+            "no sample events on {topic}: give an event as the payload, or one of {}",
+            names.join(", ")
+        ));
+    };
+    Ok(Box::new(move |i| {
+        busbridge::scenario::sample_event("pub", i as usize * 5 + kind)
+    }))
+}
+
+/// `pub --bridged`: a phase-2 bridged bus publishes numbered events, waits until each came
+/// back from the broker (the bridge asks itself again for what the broker lost), then stays
+/// to answer the resend requests of subscribers that missed some.
+async fn run_bridged(a: Args, payload: Option<Vec<u8>>) -> anyhow::Result<ExitCode> {
+    let make = match bridged_events(&a.topic, payload) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("busbridge: publish: {e}");
+            return Ok(ExitCode::from(EXIT_USAGE));
+        }
+    };
+    let bridged = match super::bridged_builder(&a.connect, "pub").build().await {
+        Ok(b) => b,
+        Err(e) => return Ok(super::bridge_failed(&e)),
+    };
+    let until = tokio::time::Instant::now() + a.deadline;
+    let bus = bridged.event_bus(Default::default());
+    // A local subscriber makes the bridge listen: its own events come back from the broker,
+    // which is the confirmation. Drained as they come.
+    let own = bus
+        .subscribe_envelopes(EventSubscription {
+            subscriber_id: "pub-returns".into(),
+            capabilities: SourceCaps::all(),
+            event_filter: None,
+            correlation_filter: None,
+        })
+        .await?;
+    let drain = tokio::spawn(async move { while own.recv_async().await.is_some() {} });
+    let start = tokio::time::Instant::now();
+    for i in 0..a.count {
+        pace(a.rate, start, i).await;
+        bus.publish(make(i), i.to_string()).await?;
+    }
+    let link = bridged.link().clone();
+    let stats = bridged.core().stats().clone();
+    let settled = tokio::time::timeout_at(until, link.settled()).await.is_ok();
+    // Stay while subscribers still ask for events again: quiet for `linger` ends it.
+    let resends = || {
+        let s = stats.snapshot();
+        s.bridge_resent + s.bridge_resend_unavailable
+    };
+    let mut seen = resends();
+    while settled && tokio::time::Instant::now() < until {
+        let quiet = tokio::time::Instant::now() + a.linger;
+        tokio::time::sleep_until(quiet.min(until)).await;
+        let now = resends();
+        if now == seen {
+            break;
+        }
+        seen = now;
+    }
+    let unconfirmed = link.in_flight() as u64;
+    let lost = stats.snapshot().bridge_resend_unavailable;
+    bridged.shutdown().await;
+    drain.abort();
+    if unconfirmed + lost == 0 {
+        return Ok(ExitCode::SUCCESS);
+    }
+    eprintln!(
+        "busbridge: {} of {} events not confirmed delivered within {:?} ({unconfirmed} never \
+         came back from the broker; {lost} asked for again after leaving the replay buffer)",
+        unconfirmed + lost,
+        a.count,
+        a.deadline
     );
     Ok(ExitCode::from(1))
 }

@@ -1,8 +1,11 @@
-//! `busbridge sub PATTERN…`: print messages on topics matching patterns.
+//! `busbridge sub PATTERN…`: print messages on topics matching patterns, or with `--bridged`
+//! the events of bridged origins, each once, in order, with gaps filled.
 
 use super::{connect, EXIT_USAGE};
 use busbridge::codec::{Codec, CodecKind};
-use busbridge::QoS;
+use busbridge::event::SourceCaps;
+use busbridge::topic::{topic_for_event, Pattern};
+use busbridge::{EventSubscription, QoS};
 use serde_json::{json, Value};
 use std::process::ExitCode;
 use std::time::Duration;
@@ -21,6 +24,14 @@ pub struct Args {
     /// One JSON object a line.
     #[arg(long)]
     json: bool,
+    /// Receive as a bridged bus: events from bridge origins (`pub --bridged`, bridged
+    /// processes), duplicates dropped, gaps asked for again and waited for up to
+    /// `--gap-wait`, each origin's events in order. One JSON object a line.
+    #[arg(long)]
+    bridged: bool,
+    /// With `--bridged`: how long to hold events behind a gap for it to fill.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    gap_wait: Duration,
 }
 
 /// One message as a JSON object: the envelope (or a batch's envelopes) decoded when it is
@@ -51,11 +62,15 @@ pub fn message_json(topic: &str, sender: &str, payload: &[u8]) -> Value {
 }
 
 pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
+    if a.bridged {
+        return run_bridged(a).await;
+    }
     let Args {
         patterns,
         connect: connect_uri,
         count,
         json: json_out,
+        ..
     } = a;
     let mut client = match connect(&connect_uri).await {
         Ok(c) => c,
@@ -91,5 +106,59 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
         }
     }
     let _ = tokio::time::timeout(Duration::from_secs(5), client.disconnect()).await;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `sub --bridged`: a phase-2 bridged bus with one subscriber to every event; prints those on
+/// topics matching the patterns.
+async fn run_bridged(a: Args) -> anyhow::Result<ExitCode> {
+    let mut patterns = Vec::new();
+    for p in &a.patterns {
+        match Pattern::parse(p) {
+            Ok(p) => patterns.push(p),
+            Err(e) => {
+                eprintln!("busbridge: subscribe {p}: {e}");
+                return Ok(ExitCode::from(EXIT_USAGE));
+            }
+        }
+    }
+    let builder = super::bridged_builder(&a.connect, "sub").gap_wait(a.gap_wait);
+    let bridged = match builder.build().await {
+        Ok(b) => b,
+        Err(e) => return Ok(super::bridge_failed(&e)),
+    };
+    let rx = bridged
+        .event_bus(Default::default())
+        .subscribe_envelopes(EventSubscription {
+            subscriber_id: "sub".into(),
+            capabilities: SourceCaps::all(),
+            event_filter: None,
+            correlation_filter: None,
+        })
+        .await?;
+    eprintln!("subscribed");
+    let mut seen = 0u64;
+    while a.count.is_none_or(|n| seen < n) {
+        let env = tokio::select! {
+            e = rx.recv_async() => match e { Some(e) => e, None => break },
+            _ = tokio::signal::ctrl_c() => break,
+        };
+        let topic = topic_for_event(&env.event);
+        if !patterns.iter().any(|p| p.matches(&topic)) {
+            continue;
+        }
+        seen += 1;
+        println!(
+            "{}",
+            json!({
+                "topic": topic.to_string(),
+                "origin": env.origin,
+                "seq": env.seq,
+                "correlation_id": env.correlation_id,
+                "event": env.event,
+            })
+        );
+    }
+    bridged.shutdown().await;
     Ok(ExitCode::SUCCESS)
 }

@@ -23,12 +23,14 @@
 //! ```
 
 mod control;
+pub mod counts;
 mod ops;
 
 pub use control::{
     serve_control, CollectorControl, ControlPath, PhasedControl, RemoteCollector,
     READ_ONLY_OPERATIONS, STATE_CHANGING_OPERATIONS,
 };
+pub use counts::{call_counts, CallCount};
 pub use ops::*;
 
 use crate::client::{open_busrt, BusrtConn, ClientError, ClientOptions};
@@ -199,15 +201,23 @@ impl RpcHandlers for Dispatcher {
             .to_owned();
         let handler = self.0.methods.read().get(&method).cloned();
         let Some(handler) = handler else {
+            counts::count(counts::Side::Server, &method, "method_not_found");
             return Err(RpcError::method(Some(
                 format!("method `{method}` not found").into_bytes(),
             )));
         };
         // A panicking handler becomes an error reply; the server keeps serving.
-        match std::panic::AssertUnwindSafe(handler(event.payload().to_vec()))
+        let served = std::panic::AssertUnwindSafe(handler(event.payload().to_vec()))
             .catch_unwind()
-            .await
-        {
+            .await;
+        let outcome = match &served {
+            Ok(Ok(_)) => "ok",
+            Ok(Err(HandlerError::InvalidParams(_))) => "invalid_params",
+            Ok(Err(HandlerError::Failed(_))) => "handler_failed",
+            Err(_) => "panicked",
+        };
+        counts::count(counts::Side::Server, &method, outcome);
+        match served {
             Ok(Ok(reply)) => Ok(Some(reply)),
             Ok(Err(HandlerError::InvalidParams(m))) => Err(RpcError::params(Some(m.into_bytes()))),
             Ok(Err(HandlerError::Failed(m))) => Err(RpcError::internal(Some(m.into_bytes()))),
@@ -433,8 +443,17 @@ impl RpcNode {
 
     /// Calls `method` on its one provider with raw bytes.
     pub async fn rpc_call(&self, method: &str, params: Vec<u8>) -> Result<Vec<u8>, RpcCallError> {
-        let target = self.resolve(method).await?;
+        let target = self.resolve_counted(method).await?;
         self.rpc_call_to(&target, method, params).await
+    }
+
+    /// [`resolve`](Self::resolve) for a call: a call that finds no provider counts as one.
+    async fn resolve_counted(&self, method: &str) -> Result<String, RpcCallError> {
+        let target = self.resolve(method).await;
+        if target.is_err() {
+            counts::count(counts::Side::Client, method, counts::outcome(&target));
+        }
+        target
     }
 
     /// Calls `method` on `target` with raw bytes, within the node's timeout.
@@ -451,6 +470,18 @@ impl RpcNode {
     /// Calls with an explicit timeout.
     #[tracing::instrument(name = "rpc_call", level = "info", skip(self, params), fields(client = %self.shared.name))]
     pub async fn rpc_call_within(
+        &self,
+        target: &str,
+        method: &str,
+        params: Vec<u8>,
+        timeout: Duration,
+    ) -> Result<Vec<u8>, RpcCallError> {
+        let result = self.call_once(target, method, params, timeout).await;
+        counts::count(counts::Side::Client, method, counts::outcome(&result));
+        result
+    }
+
+    async fn call_once(
         &self,
         target: &str,
         method: &str,
@@ -485,7 +516,7 @@ impl RpcNode {
         method: &str,
         request: &Req,
     ) -> Result<Resp, RpcCallError> {
-        let target = self.resolve(method).await?;
+        let target = self.resolve_counted(method).await?;
         self.call_to(&target, method, request).await
     }
 

@@ -110,25 +110,45 @@ pub fn spawn_piped(args: &[&str]) -> Proc {
     spawn_with_stdin(args, &[], Stdio::piped())
 }
 
+/// Like [`spawn`], with stderr's lines read too (for a readiness line printed there), each
+/// prefixed `stderr: `.
+pub fn spawn_both(args: &[&str]) -> Proc {
+    spawn_inner(args, &[], Stdio::null(), true)
+}
+
 fn spawn_with_stdin(args: &[&str], env: &[(&str, &Path)], stdin: Stdio) -> Proc {
+    spawn_inner(args, env, stdin, false)
+}
+
+fn spawn_inner(args: &[&str], env: &[(&str, &Path)], stdin: Stdio, stderr: bool) -> Proc {
     let mut cmd = Command::new(BIN);
     cmd.args(args)
         .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
+        .stderr(if stderr {
+            Stdio::piped()
+        } else {
+            Stdio::inherit()
+        })
         .stdin(stdin);
     for (k, v) in env {
         cmd.env(k, v);
     }
     let mut child = cmd.spawn().expect("spawn busbridge");
-    let stdout = child.stdout.take().unwrap();
     let (tx, lines) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
+    let forward = |read: Box<dyn std::io::Read + Send>, prefix: &'static str| {
+        let tx = tx.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(read).lines().map_while(Result::ok) {
+                if tx.send(format!("{prefix}{line}")).is_err() {
+                    break;
+                }
             }
-        }
-    });
+        });
+    };
+    forward(Box::new(child.stdout.take().unwrap()), "");
+    if let Some(err) = child.stderr.take() {
+        forward(Box::new(err), "stderr: ");
+    }
     Proc { child, lines }
 }
 
