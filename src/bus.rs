@@ -473,6 +473,10 @@ impl Core {
     pub async fn publish(&self, mut env: Envelope) -> Result<usize, BusError> {
         self.check_running()?;
         Stats::add(&self.stats.published, 1);
+        Stats::add(
+            &self.stats.published_by_topic[crate::topic::counted_topic(&env.event)],
+            1,
+        );
         self.persist(&env);
         self.observers.published(&env);
         let Some(up) = self.uplink.get() else {
@@ -550,6 +554,10 @@ impl Core {
 
     /// Another bus's event from busrt, for the local subscribers.
     pub async fn deliver_remote(&self, env: &Envelope) -> usize {
+        Stats::add(
+            &self.stats.received_by_topic[crate::topic::counted_topic(&env.event)],
+            1,
+        );
         self.router.route(env).await
     }
 

@@ -1,6 +1,8 @@
 //! Counters behind every statistics view. Every drop has a named counter, so none is silent.
 
+use crate::topic::COUNTED_TOPICS;
 use serde::Serialize;
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
@@ -39,6 +41,19 @@ pub struct Stats {
     pub(crate) bridge_resend_unavailable: AtomicU64,
     pub(crate) parity_compared: AtomicU64,
     pub(crate) parity_mismatches: AtomicU64,
+    /// Published, by [`COUNTED_TOPICS`] index.
+    pub(crate) published_by_topic: [AtomicU64; COUNTED_TOPICS.len()],
+    /// Received from other origins through busrt, by [`COUNTED_TOPICS`] index.
+    pub(crate) received_by_topic: [AtomicU64; COUNTED_TOPICS.len()],
+}
+
+fn by_topic(counters: &[AtomicU64; COUNTED_TOPICS.len()]) -> BTreeMap<String, u64> {
+    COUNTED_TOPICS
+        .iter()
+        .zip(counters)
+        .map(|(t, n)| ((*t).to_owned(), n.load(Relaxed)))
+        .filter(|(_, n)| *n > 0)
+        .collect()
 }
 
 impl Stats {
@@ -86,6 +101,8 @@ impl Stats {
             bridge_resend_unavailable: self.bridge_resend_unavailable.load(Relaxed),
             parity_compared: self.parity_compared.load(Relaxed),
             parity_mismatches: self.parity_mismatches.load(Relaxed),
+            published_by_topic: by_topic(&self.published_by_topic),
+            received_by_topic: by_topic(&self.received_by_topic),
         }
     }
 }
@@ -143,6 +160,13 @@ pub struct StatsSnapshot {
     pub parity_compared: u64,
     /// Parity differences found.
     pub parity_mismatches: u64,
+    /// Events published, by topic (`tasks.#` for every trigger target); topics with none
+    /// left out.
+    #[serde(default)]
+    pub published_by_topic: BTreeMap<String, u64>,
+    /// Events of other origins received through busrt, by topic as above.
+    #[serde(default)]
+    pub received_by_topic: BTreeMap<String, u64>,
 }
 
 impl StatsSnapshot {

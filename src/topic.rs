@@ -314,6 +314,27 @@ pub fn topic_for_event(event: &CollectionEvent) -> Topic {
     Topic(name)
 }
 
+/// The topics statistics count events by: the four fixed event topics, and `tasks.#` for
+/// every trigger target (so the count stays bounded whatever the targets are called).
+pub const COUNTED_TOPICS: [&str; 5] = [
+    "events.process.new",
+    "events.network.connection",
+    "events.filesystem.operation",
+    "events.performance.metric",
+    "tasks.#",
+];
+
+/// The index in [`COUNTED_TOPICS`] of an event's topic, without building the topic.
+pub fn counted_topic(event: &CollectionEvent) -> usize {
+    match event {
+        CollectionEvent::Process(_) => 0,
+        CollectionEvent::Network(_) => 1,
+        CollectionEvent::Filesystem(_) => 2,
+        CollectionEvent::Performance(_) => 3,
+        CollectionEvent::TriggerRequest(_) => 4,
+    }
+}
+
 /// Patterns that cover every event topic of [`topic_for_event`].
 pub fn all_event_patterns() -> Vec<Pattern> {
     ["events.#", "tasks.#"]

@@ -25,6 +25,7 @@ pub mod rpc;
 pub mod stats;
 pub mod subscribe;
 pub mod task;
+pub mod top;
 
 use busbridge::client::{AsyncClient, ClientError, ClientOptions};
 use std::process::ExitCode;

@@ -95,7 +95,7 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
 
 /// Asks once and collects the answers for `wait` (or until `expect` buses and a broker
 /// answered).
-async fn round(
+pub(super) async fn round(
     client: &mut AsyncClient,
     wait: Duration,
     expect: Option<usize>,
