@@ -43,7 +43,7 @@ async fn top_shows_buses_and_topics_live_and_quits_on_q() {
     let uri = format!("ipc://{}", socket.display());
     let _broker = procs::broker(&socket, &[]);
     let bridged = BridgeBuilder::new()
-        .phase(Phase::Topics)
+        .phase(Phase::BusrtOnly)
         .connect(&uri)
         .name("top-probe")
         .build()

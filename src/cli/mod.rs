@@ -51,10 +51,11 @@ pub async fn connect(uri: &str) -> Result<AsyncClient, ExitCode> {
         })
 }
 
-/// A phase-2 bridged bus for `pub --bridged` / `sub --bridged`, named `busbridge-ROLE-PID`.
+/// A bridged bus for `pub --bridged` / `sub --bridged`, named `busbridge-ROLE-PID`: phase 4
+/// (busrt only; the tools have no legacy subscribers, and it builds without `legacy`).
 pub fn bridged_builder(uri: &str, role: &str) -> busbridge::bridge::BridgeBuilder {
     busbridge::bridge::BridgeBuilder::new()
-        .phase(busbridge::phase::Phase::Topics)
+        .phase(busbridge::phase::Phase::BusrtOnly)
         .connect(uri)
         .name(format!("busbridge-{role}-{}", std::process::id()))
 }

@@ -195,7 +195,7 @@ fn bridged_events(
     }))
 }
 
-/// `pub --bridged`: a phase-2 bridged bus publishes numbered events, waits until each came
+/// `pub --bridged`: a bridged bus (phase 4) publishes numbered events, waits until each came
 /// back from the broker (the bridge asks itself again for what the broker lost), then stays
 /// to answer the resend requests of subscribers that missed some.
 async fn run_bridged(a: Args, payload: Option<Vec<u8>>) -> anyhow::Result<ExitCode> {

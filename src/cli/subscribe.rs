@@ -109,7 +109,7 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// `sub --bridged`: a phase-2 bridged bus with one subscriber to every event; prints those on
+/// `sub --bridged`: a bridged bus (phase 4) with one subscriber to every event; prints those on
 /// topics matching the patterns.
 async fn run_bridged(a: Args) -> anyhow::Result<ExitCode> {
     let mut patterns = Vec::new();

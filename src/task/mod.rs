@@ -361,6 +361,43 @@ impl Drop for Driver {
     }
 }
 
+/// One timer for a loop whose earliest deadline moves at nearly every message (each reply
+/// pushes a collector's silence deadline later): it is re-armed only when the deadline comes
+/// earlier, and a wake-up before anything is due is harmless (the tick finds nothing to do).
+/// Re-creating a `sleep` per message cost a timer-wheel insert and removal each time.
+pub(crate) struct LazyTimer {
+    sleep: std::pin::Pin<Box<tokio::time::Sleep>>,
+    armed: Option<std::time::Instant>,
+}
+
+impl LazyTimer {
+    pub(crate) fn new() -> Self {
+        Self {
+            sleep: Box::pin(tokio::time::sleep(Duration::from_secs(3600))),
+            armed: None,
+        }
+    }
+
+    /// Makes sure the timer fires by `deadline` (none: nothing to wait for).
+    pub(crate) fn due_by(&mut self, deadline: Option<std::time::Instant>) {
+        if let Some(d) = deadline {
+            if self.armed.is_none_or(|a| d < a) {
+                self.armed = Some(d);
+                self.sleep.as_mut().reset(Instant::from_std(d));
+            }
+        }
+    }
+
+    /// Resolves when the armed deadline is reached (never while none is armed).
+    pub(crate) async fn fired(&mut self) {
+        if self.armed.is_none() {
+            return std::future::pending().await;
+        }
+        self.sleep.as_mut().await;
+        self.armed = None;
+    }
+}
+
 struct Driver {
     registry: Registry,
     dispatcher: Dispatcher,
@@ -376,16 +413,17 @@ impl Driver {
         // Offers and cancels leave from this task, pipelined: acknowledgements are awaited
         // beside the replies being read, never before them.
         let mut out = Pipeline::new(client.publisher());
+        let mut timer = LazyTimer::new();
         loop {
-            let wake = [
-                self.dispatcher.next_deadline(),
-                self.registry.next_deadline(),
-            ]
-            .into_iter()
-            .flatten()
-            .min()
-            .map(Instant::from_std)
-            .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
+            timer.due_by(
+                [
+                    self.dispatcher.next_deadline(),
+                    self.registry.next_deadline(),
+                ]
+                .into_iter()
+                .flatten()
+                .min(),
+            );
             tokio::select! {
                 m = client.recv() => match m {
                     Ok(m) => self.message(&m),
@@ -395,7 +433,7 @@ impl Driver {
                     Some(c) => self.command(c),
                     None => break,
                 },
-                _ = tokio::time::sleep_until(wake) => {
+                _ = timer.fired() => {
                     let now = std::time::Instant::now();
                     for change in self.registry.tick(now) {
                         self.changed(&change, now);

@@ -318,14 +318,9 @@ impl Serve {
         let mut beat = tokio::time::interval(self.heartbeat);
         beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         beat.tick().await;
+        let mut timer = super::LazyTimer::new();
         loop {
-            let wake = self
-                .state
-                .lock()
-                .worker
-                .next_deadline()
-                .map(tokio::time::Instant::from_std)
-                .unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(3600));
+            timer.due_by(self.state.lock().worker.next_deadline());
             tokio::select! {
                 m = client.recv() => match m {
                     Ok(m) if m.topic() == proto::DISCOVER_TOPIC => {
@@ -343,7 +338,7 @@ impl Serve {
                     Err(_) => break,
                 },
                 _ = beat.tick() => self.announce(&out, PresenceReason::Heartbeat).await,
-                _ = tokio::time::sleep_until(wake) => {
+                _ = timer.fired() => {
                     let expired: Vec<_> = {
                         let mut st = self.state.lock();
                         let keys = st.worker.expired(std::time::Instant::now());

@@ -18,12 +18,13 @@ impl Proc {
     /// Waits (bounded) for a line of stdout that contains `needle`; returns it.
     pub fn wait_line(&self, needle: &str) -> String {
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        let mut skipped = Vec::new();
         loop {
             let left = deadline.saturating_duration_since(std::time::Instant::now());
             match self.lines.recv_timeout(left) {
                 Ok(l) if l.contains(needle) => return l,
-                Ok(_) => continue,
-                Err(e) => panic!("no line containing `{needle}`: {e}"),
+                Ok(l) => skipped.push(l),
+                Err(e) => panic!("no line containing `{needle}`: {e}; before: {skipped:#?}"),
             }
         }
     }
