@@ -320,6 +320,8 @@ pub struct Dispatcher {
     assigned: HashMap<String, u32>,
     seq: u64,
     last_round_robin: Option<String>,
+    /// The earliest deadline added since [`take_added_deadline`](Self::take_added_deadline).
+    added_deadline: Option<Instant>,
     out: Vec<Output>,
     stats: DispatchStats,
 }
@@ -335,6 +337,7 @@ impl Dispatcher {
             assigned: HashMap::new(),
             seq: 0,
             last_round_robin: None,
+            added_deadline: None,
             out: Vec::new(),
             stats: DispatchStats::default(),
         }
@@ -413,6 +416,7 @@ impl Dispatcher {
             targets: BTreeMap::new(),
             partial_seq: HashMap::new(),
         };
+        self.added(task.deadline);
         self.tasks.insert(id.clone(), task);
         self.stats.submitted += 1;
         if !self.start(&id, registry, now) {
@@ -585,6 +589,18 @@ impl Dispatcher {
         self.pump(registry, now);
     }
 
+    fn added(&mut self, deadline: Instant) {
+        self.added_deadline = Some(self.added_deadline.map_or(deadline, |d| d.min(deadline)));
+    }
+
+    /// The earliest deadline added (a task submitted, an offer made) since the last call: a
+    /// driver that keeps its timer armed by [`next_deadline`](Self::next_deadline) only
+    /// needs this after each message, not a scan of every task. (Deadlines that go away only
+    /// make the timer fire early, which [`tick`](Self::tick) takes as nothing to do.)
+    pub fn take_added_deadline(&mut self) -> Option<Instant> {
+        self.added_deadline.take()
+    }
+
     /// When [`tick`](Self::tick) has something to do next.
     pub fn next_deadline(&self) -> Option<Instant> {
         let accept = self.config.accept_timeout;
@@ -696,6 +712,7 @@ impl Dispatcher {
     }
 
     fn offer(&mut self, id: &str, collector: &str, now: Instant) {
+        self.added(now + self.config.accept_timeout);
         let task = self.tasks.get_mut(id).expect("task exists");
         let attempt = task.attempts.len() as u32 + 1;
         match task.spec.mode {

@@ -414,15 +414,20 @@ impl Driver {
         // beside the replies being read, never before them.
         let mut out = Pipeline::new(client.publisher());
         let mut timer = LazyTimer::new();
+        // A full scan of the deadlines after the timer fired; otherwise only what was added.
+        let mut rescan = true;
         loop {
+            let added = self.dispatcher.take_added_deadline();
+            let dispatch = if std::mem::take(&mut rescan) {
+                self.dispatcher.next_deadline()
+            } else {
+                added
+            };
             timer.due_by(
-                [
-                    self.dispatcher.next_deadline(),
-                    self.registry.next_deadline(),
-                ]
-                .into_iter()
-                .flatten()
-                .min(),
+                [dispatch, self.registry.next_deadline()]
+                    .into_iter()
+                    .flatten()
+                    .min(),
             );
             tokio::select! {
                 m = client.recv() => match m {
@@ -434,6 +439,7 @@ impl Driver {
                     None => break,
                 },
                 _ = timer.fired() => {
+                    rescan = true;
                     let now = std::time::Instant::now();
                     for change in self.registry.tick(now) {
                         self.changed(&change, now);

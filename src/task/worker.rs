@@ -35,6 +35,9 @@ pub struct Worker {
     running: HashMap<(String, String), Running>,
     done: HashMap<(String, String), ToRequester>,
     done_order: VecDeque<(String, String)>,
+    /// The earliest deadline of the tasks started since the last
+    /// [`take_added_deadline`](Worker::take_added_deadline).
+    added_deadline: Option<Instant>,
 }
 
 impl Worker {
@@ -46,6 +49,7 @@ impl Worker {
             running: HashMap::new(),
             done: HashMap::new(),
             done_order: VecDeque::new(),
+            added_deadline: None,
         }
     }
 
@@ -76,10 +80,12 @@ impl Worker {
                 self.capacity
             ));
         }
+        let deadline = now + Duration::from_millis(offer.deadline_ms);
+        self.added_deadline = Some(self.added_deadline.map_or(deadline, |d| d.min(deadline)));
         self.running.insert(
             key,
             Running {
-                deadline: now + Duration::from_millis(offer.deadline_ms),
+                deadline,
                 reply_to: offer.reply_to.clone(),
             },
         );
@@ -131,6 +137,12 @@ impl Worker {
             .filter(|(_, r)| r.deadline <= now)
             .map(|(k, _)| k.clone())
             .collect()
+    }
+
+    /// The earliest deadline of the tasks started since the last call: what a driver whose
+    /// timer is armed by [`next_deadline`](Self::next_deadline) needs after each offer.
+    pub fn take_added_deadline(&mut self) -> Option<Instant> {
+        self.added_deadline.take()
     }
 
     /// The earliest deadline of a running task.
