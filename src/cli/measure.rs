@@ -556,34 +556,54 @@ pub async fn task_round_trips(count: usize, in_flight: usize, pace: Option<usize
     client
         .wait_for(|c| c.len() == 4, Duration::from_secs(10))
         .await;
-    let permits = Arc::new(tokio::sync::Semaphore::new(in_flight.max(1)));
-    let mut tick = pace.map(|per_sec| {
-        let mut t = tokio::time::interval(Duration::from_secs_f64(1.0 / per_sec as f64));
-        t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        t
-    });
-    let mut running = Vec::with_capacity(count);
-    for i in 0..count {
-        if let Some(t) = &mut tick {
-            t.tick().await;
-        }
-        let permit = permits.clone().acquire_owned().await.expect("open");
-        let client = client.clone();
-        running.push(tokio::spawn(async move {
-            let _permit = permit;
-            let t = Instant::now();
-            let mut spec = TaskSpec::new("echo", serde_json::json!(i));
-            spec.capabilities = SourceCaps::PROCESS;
-            spec.timeout = Duration::from_secs(30);
-            let handle = client.submit(spec).await.ok()?;
-            let (_, status) = handle.results().await;
-            (status == Status::Complete).then(|| t.elapsed().as_secs_f64() * 1e6)
-        }));
-    }
+    // One task, submit to final status, in microseconds (None if it did not complete).
+    let one = |client: Arc<TaskClient>, i: usize| async move {
+        let t = Instant::now();
+        let mut spec = TaskSpec::new("echo", serde_json::json!(i));
+        spec.capabilities = SourceCaps::PROCESS;
+        spec.timeout = Duration::from_secs(30);
+        let handle = client.submit(spec).await.ok()?;
+        let (_, status) = handle.results().await;
+        (status == Status::Complete).then(|| t.elapsed().as_secs_f64() * 1e6)
+    };
     let mut lat = Vec::with_capacity(count);
-    for r in running {
-        if let Ok(Some(l)) = r.await {
-            lat.push(l);
+    match pace {
+        // As the RPC path: `in_flight` callers, each submitting its next task when one ends
+        // (no task spawned per call, so the harness costs the same on both paths).
+        None => {
+            let callers = in_flight.max(1);
+            let mut running = tokio::task::JoinSet::new();
+            for c in 0..callers {
+                let per = count / callers + usize::from(c < count % callers);
+                let client = client.clone();
+                running.spawn(async move {
+                    let mut lat = Vec::with_capacity(per);
+                    for k in 0..per {
+                        lat.extend(one(client.clone(), k * callers + c).await);
+                    }
+                    lat
+                });
+            }
+            while let Some(r) = running.join_next().await {
+                lat.extend(r.unwrap_or_default());
+            }
+        }
+        // Open loop: one task every `1/per_sec` seconds whatever the latency, reaped as they
+        // end so finished tasks do not pile up.
+        Some(per_sec) => {
+            let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / per_sec as f64));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut running = tokio::task::JoinSet::new();
+            for i in 0..count {
+                tick.tick().await;
+                running.spawn(one(client.clone(), i));
+                while let Some(r) = running.try_join_next() {
+                    lat.extend(r.ok().flatten());
+                }
+            }
+            while let Some(r) = running.join_next().await {
+                lat.extend(r.ok().flatten());
+            }
         }
     }
     // Clients go before the broker, so none of them sees (and logs) a lost connection.
