@@ -283,3 +283,101 @@ async fn a_full_outbox_loses_no_accepted_event() {
     assert!(!extra);
     assert_eq!(s.bridge_send_errors, refused);
 }
+
+/// A subscriber cut off while an origin sends the end of its stream and then goes quiet: the
+/// origin's one announcement of that tail is lost with the subscriber's connection, so only
+/// the subscriber's hello after reconnecting (answered with how far the origin got) reveals
+/// the tail, which is then sent again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tail_sent_while_a_subscriber_was_cut_off_reaches_it_after_it_reconnects() {
+    use busbridge::bridge::HEARTBEAT_TOPIC;
+    use busbridge::client::{AsyncClient, ConnectionState};
+    use common::proxy::{Gate, Proxy};
+    const FIRST: usize = 10;
+    const N: usize = 60;
+    let mut broker = busbridge::Broker::new();
+    broker.set_name(uuid::Uuid::new_v4().to_string());
+    broker.set_timeout(Duration::from_secs(1));
+    broker.spawn_tcp_server("127.0.0.1:0", 10).unwrap();
+    broker.spawn().await.unwrap();
+    let target = broker.tcp_addrs()[0].to_string();
+    let proxy = Proxy::tcp(target.clone()).await;
+    let opts = |name: &str| ClientOptions {
+        keepalive: Duration::from_millis(200),
+        timeout: Duration::from_millis(500),
+        ..common::fast_client(name)
+    };
+    let publisher = bridge(&format!("tcp://{target}"), opts("tail-pub")).await;
+    let subscriber = bridge(&proxy.listen, opts("tail-sub")).await;
+    // Watches the origin's announcements on the broker itself.
+    let mut watch = AsyncClient::connect_with(
+        &format!("tcp://{target}"),
+        ClientOptions::default().name("tail-watch"),
+    )
+    .await
+    .unwrap();
+    watch
+        .subscribe(HEARTBEAT_TOPIC, busbridge::QoS::Processed)
+        .await
+        .unwrap();
+    let rx = subscriber
+        .crossbeam(Default::default())
+        .subscribe(common::sub_all("all"))
+        .await
+        .unwrap();
+    let pub_bus = publisher.crossbeam(Default::default());
+    let event = |i: usize| busbridge::scenario::sample_event("tail", i);
+    for i in 0..FIRST {
+        pub_bus.publish(event(i), i.to_string()).await.unwrap();
+    }
+    // The subscriber knows the origin before it is cut off.
+    let first = tokio::task::spawn_blocking({
+        let rx = rx.clone();
+        move || {
+            (0..FIRST)
+                .map(|_| rx.recv_timeout(LIMIT).unwrap().correlation_id)
+                .collect::<Vec<_>>()
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(first.len(), FIRST);
+
+    proxy.set(Gate::Blackhole);
+    let mut state = subscriber.link().state();
+    tokio::time::timeout(
+        LIMIT,
+        state.wait_for(|s| matches!(s, ConnectionState::Reconnecting(_))),
+    )
+    .await
+    .expect("the cut was detected")
+    .unwrap();
+    for i in FIRST..N {
+        pub_bus.publish(event(i), i.to_string()).await.unwrap();
+    }
+    // The origin, now idle, announces its tail once, while the subscriber cannot hear it.
+    let origin = publisher.link().origin().to_owned();
+    tokio::time::timeout(LIMIT, async {
+        loop {
+            let m = watch.recv().await.unwrap();
+            let beat: serde_json::Value = serde_json::from_slice(m.payload()).unwrap();
+            if beat["origin"] == origin.as_str() && beat["highest"].as_u64() >= Some(N as u64) {
+                return;
+            }
+        }
+    })
+    .await
+    .expect("the origin announced its tail");
+    proxy.set(Gate::Open);
+    let (got, extra) = tokio::task::spawn_blocking(move || {
+        common::read_numbered(rx, N - FIRST, LIMIT).join().unwrap()
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        got,
+        (FIRST..N).collect::<Vec<_>>(),
+        "the tail, once, in order"
+    );
+    assert!(!extra);
+}
