@@ -61,9 +61,16 @@ enum Command {
 
 fn main() -> ExitCode {
     let args = Cli::parse();
+    // `top` owns the terminal: a warning written to stderr would draw over its screen, so it
+    // logs nothing unless RUST_LOG asks.
+    let quiet = if matches!(args.command, Command::Top(_)) {
+        "off"
+    } else {
+        "warn"
+    };
     let logs = tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| quiet.into()),
         )
         .with_writer(std::io::stderr);
     match args.log_format {
