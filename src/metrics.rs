@@ -53,7 +53,8 @@ pub struct Snapshot {
     pub buses: Vec<Status>,
     /// Brokers of this process.
     pub brokers: Vec<BrokerStatus>,
-    /// RPC calls this process made and served ([`crate::rpc::call_counts`]).
+    /// RPC calls this process made and served ([`crate::rpc::call_counts`]; the endpoint
+    /// fills it at each scrape).
     pub rpc: Vec<crate::rpc::CallCount>,
 }
 
@@ -326,7 +327,10 @@ async fn respond(
     if req.method() != hyper::Method::GET || req.uri().path() != "/metrics" {
         return reply(404, "text/plain", "only GET /metrics here\n".into());
     }
-    let text = render(&source().await);
+    let mut snapshot = source().await;
+    // RPC calls are counted process-wide, not per bus or broker: added here, for every source.
+    snapshot.rpc = crate::rpc::call_counts();
+    let text = render(&snapshot);
     reply(
         200,
         "application/openmetrics-text; version=1.0.0; charset=utf-8",

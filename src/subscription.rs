@@ -19,6 +19,23 @@ pub struct EventSubscription {
     pub correlation_filter: Option<String>,
 }
 
+impl EventSubscription {
+    /// Every event, for subscriber `id`: all capabilities, no filter.
+    ///
+    /// ```
+    /// let sub = busbridge::EventSubscription::everything("agent");
+    /// assert!(sub.event_filter.is_none() && sub.correlation_filter.is_none());
+    /// ```
+    pub fn everything(id: impl Into<String>) -> Self {
+        Self {
+            subscriber_id: id.into(),
+            capabilities: SourceCaps::all(),
+            event_filter: None,
+            correlation_filter: None,
+        }
+    }
+}
+
 /// Further narrowing of a subscription.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct EventFilter {

@@ -45,6 +45,34 @@ async fn read_all(
     common::read_numbered(rx, n, LIMIT)
 }
 
+/// An in-process TCP broker, a publisher's bridged bus straight to it and a subscriber's
+/// through a proxy the test controls (its side of the network), both quick to notice a cut.
+async fn partitionable(
+    tag: &str,
+) -> (
+    busbridge::Broker,
+    String,
+    common::proxy::Proxy,
+    busbridge::bridge::Bridged,
+    busbridge::bridge::Bridged,
+) {
+    let mut broker = busbridge::Broker::new();
+    broker.set_name(uuid::Uuid::new_v4().to_string());
+    broker.set_timeout(Duration::from_secs(1));
+    broker.spawn_tcp_server("127.0.0.1:0", 10).unwrap();
+    broker.spawn().await.unwrap();
+    let target = broker.tcp_addrs()[0].to_string();
+    let proxy = common::proxy::Proxy::tcp(target.clone()).await;
+    let opts = |name: String| ClientOptions {
+        keepalive: Duration::from_millis(200),
+        timeout: Duration::from_millis(500),
+        ..common::fast_client(&name)
+    };
+    let publisher = bridge(&format!("tcp://{target}"), opts(format!("{tag}-pub"))).await;
+    let subscriber = bridge(&proxy.listen, opts(format!("{tag}-sub"))).await;
+    (broker, target, proxy, publisher, subscriber)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broker_killed_mid_stream_every_event_arrives_once() {
     const N: usize = 6000;
@@ -150,23 +178,9 @@ async fn slow_subscriber_with_blocking_loses_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tcp_partition_then_heal_every_event_arrives_once() {
-    use common::proxy::{Gate, Proxy};
+    use common::proxy::Gate;
     const N: usize = 3000;
-    let mut broker = busbridge::Broker::new();
-    broker.set_name(uuid::Uuid::new_v4().to_string());
-    broker.set_timeout(Duration::from_secs(1));
-    broker.spawn_tcp_server("127.0.0.1:0", 10).unwrap();
-    broker.spawn().await.unwrap();
-    let target = broker.tcp_addrs()[0].to_string();
-    let proxy = Proxy::tcp(target.clone()).await;
-    let opts = |name: &str| ClientOptions {
-        keepalive: Duration::from_millis(200),
-        timeout: Duration::from_millis(500),
-        ..common::fast_client(name)
-    };
-    let publisher = bridge(&format!("tcp://{target}"), opts("part-pub")).await;
-    // The subscriber's side of the network goes through a proxy the test controls.
-    let subscriber = bridge(&proxy.listen, opts("part-sub")).await;
+    let (_broker, _, proxy, publisher, subscriber) = partitionable("part").await;
     let pub_bus = publisher.crossbeam(Default::default());
     let reader = read_all(&subscriber, N).await;
     let mut tick = tokio::time::interval(Duration::from_millis(1));
@@ -292,23 +306,10 @@ async fn a_full_outbox_loses_no_accepted_event() {
 async fn a_tail_sent_while_a_subscriber_was_cut_off_reaches_it_after_it_reconnects() {
     use busbridge::bridge::HEARTBEAT_TOPIC;
     use busbridge::client::{AsyncClient, ConnectionState};
-    use common::proxy::{Gate, Proxy};
+    use common::proxy::Gate;
     const FIRST: usize = 10;
     const N: usize = 60;
-    let mut broker = busbridge::Broker::new();
-    broker.set_name(uuid::Uuid::new_v4().to_string());
-    broker.set_timeout(Duration::from_secs(1));
-    broker.spawn_tcp_server("127.0.0.1:0", 10).unwrap();
-    broker.spawn().await.unwrap();
-    let target = broker.tcp_addrs()[0].to_string();
-    let proxy = Proxy::tcp(target.clone()).await;
-    let opts = |name: &str| ClientOptions {
-        keepalive: Duration::from_millis(200),
-        timeout: Duration::from_millis(500),
-        ..common::fast_client(name)
-    };
-    let publisher = bridge(&format!("tcp://{target}"), opts("tail-pub")).await;
-    let subscriber = bridge(&proxy.listen, opts("tail-sub")).await;
+    let (_broker, target, proxy, publisher, subscriber) = partitionable("tail").await;
     // Watches the origin's announcements on the broker itself.
     let mut watch = AsyncClient::connect_with(
         &format!("tcp://{target}"),

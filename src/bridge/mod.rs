@@ -998,10 +998,7 @@ impl BridgeBuilder {
                 let bus = bus.upgrade();
                 let broker = broker_status.clone();
                 Box::pin(async move {
-                    let mut snapshot = crate::metrics::Snapshot {
-                        rpc: crate::rpc::call_counts(),
-                        ..Default::default()
-                    };
+                    let mut snapshot = crate::metrics::Snapshot::default();
                     if let Some(bus) = bus {
                         snapshot.buses.push(bus.link.status(&bus.core));
                     }

@@ -8,7 +8,6 @@
 
 use busbridge::bridge::BridgeBuilder;
 use busbridge::client::{Backoff, ClientOptions};
-use busbridge::event::SourceCaps;
 use busbridge::rpc::{
     CollectionStateResponse, HealthCheckRequest, HealthCheckResponse, RpcNode,
     StartCollectionRequest,
@@ -88,12 +87,7 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
     }
     let rx = bridged
         .event_bus(Default::default())
-        .subscribe_envelopes(EventSubscription {
-            subscriber_id: "agent".into(),
-            capabilities: SourceCaps::all(),
-            event_filter: None,
-            correlation_filter: None,
-        })
+        .subscribe_envelopes(EventSubscription::everything("agent"))
         .await?;
     let health = a.collector.map(|collector| {
         let opts = ClientOptions::from_config(&config.client, config.broker.max_message_size)

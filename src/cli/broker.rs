@@ -59,7 +59,7 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
                     busbridge::metrics::Snapshot {
                         buses: Vec::new(),
                         brokers: handle.status().await.into_iter().collect(),
-                        rpc: busbridge::rpc::call_counts(),
+                        ..Default::default()
                     }
                 })
             });

@@ -6,7 +6,6 @@
 use busbridge::bridge::BridgeBuilder;
 use busbridge::client::ClientOptions;
 use busbridge::durable::Journal;
-use busbridge::event::SourceCaps;
 use busbridge::phase::Phase;
 use busbridge::subscription::EventSubscription;
 use busbridge::Broker;
@@ -57,12 +56,7 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
     let bridged = builder.build().await?;
     let rx = bridged
         .event_bus(Default::default())
-        .subscribe_envelopes(EventSubscription {
-            subscriber_id: "journal".into(),
-            capabilities: SourceCaps::all(),
-            event_filter: None,
-            correlation_filter: None,
-        })
+        .subscribe_envelopes(EventSubscription::everything("journal"))
         .await?;
     println!("ready {}", journal.len());
     std::io::stdout().flush()?;

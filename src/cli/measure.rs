@@ -199,12 +199,7 @@ pub fn bench_event(i: usize) -> CollectionEvent {
 }
 
 fn all() -> EventSubscription {
-    EventSubscription {
-        subscriber_id: "bench".into(),
-        capabilities: SourceCaps::all(),
-        event_filter: None,
-        correlation_filter: None,
-    }
+    EventSubscription::everything("bench")
 }
 
 /// Subscribers in the local fan-out runs.

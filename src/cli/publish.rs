@@ -4,7 +4,6 @@
 use super::{connect, EXIT_USAGE};
 use busbridge::client::ClientError;
 use busbridge::event::CollectionEvent;
-use busbridge::event::SourceCaps;
 use busbridge::topic::{topic_for_event, Topic};
 use busbridge::{EventSubscription, QoS};
 use std::process::ExitCode;
@@ -235,12 +234,7 @@ async fn run_bridged(a: Args, payload: Option<Vec<u8>>) -> anyhow::Result<ExitCo
     // A local subscriber makes the bridge listen: its own events come back from the broker,
     // which is the confirmation. Drained as they come.
     let own = bus
-        .subscribe_envelopes(EventSubscription {
-            subscriber_id: "pub-returns".into(),
-            capabilities: SourceCaps::all(),
-            event_filter: None,
-            correlation_filter: None,
-        })
+        .subscribe_envelopes(EventSubscription::everything("pub-returns"))
         .await?;
     let drain = tokio::spawn(async move { while own.recv_async().await.is_some() {} });
     let start = tokio::time::Instant::now();

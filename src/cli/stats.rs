@@ -38,19 +38,31 @@ pub struct Args {
     watch: Option<Duration>,
 }
 
-pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
-    let name = a
-        .name
-        .unwrap_or_else(|| format!("busbridge-stats-{}", std::process::id()));
-    let mut client =
-        match AsyncClient::connect_with(&a.connect, ClientOptions::default().name(name)).await {
-            Ok(c) => c,
-            Err(e) => {
-                eprintln!("busbridge: {e}");
-                return Ok(ExitCode::from(super::EXIT_CONNECT));
-            }
-        };
+/// A client attached to the broker at `connect` to ask for status (named `name`, else
+/// `busbridge-ROLE-PID`); a connection failure is printed and becomes exit code 3.
+pub(super) async fn attach(
+    connect: &str,
+    name: Option<String>,
+    role: &str,
+) -> anyhow::Result<Result<AsyncClient, ExitCode>> {
+    let name = name.unwrap_or_else(|| format!("busbridge-{role}-{}", std::process::id()));
+    let client = match AsyncClient::connect_with(connect, ClientOptions::default().name(name)).await
+    {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("busbridge: {e}");
+            return Ok(Err(ExitCode::from(super::EXIT_CONNECT)));
+        }
+    };
     client.subscribe(STATUS_REPLY_TOPIC, QoS::Processed).await?;
+    Ok(Ok(client))
+}
+
+pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
+    let mut client = match attach(&a.connect, a.name, "stats").await? {
+        Ok(c) => c,
+        Err(code) => return Ok(code),
+    };
     if let Some(every) = a.watch {
         // Until interrupted: one round, its table, the rest of the interval.
         loop {

@@ -3,7 +3,6 @@
 
 use super::{connect, EXIT_USAGE};
 use busbridge::codec::{Codec, CodecKind};
-use busbridge::event::SourceCaps;
 use busbridge::topic::{topic_for_event, Pattern};
 use busbridge::{EventSubscription, QoS};
 use serde_json::{json, Value};
@@ -129,12 +128,7 @@ async fn run_bridged(a: Args) -> anyhow::Result<ExitCode> {
     };
     let rx = bridged
         .event_bus(Default::default())
-        .subscribe_envelopes(EventSubscription {
-            subscriber_id: "sub".into(),
-            capabilities: SourceCaps::all(),
-            event_filter: None,
-            correlation_filter: None,
-        })
+        .subscribe_envelopes(EventSubscription::everything("sub"))
         .await?;
     eprintln!("subscribed");
     let mut seen = 0u64;

@@ -3,10 +3,8 @@
 //! topic and by client, queue depths, drops, gaps and parity mismatches. `q` (or Esc, Ctrl-C)
 //! quits and restores the terminal.
 
-use busbridge::bridge::{Status, STATUS_REPLY_TOPIC};
+use busbridge::bridge::Status;
 use busbridge::broker::BrokerStatus;
-use busbridge::client::{AsyncClient, ClientOptions};
-use busbridge::QoS;
 use ratatui::crossterm::event::{self, Event, KeyCode, KeyEventKind, KeyModifiers};
 use ratatui::layout::{Constraint, Layout};
 use ratatui::style::{Modifier, Style};
@@ -59,8 +57,23 @@ fn by_topic<'a>(
     sums
 }
 
-fn header<'a>(cells: &[&'a str]) -> Row<'a> {
-    Row::new(cells.to_vec()).style(Style::default().add_modifier(Modifier::BOLD))
+/// A bordered table titled `title` with bold `headers`.
+fn table<'a>(
+    title: &'a str,
+    headers: &[&'a str],
+    widths: Vec<Constraint>,
+    rows: impl IntoIterator<Item = Row<'a>>,
+) -> Table<'a> {
+    Table::new(rows, widths)
+        .header(Row::new(headers.to_vec()).style(Style::default().add_modifier(Modifier::BOLD)))
+        .block(Block::bordered().title(title))
+}
+
+/// Column widths: the first `first` parts wide, the other `rest` one part each.
+fn widths(first: u16, rest: usize) -> Vec<Constraint> {
+    std::iter::once(Constraint::Fill(first))
+        .chain(std::iter::repeat_n(Constraint::Fill(1), rest))
+        .collect()
 }
 
 fn draw(f: &mut Frame, connect: &str, now: Option<&Round>, before: Option<&Round>) {
@@ -104,31 +117,16 @@ fn draw(f: &mut Frame, connect: &str, now: Option<&Round>, before: Option<&Round
             format!("{} s", s.uptime_secs),
         ])
     });
-    f.render_widget(
-        Table::new(
-            rows,
-            [
-                Constraint::Fill(2),
-                Constraint::Fill(1),
-                Constraint::Fill(1),
-                Constraint::Fill(1),
-                Constraint::Fill(1),
-                Constraint::Fill(1),
-                Constraint::Fill(1),
-            ],
-        )
-        .header(header(&[
-            "broker",
-            "conns",
-            "accepted",
-            "refused",
-            "frames in/s",
-            "frames out/s",
-            "up",
-        ]))
-        .block(Block::bordered().title("brokers")),
-        brokers_area,
-    );
+    let headers = [
+        "broker",
+        "conns",
+        "accepted",
+        "refused",
+        "frames in/s",
+        "frames out/s",
+        "up",
+    ];
+    f.render_widget(table("brokers", &headers, widths(2, 6), rows), brokers_area);
 
     // A bus instance is its origin: a restarted process with the same name starts anew.
     let old_buses: HashMap<&str, &Status> = before
@@ -153,33 +151,24 @@ fn draw(f: &mut Frame, connect: &str, now: Option<&Round>, before: Option<&Round
             b.parity.mismatch_count.to_string(),
         ])
     });
-    let widths = [
-        Constraint::Fill(3),
-        Constraint::Length(5),
-        Constraint::Length(16),
-    ]
-    .into_iter()
-    .chain([Constraint::Fill(1); 10]);
-    f.render_widget(
-        Table::new(rows, widths)
-            .header(header(&[
-                "bus (client)",
-                "phase",
-                "connection",
-                "pub/s",
-                "deliv/s",
-                "sent/s",
-                "recv/s",
-                "queued",
-                "in flight",
-                "dropped",
-                "gaps",
-                "lost",
-                "mismatch",
-            ]))
-            .block(Block::bordered().title("buses")),
-        buses_area,
-    );
+    let headers = [
+        "bus (client)",
+        "phase",
+        "connection",
+        "pub/s",
+        "deliv/s",
+        "sent/s",
+        "recv/s",
+        "queued",
+        "in flight",
+        "dropped",
+        "gaps",
+        "lost",
+        "mismatch",
+    ];
+    let mut columns = widths(3, 12);
+    (columns[1], columns[2]) = (Constraint::Length(5), Constraint::Length(16));
+    f.render_widget(table("buses", &headers, columns, rows), buses_area);
 
     let published = by_topic(&now.buses, |b| &b.stats.published_by_topic);
     let received = by_topic(&now.buses, |b| &b.stats.received_by_topic);
@@ -213,25 +202,9 @@ fn draw(f: &mut Frame, connect: &str, now: Option<&Round>, before: Option<&Round
             r.to_string(),
         ])
     });
+    let headers = ["topic", "pub/s", "recv/s", "published", "received"];
     f.render_widget(
-        Table::new(
-            rows,
-            [
-                Constraint::Fill(3),
-                Constraint::Fill(1),
-                Constraint::Fill(1),
-                Constraint::Fill(1),
-                Constraint::Fill(1),
-            ],
-        )
-        .header(header(&[
-            "topic",
-            "pub/s",
-            "recv/s",
-            "published",
-            "received",
-        ]))
-        .block(Block::bordered().title("topics (all buses)")),
+        table("topics (all buses)", &headers, widths(3, 4), rows),
         topics_area,
     );
 }
@@ -262,18 +235,10 @@ fn quit_keys() -> tokio::sync::oneshot::Receiver<()> {
 
 /// Runs `busbridge top`.
 pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
-    let name = a
-        .name
-        .unwrap_or_else(|| format!("busbridge-top-{}", std::process::id()));
-    let mut client =
-        match AsyncClient::connect_with(&a.connect, ClientOptions::default().name(name)).await {
-            Ok(c) => c,
-            Err(e) => {
-                eprintln!("busbridge: {e}");
-                return Ok(ExitCode::from(super::EXIT_CONNECT));
-            }
-        };
-    client.subscribe(STATUS_REPLY_TOPIC, QoS::Processed).await?;
+    let mut client = match super::stats::attach(&a.connect, a.name.clone(), "top").await? {
+        Ok(c) => c,
+        Err(code) => return Ok(code),
+    };
     let mut terminal = match ratatui::try_init() {
         Ok(t) => t,
         Err(e) => {

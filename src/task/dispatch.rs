@@ -590,7 +590,7 @@ impl Dispatcher {
     }
 
     fn added(&mut self, deadline: Instant) {
-        self.added_deadline = Some(self.added_deadline.map_or(deadline, |d| d.min(deadline)));
+        super::keep_earliest(&mut self.added_deadline, deadline);
     }
 
     /// The earliest deadline added (a task submitted, an offer made) since the last call: a

@@ -364,10 +364,14 @@ impl Drop for Driver {
 /// One timer for a loop whose earliest deadline moves at nearly every message (each reply
 /// pushes a collector's silence deadline later): it is re-armed only when the deadline comes
 /// earlier, and a wake-up before anything is due is harmless (the tick finds nothing to do).
-/// Re-creating a `sleep` per message cost a timer-wheel insert and removal each time.
+/// Re-creating a `sleep` per message cost a timer-wheel insert and removal each time; after
+/// each message only the deadlines added since are looked at ([`rearm`](Self::rearm)), all of
+/// them only once it fired.
 pub(crate) struct LazyTimer {
     sleep: std::pin::Pin<Box<tokio::time::Sleep>>,
     armed: Option<std::time::Instant>,
+    /// Fired (or new) since the last [`rearm`](Self::rearm): every deadline must be looked at.
+    rescan: bool,
 }
 
 impl LazyTimer {
@@ -375,7 +379,23 @@ impl LazyTimer {
         Self {
             sleep: Box::pin(tokio::time::sleep(Duration::from_secs(3600))),
             armed: None,
+            rescan: true,
         }
+    }
+
+    /// Makes sure the timer fires by `added`, the earliest deadline added since the last
+    /// call, or by `all()`, every deadline's earliest, once it has fired.
+    pub(crate) fn rearm(
+        &mut self,
+        added: Option<std::time::Instant>,
+        all: impl FnOnce() -> Option<std::time::Instant>,
+    ) {
+        let due = if std::mem::take(&mut self.rescan) {
+            all()
+        } else {
+            added
+        };
+        self.due_by(due);
     }
 
     /// Makes sure the timer fires by `deadline` (none: nothing to wait for).
@@ -395,7 +415,13 @@ impl LazyTimer {
         }
         self.sleep.as_mut().await;
         self.armed = None;
+        self.rescan = true;
     }
+}
+
+/// Keeps in `slot` the earlier of it and `deadline` (the state machines' "deadlines added").
+pub(crate) fn keep_earliest(slot: &mut Option<std::time::Instant>, deadline: std::time::Instant) {
+    *slot = Some(slot.map_or(deadline, |d| d.min(deadline)));
 }
 
 struct Driver {
@@ -414,21 +440,11 @@ impl Driver {
         // beside the replies being read, never before them.
         let mut out = Pipeline::new(client.publisher());
         let mut timer = LazyTimer::new();
-        // A full scan of the deadlines after the timer fired; otherwise only what was added.
-        let mut rescan = true;
         loop {
             let added = self.dispatcher.take_added_deadline();
-            let dispatch = if std::mem::take(&mut rescan) {
-                self.dispatcher.next_deadline()
-            } else {
-                added
-            };
-            timer.due_by(
-                [dispatch, self.registry.next_deadline()]
-                    .into_iter()
-                    .flatten()
-                    .min(),
-            );
+            let dispatcher = &self.dispatcher;
+            timer.rearm(added, || dispatcher.next_deadline());
+            timer.due_by(self.registry.next_deadline());
             tokio::select! {
                 m = client.recv() => match m {
                     Ok(m) => self.message(&m),
@@ -439,7 +455,6 @@ impl Driver {
                     None => break,
                 },
                 _ = timer.fired() => {
-                    rescan = true;
                     let now = std::time::Instant::now();
                     for change in self.registry.tick(now) {
                         self.changed(&change, now);

@@ -319,19 +319,12 @@ impl Serve {
         beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         beat.tick().await;
         let mut timer = super::LazyTimer::new();
-        // A full scan of the deadlines after the timer fired; otherwise only what was added.
-        let mut rescan = true;
         loop {
-            let due = {
+            {
                 let mut st = self.state.lock();
                 let added = st.worker.take_added_deadline();
-                if std::mem::take(&mut rescan) {
-                    st.worker.next_deadline()
-                } else {
-                    added
-                }
-            };
-            timer.due_by(due);
+                timer.rearm(added, || st.worker.next_deadline());
+            }
             tokio::select! {
                 m = client.recv() => match m {
                     Ok(m) if m.topic() == proto::DISCOVER_TOPIC => {
@@ -350,7 +343,6 @@ impl Serve {
                 },
                 _ = beat.tick() => self.announce(&out, PresenceReason::Heartbeat).await,
                 _ = timer.fired() => {
-                    rescan = true;
                     let expired: Vec<_> = {
                         let mut st = self.state.lock();
                         let keys = st.worker.expired(std::time::Instant::now());

@@ -81,7 +81,7 @@ impl Worker {
             ));
         }
         let deadline = now + Duration::from_millis(offer.deadline_ms);
-        self.added_deadline = Some(self.added_deadline.map_or(deadline, |d| d.min(deadline)));
+        super::keep_earliest(&mut self.added_deadline, deadline);
         self.running.insert(
             key,
             Running {
