@@ -61,7 +61,8 @@ fn codec(c: &mut Criterion) {
     env.origin = format!("bench-pub#{}", "0".repeat(32));
     env.seq = 1;
     let bytes = codec.encode(&env).expect("encode");
-    let frame = codec.batch(vec![bytes.clone(); 500]);
+    let items = vec![bytes.clone(); 500];
+    let frame = codec.batch(items.iter().map(Vec::as_slice));
     let mut g = c.benchmark_group("codec_per_event");
     g.throughput(Throughput::Elements(1));
     g.bench_function("encode", |b| b.iter(|| codec.encode(&env)));

@@ -314,6 +314,21 @@ pub fn topic_for_event(event: &CollectionEvent) -> Topic {
     Topic(name)
 }
 
+/// A busrt topic (`events/process/new`): borrowed for the fixed topics, so sending an event
+/// allocates none.
+pub type BusrtTopic = std::borrow::Cow<'static, str>;
+
+/// The busrt form of [`topic_for_event`]: a static string for the four event topics.
+pub fn busrt_topic_for_event(event: &CollectionEvent) -> BusrtTopic {
+    BusrtTopic::Borrowed(match event {
+        CollectionEvent::Process(_) => "events/process/new",
+        CollectionEvent::Network(_) => "events/network/connection",
+        CollectionEvent::Filesystem(_) => "events/filesystem/operation",
+        CollectionEvent::Performance(_) => "events/performance/metric",
+        CollectionEvent::TriggerRequest(_) => return topic_for_event(event).to_busrt().into(),
+    })
+}
+
 /// The topics statistics count events by: the four fixed event topics, and `tasks.#` for
 /// every trigger target (so the count stays bounded whatever the targets are called).
 pub const COUNTED_TOPICS: [&str; 5] = [

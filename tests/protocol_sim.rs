@@ -164,7 +164,8 @@ impl Sim {
         if route.send {
             let frame = self.codec.encode(&env).unwrap();
             let topic = topic_for_event(&env.event).to_busrt();
-            n.proto.remember(env.seq, Arc::from(topic.as_str()), &frame);
+            n.proto
+                .remember(env.seq, topic.clone().into(), frame.clone().into());
             n.proto.handed(env.seq, self.now);
             n.proto.confirmed(env.seq);
             self.broadcast(i, &topic, frame, true);
@@ -190,7 +191,7 @@ impl Sim {
                 }
                 Output::Transmit(Transmit::Resend(frames)) => {
                     for (topic, frame) in frames {
-                        self.broadcast(i, &topic, frame, false);
+                        self.broadcast(i, &topic, frame.to_vec(), false);
                     }
                 }
             }

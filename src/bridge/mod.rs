@@ -36,7 +36,8 @@ use crate::durable::Positions;
 use crate::parity::ParityConfig;
 use crate::phase::Phase;
 use crate::stats::Stats;
-use crate::topic::topic_for_event;
+use crate::topic::{busrt_topic_for_event, BusrtTopic};
+use bytes::Bytes;
 use parking_lot::Mutex;
 use protocol::{Delivery, Output, Protocol, Settings, Transmit};
 pub use protocol::{HEARTBEAT_TOPIC, HELLO_TOPIC, RESEND_TOPIC, STATUS_REPLY_TOPIC, STATUS_TOPIC};
@@ -89,8 +90,9 @@ pub enum BridgeError {
 /// One encoded event on its way to busrt.
 struct Outgoing {
     seq: u64,
-    topic: String,
-    bytes: Vec<u8>,
+    topic: BusrtTopic,
+    /// Shared with the replay buffer, not copied.
+    bytes: Bytes,
 }
 
 /// How the bridge sends.
@@ -202,10 +204,11 @@ impl Link {
 
     /// An event about to be queued for the sender: kept for resends, counted as unsent.
     fn outgoing(&self, env: &Envelope, bytes: Vec<u8>) -> Outgoing {
-        let topic = topic_for_event(&env.event).to_busrt();
+        let topic = busrt_topic_for_event(&env.event);
+        let bytes = Bytes::from(bytes);
         let mut proto = self.proto.lock();
         proto.confirmed(self.confirmed_high.load(Relaxed));
-        proto.remember(env.seq, Arc::from(topic.as_str()), &bytes);
+        proto.remember(env.seq, topic.clone(), bytes.clone());
         drop(proto);
         self.unsent.fetch_add(1, Relaxed);
         Outgoing {
@@ -318,13 +321,13 @@ impl Link {
     /// Sends frames again, pipelined as the sender does: a resend that waited for each
     /// acknowledgement could take longer than receivers hold events behind the gap.
     #[tracing::instrument(name = "resend", level = "info", skip_all, fields(client = %self.name, frames = frames.len()))]
-    async fn resend(&self, frames: Vec<(Arc<str>, Vec<u8>)>) {
+    async fn resend(&self, frames: Vec<(BusrtTopic, Bytes)>) {
         let last = frames.len();
         let mut acks = VecDeque::new();
         for (i, (topic, bytes)) in frames.into_iter().enumerate() {
             match self
                 .publisher
-                .publish_out_of_order(topic.to_string(), bytes, self.qos, i + 1 < last)
+                .publish_out_of_order(topic, bytes, self.qos, i + 1 < last)
                 .await
             {
                 Ok(ack) => acks.push_back(ack),
@@ -504,7 +507,7 @@ async fn sender(
             group.pop().map(|o| o.bytes).unwrap_or_default()
         } else {
             Stats::add(&stats.bridge_batches, 1);
-            codec.batch(group.into_iter().map(|o| o.bytes).collect())
+            Bytes::from(codec.batch(group.iter().map(|o| &o.bytes[..])))
         };
         // More already queued: let busrt buffer this frame; the last one of the burst flushes.
         let more = carry.is_some() || !queue.is_empty();
@@ -1138,8 +1141,8 @@ mod tests {
         for e in &envs {
             tx.send(Outgoing {
                 seq: e.seq,
-                topic: topic_for_event(&e.event).to_busrt(),
-                bytes: codec.encode(e).unwrap(),
+                topic: busrt_topic_for_event(&e.event),
+                bytes: codec.encode(e).unwrap().into(),
             })
             .await
             .unwrap();

@@ -31,6 +31,8 @@ use crate::codec::{Codec, Envelope};
 use crate::phase::Phase;
 use crate::sequence::{InOrder, Pushed};
 use crate::stats::Stats;
+use crate::topic::BusrtTopic;
+use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
@@ -144,7 +146,7 @@ pub enum Transmit {
         body: Vec<u8>,
     },
     /// Events sent again from the replay buffer, in order: (busrt topic, frame).
-    Resend(Vec<(Arc<str>, Vec<u8>)>),
+    Resend(Vec<(BusrtTopic, Bytes)>),
 }
 
 /// One origin's stream as this bridge receives it.
@@ -187,7 +189,7 @@ pub struct Protocol {
     owed: BTreeMap<u64, Owed>,
     owed_deliveries: usize,
     listening: bool,
-    replay: VecDeque<(u64, Arc<str>, Vec<u8>)>,
+    replay: VecDeque<(u64, BusrtTopic, Bytes)>,
     /// Highest sequence handed to busrt, and when.
     handed: u64,
     handed_at: Option<Instant>,
@@ -321,8 +323,8 @@ impl Protocol {
     /// An event is kept at least until busrt confirms it, whatever the replay size (even 0):
     /// if busrt refuses it, what its return owes is done from this copy
     /// ([`send_failed`](Self::send_failed)).
-    pub fn remember(&mut self, seq: u64, topic: Arc<str>, frame: &[u8]) {
-        self.replay.push_back((seq, topic, frame.to_vec()));
+    pub fn remember(&mut self, seq: u64, topic: BusrtTopic, frame: Bytes) {
+        self.replay.push_back((seq, topic, frame));
         self.trim_replay();
     }
 

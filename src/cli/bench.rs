@@ -31,9 +31,14 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
         println!("{}", serde_json::to_string(&report)?);
         return Ok(ExitCode::SUCCESS);
     }
+    let load = |l: [f64; 3]| format!("{:.2} {:.2} {:.2}", l[0], l[1], l[2]);
     println!(
-        "busbridge bench ({}), {} events per run\n",
-        report.machine, opts.events
+        "busbridge bench ({}), {} events per run, median of {} rounds\nload average at start {}, at end {}\n",
+        report.machine,
+        opts.events,
+        report.rounds,
+        load(report.load_average_start),
+        load(report.load_average_end)
     );
     println!(
         "{:<48} {:>12} {:>9} {:>9} {:>9} {:>12} {:>9}",
@@ -61,12 +66,16 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
             m.name, m.delivered, m.events
         );
     }
-    println!("\nratios (same run)");
+    println!("\ntargets (same run; ratios are medians of each round's ratio)");
     for r in &report.ratios {
         println!(
-            "  {:<58} {:>6.2}  target >= {:<5} {}",
+            "  {:<76} {:>7.2}  target {} {:<5} {}",
             r.name,
             r.value,
+            match r.bound {
+                bench::Bound::AtLeast => ">=",
+                bench::Bound::AtMost => "<=",
+            },
             r.target,
             if r.met { "met" } else { "MISSED" }
         );

@@ -76,13 +76,39 @@ pub struct Measurement {
     pub peak_rss_mib: f64,
 }
 
-/// A target, as a ratio of two measurements of the same run.
+/// Which side of its target a ratio must be on.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Bound {
+    AtLeast,
+    AtMost,
+}
+
+/// A target, as a ratio of two measurements of the same run (or a quantity of one run, such
+/// as a difference of CPU per event or a percentile, where the target names one).
 #[derive(Debug, Clone, Serialize)]
 pub struct Ratio {
     pub name: String,
     pub value: f64,
     pub target: f64,
+    pub bound: Bound,
     pub met: bool,
+}
+
+impl Ratio {
+    fn new(name: &str, value: f64, bound: Bound, target: f64) -> Self {
+        let met = match bound {
+            Bound::AtLeast => value >= target,
+            Bound::AtMost => value <= target,
+        };
+        Ratio {
+            name: name.into(),
+            value,
+            target,
+            bound,
+            met,
+        }
+    }
 }
 
 /// The steady-rate run.
@@ -116,6 +142,13 @@ pub struct Stall {
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
     pub machine: String,
+    /// `/proc/loadavg` (1, 5 and 15 minutes) when the run started and when it ended: a busy
+    /// machine makes every number less certain.
+    pub load_average_start: [f64; 3],
+    pub load_average_end: [f64; 3],
+    /// Rounds each path ran (its median round is reported; ratios are medians of each
+    /// round's ratio, so a slow moment counts against both sides alike).
+    pub rounds: usize,
     pub measurements: Vec<Measurement>,
     pub ratios: Vec<Ratio>,
     /// `None` when filtered out with `only`.
@@ -182,7 +215,7 @@ where
         cpu_secs_per_million: (cpu1 - cpu0) / events as f64 * 1e6,
         peak_rss_mib: rss,
     };
-    tracing::info!(name, eps = m.events_per_sec, "measured");
+    tracing::debug!(name, eps = m.events_per_sec, "measured");
     m
 }
 
@@ -287,10 +320,71 @@ fn raw_payload() -> Vec<u8> {
         .unwrap_or_default()
 }
 
+/// What a raw busrt run carries.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Payload {
+    /// The bytes busbridge sends for the bench event, never encoded or decoded: busrt alone.
+    Opaque,
+    /// The code a user would write instead of busbridge: each event encoded with prost as the
+    /// legacy record before it is published, and decoded back into an event on receipt.
+    Prost,
+}
+
+/// The legacy record of bench event `i`, as hand-written code would fill it.
+fn legacy_record(i: usize) -> Vec<u8> {
+    use busbridge::codec::proto::PerformanceRecord;
+    use prost::Message;
+    let CollectionEvent::Performance(e) = bench_event(i) else {
+        unreachable!("the bench event is a performance sample")
+    };
+    let at = e
+        .timestamp
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    PerformanceRecord {
+        metric_id: uuid::Uuid::new_v4().to_string(),
+        metric_name: e.metric_name,
+        value: e.value,
+        unit: e.unit,
+        pid: e.pid,
+        component: e.component,
+        collection_time: at.as_millis() as i64,
+        ..Default::default()
+    }
+    .encode_to_vec()
+}
+
+/// The event hand-written code decodes from a legacy record (`None` if it is not one).
+fn from_legacy_record(bytes: &[u8]) -> Option<CollectionEvent> {
+    use busbridge::codec::proto::PerformanceRecord;
+    use prost::Message;
+    let r = PerformanceRecord::decode(bytes).ok()?;
+    Some(CollectionEvent::Performance(PerformanceEvent {
+        metric_name: r.metric_name,
+        value: r.value,
+        unit: r.unit,
+        pid: r.pid,
+        component: r.component,
+        timestamp: std::time::UNIX_EPOCH
+            + Duration::from_millis(u64::try_from(r.collection_time).ok()?),
+    }))
+}
+
 /// (c) raw busrt with its own clients; `window` acknowledgements in flight (0 = `QoS::No`).
 /// With `pace`, that many events leave every millisecond, acknowledged and flushed each
 /// (busrt `RealtimeProcessed`, what busbridge's `Processed` uses): the steady comparison.
 pub async fn raw_busrt(events: usize, unix: bool, window: usize, pace: Option<usize>) -> Vec<f64> {
+    raw_busrt_with(Payload::Opaque, events, unix, window, pace).await
+}
+
+/// [`raw_busrt`] carrying `payload`.
+pub async fn raw_busrt_with(
+    payload: Payload,
+    events: usize,
+    unix: bool,
+    window: usize,
+    pace: Option<usize>,
+) -> Vec<f64> {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("raw.sock").to_string_lossy().into_owned();
     // Queues hold a whole run: busrt unregisters a subscriber whose queue fills, which would
@@ -329,14 +423,15 @@ pub async fn raw_busrt(events: usize, unix: bool, window: usize, pace: Option<us
     if let Ok(Some(c)) = subscriber.subscribe("bench/#", busrt::QoS::Processed).await {
         let _ = c.await;
     }
-    let payload = raw_payload();
+    let opaque = raw_payload();
     // One clock for both sides: latency is receive time minus send time.
     let start = Instant::now();
     let reader = tokio::spawn(async move {
         let mut lat = Vec::with_capacity(events);
         while lat.len() < events {
-            if rx.recv().await.is_err() {
-                break;
+            let Ok(frame) = rx.recv().await else { break };
+            if payload == Payload::Prost {
+                std::hint::black_box(from_legacy_record(frame.payload()));
             }
             lat.push(start.elapsed().as_secs_f64());
         }
@@ -359,10 +454,11 @@ pub async fn raw_busrt(events: usize, unix: bool, window: usize, pace: Option<us
             }
         }
         sent_at.push(start.elapsed().as_secs_f64());
-        if let Ok(Some(c)) = publisher
-            .publish("bench/metric", payload.as_slice().into(), qos)
-            .await
-        {
+        let frame = match payload {
+            Payload::Opaque => opaque.as_slice().into(),
+            Payload::Prost => legacy_record(i).into(),
+        };
+        if let Ok(Some(c)) = publisher.publish("bench/metric", frame, qos).await {
             acks.push_back(c);
             if acks.len() >= window.max(1) {
                 if let Some(a) = acks.pop_front() {
@@ -499,21 +595,35 @@ pub async fn rpc_calls(calls: usize, concurrency: usize) -> Vec<f64> {
             .await
             .expect("client"),
     );
+    timed_calls(calls, concurrency, move || {
+        let client = client.clone();
+        async move {
+            client
+                .rpc_call_to("bench-server", "echo", b"{}".to_vec())
+                .await
+                .is_ok()
+        }
+    })
+    .await
+}
+
+/// Calls from `concurrency` callers sharing `calls`, each call timed.
+async fn timed_calls<F, Fut>(calls: usize, concurrency: usize, call: F) -> Vec<f64>
+where
+    F: Fn() -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = bool> + Send,
+{
     let callers = concurrency.max(1);
     let mut tasks = Vec::new();
     for c in 0..callers {
         // Every call is made: the first `calls % callers` callers make one more.
         let per = calls / callers + usize::from(c < calls % callers);
-        let client = client.clone();
+        let call = call.clone();
         tasks.push(tokio::spawn(async move {
             let mut lat = Vec::with_capacity(per);
             for _ in 0..per {
                 let t = Instant::now();
-                if client
-                    .rpc_call_to("bench-server", "echo", b"{}".to_vec())
-                    .await
-                    .is_ok()
-                {
+                if call().await {
                     lat.push(t.elapsed().as_secs_f64() * 1e6);
                 }
             }
@@ -524,6 +634,53 @@ pub async fn rpc_calls(calls: usize, concurrency: usize) -> Vec<f64> {
     for t in tasks {
         lat.extend(t.await.unwrap_or_default());
     }
+    lat
+}
+
+/// Echoes every call: the raw busrt RPC server.
+struct Echo;
+
+#[async_trait::async_trait]
+impl busrt::rpc::RpcHandlers for Echo {
+    async fn handle_call(&self, event: busrt::rpc::RpcEvent) -> busrt::rpc::RpcResult {
+        Ok(Some(event.payload().to_vec()))
+    }
+}
+
+/// (e') The same calls with busrt's own RPC clients on a busrt broker, nothing of
+/// busbridge's: what hand-written busrt RPC costs.
+pub async fn raw_rpc_calls(calls: usize, concurrency: usize) -> Vec<f64> {
+    use busrt::rpc::{Rpc, RpcClient};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("rpc.sock").to_string_lossy().into_owned();
+    let mut broker = busrt::broker::Broker::new();
+    broker
+        .spawn_unix_server(&path, busrt::broker::ServerConfig::default())
+        .await
+        .expect("raw server");
+    let connect = |name: &'static str| {
+        let cfg = busrt::ipc::Config::new(&path, name);
+        async move { busrt::ipc::Client::connect(&cfg).await.expect("connect") }
+    };
+    let server = RpcClient::new(connect("raw-rpc-server").await, Echo);
+    let client = Arc::new(RpcClient::new0(connect("raw-rpc-client").await));
+    let caller = client.clone();
+    let lat = timed_calls(calls, concurrency, move || {
+        let client = caller.clone();
+        async move {
+            client
+                .call(
+                    "raw-rpc-server",
+                    "echo",
+                    b"{}".as_slice().into(),
+                    busrt::QoS::RealtimeProcessed,
+                )
+                .await
+                .is_ok()
+        }
+    })
+    .await;
+    drop((client, server));
     lat
 }
 
@@ -711,12 +868,15 @@ pub async fn stall(secs: u64) -> Stall {
 enum Path {
     Reference,
     Phase0,
-    /// Over a Unix socket (else in process), acknowledgements in flight (0 = `QoS::No`).
-    Raw(bool, usize),
+    /// Payload, over a Unix socket (else in process), acknowledgements in flight (0 =
+    /// `QoS::No`).
+    Raw(Payload, bool, usize),
     /// Transport, batching, QoS.
     Phase2(Transport, bool, QoS),
     /// Calls in flight.
     Rpc(usize),
+    /// busrt's own RPC, calls in flight.
+    RawRpc(usize),
     /// Phase-5 tasks in flight, and a pace in tasks per second.
     Tasks(usize, Option<usize>),
 }
@@ -727,37 +887,143 @@ impl Path {
         match *self {
             Path::Reference => reference_router(n).await,
             Path::Phase0 => phase0(n).await,
-            Path::Raw(unix, window) => raw_busrt(n, unix, window, None).await,
+            Path::Raw(payload, unix, window) => {
+                raw_busrt_with(payload, n, unix, window, None).await
+            }
             Path::Phase2(transport, batch, qos) => phase2(n, transport, batch, qos).await,
             Path::Rpc(concurrency) => rpc_calls(n, concurrency).await,
+            Path::RawRpc(concurrency) => raw_rpc_calls(n, concurrency).await,
             Path::Tasks(in_flight, pace) => task_round_trips(n, in_flight, pace).await,
         }
     }
 }
 
-fn ratio(name: &str, num: &Measurement, den: &Measurement, target: f64) -> Ratio {
-    let value = num.events_per_sec / den.events_per_sec;
-    Ratio {
-        name: name.into(),
-        value,
-        target,
-        met: value >= target,
-    }
+/// `/proc/loadavg`'s three averages (zeros where there is none).
+fn load_average() -> [f64; 3] {
+    let text = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    let mut it = text.split_whitespace().map(|v| v.parse().unwrap_or(0.0));
+    [(); 3].map(|()| it.next().unwrap_or(0.0))
 }
+
+fn median(mut values: Vec<f64>) -> Option<f64> {
+    values.sort_by(|a, b| a.total_cmp(b));
+    values.get(values.len() / 2).copied()
+}
+
+/// What a target compares, from one round's measurements of two paths.
+#[cfg(feature = "legacy")]
+#[derive(Clone, Copy)]
+enum Compare {
+    /// Events (or calls) per second, first over second.
+    Rate,
+    /// CPU per event (or call), first over second.
+    Cpu,
+    /// CPU per event of the first minus the second, in microseconds.
+    CpuOver,
+}
+
+/// The targets between two paths: (name, first path, second path, what, bound, target).
+#[cfg(feature = "legacy")]
+const TARGETS: &[(&str, &str, &str, Compare, Bound, f64)] = &[
+    (
+        "phase 0 / reference crossbeam router",
+        "busbridge phase 0",
+        "reference crossbeam router",
+        Compare::Rate,
+        Bound::AtLeast,
+        0.95,
+    ),
+    (
+        "bridge's own CPU per event, us (phase 2 in-process - raw busrt in-process)",
+        "busbridge phase 2 in-process, realtime",
+        "raw busrt in-process, QoS::No",
+        Compare::CpuOver,
+        Bound::AtMost,
+        1.2,
+    ),
+    (
+        "phase 2 unix unbatched / hand-written busrt + prost unix QoS::No",
+        "busbridge phase 2 unix, realtime",
+        "hand-written busrt + prost unix, QoS::No",
+        Compare::Rate,
+        Bound::AtLeast,
+        0.8,
+    ),
+    (
+        "phase 2 unix processed / hand-written busrt + prost unix Processed x256",
+        "busbridge phase 2 unix, processed",
+        "hand-written busrt + prost unix, Processed x256",
+        Compare::Rate,
+        Bound::AtLeast,
+        0.8,
+    ),
+    (
+        "phase 2 unix batched / raw busrt unix QoS::No",
+        "busbridge phase 2 unix, realtime, batched",
+        "raw busrt unix, QoS::No",
+        Compare::Rate,
+        Bound::AtLeast,
+        1.5,
+    ),
+    (
+        "rpc CPU per call, 1 in flight / raw busrt rpc",
+        "rpc calls, 1 in flight",
+        "raw busrt rpc calls, 1 in flight",
+        Compare::Cpu,
+        Bound::AtMost,
+        1.5,
+    ),
+    (
+        "rpc calls/s, 16 in flight / raw busrt rpc",
+        "rpc calls, 16 in flight",
+        "raw busrt rpc calls, 16 in flight",
+        Compare::Rate,
+        Bound::AtLeast,
+        0.9,
+    ),
+    (
+        "tasks 64 in flight / rpc 16 in flight",
+        "tasks one-of, 4 collectors unix, 64 in flight",
+        "rpc calls, 16 in flight",
+        Compare::Rate,
+        Bound::AtLeast,
+        0.5,
+    ),
+];
 
 /// Runs every measurement and computes the ratios.
 #[cfg(feature = "legacy")]
 pub async fn run(opts: &BenchOptions) -> Report {
+    let load_average_start = load_average();
     let n = opts.events;
     let calls = opts.calls;
     let wanted = |name: &str| opts.only.as_deref().is_none_or(|o| name.contains(o));
     let (rt, pr) = (QoS::Realtime, QoS::Processed);
+    let (opaque, prost) = (Payload::Opaque, Payload::Prost);
     let paths: Vec<(&str, usize, Path)> = vec![
         ("reference crossbeam router", n, Path::Reference),
         ("busbridge phase 0", n, Path::Phase0),
-        ("raw busrt in-process, QoS::No", n, Path::Raw(false, 0)),
-        ("raw busrt unix, QoS::No", n, Path::Raw(true, 0)),
-        ("raw busrt unix, Processed x256", n, Path::Raw(true, 256)),
+        (
+            "raw busrt in-process, QoS::No",
+            n,
+            Path::Raw(opaque, false, 0),
+        ),
+        ("raw busrt unix, QoS::No", n, Path::Raw(opaque, true, 0)),
+        (
+            "raw busrt unix, Processed x256",
+            n,
+            Path::Raw(opaque, true, 256),
+        ),
+        (
+            "hand-written busrt + prost unix, QoS::No",
+            n,
+            Path::Raw(prost, true, 0),
+        ),
+        (
+            "hand-written busrt + prost unix, Processed x256",
+            n,
+            Path::Raw(prost, true, 256),
+        ),
         (
             "busbridge phase 2 in-process, realtime",
             n,
@@ -794,7 +1060,9 @@ pub async fn run(opts: &BenchOptions) -> Report {
             Path::Phase2(Transport::Tcp, true, rt),
         ),
         ("rpc calls, 1 in flight", calls, Path::Rpc(1)),
+        ("raw busrt rpc calls, 1 in flight", calls, Path::RawRpc(1)),
         ("rpc calls, 16 in flight", calls, Path::Rpc(16)),
+        ("raw busrt rpc calls, 16 in flight", calls, Path::RawRpc(16)),
         (
             "tasks one-of, 4 collectors unix, 64 in flight",
             calls,
@@ -812,12 +1080,43 @@ pub async fn run(opts: &BenchOptions) -> Report {
         .collect();
     // Rounds interleave the paths so a noisy moment hits all of them alike; each path
     // reports its median round.
+    let total = opts.rounds.max(1);
     let mut rounds: Vec<Vec<Measurement>> = vec![Vec::new(); paths.len()];
-    for _ in 0..opts.rounds.max(1) {
+    for round in 1..=total {
         for ((name, count, path), seen) in paths.iter().zip(&mut rounds) {
-            seen.push(measure(name, *count, || path.run(*count)).await);
+            let m = measure(name, *count, || path.run(*count)).await;
+            eprintln!(
+                "round {round}/{total}  {name}: {:.0}/s, {:.2} us CPU each",
+                m.events_per_sec, m.cpu_secs_per_million
+            );
+            seen.push(m);
         }
     }
+    let by_round = |name: &str| {
+        paths
+            .iter()
+            .position(|(n, ..)| *n == name)
+            .map(|i| &rounds[i])
+    };
+    // Each target is the median of its per-round values: the two sides of one round ran
+    // seconds apart, which cancels most of a shared machine's drift.
+    let mut ratios: Vec<Ratio> = TARGETS
+        .iter()
+        .filter_map(|&(name, a, b, what, bound, target)| {
+            let (a, b) = (by_round(a)?, by_round(b)?);
+            let per_round = a.iter().zip(b).map(|(a, b)| match what {
+                Compare::Rate => a.events_per_sec / b.events_per_sec,
+                Compare::Cpu => a.cpu_secs_per_million / b.cpu_secs_per_million,
+                Compare::CpuOver => a.cpu_secs_per_million - b.cpu_secs_per_million,
+            });
+            Some(Ratio::new(
+                name,
+                median(per_round.collect())?,
+                bound,
+                target,
+            ))
+        })
+        .collect();
     let m: Vec<Measurement> = rounds
         .into_iter()
         .map(|mut seen| {
@@ -825,55 +1124,37 @@ pub async fn run(opts: &BenchOptions) -> Report {
             seen.swap_remove(seen.len() / 2)
         })
         .collect();
-    let by = |name: &str| m.iter().find(|x| x.name == name);
-    let ratios = [
-        (
-            "phase 0 / reference crossbeam router",
-            "busbridge phase 0",
-            "reference crossbeam router",
-            0.95,
-        ),
-        (
-            "phase 2 unix batched / raw busrt unix QoS::No",
-            "busbridge phase 2 unix, realtime, batched",
-            "raw busrt unix, QoS::No",
+    if let Some(t) = m
+        .iter()
+        .find(|x| x.name == "tasks one-of, 4 collectors unix, 1,000/s")
+    {
+        ratios.push(Ratio::new(
+            "task round trip p99 at 1,000/s, ms",
+            t.p99_us / 1000.0,
+            Bound::AtMost,
             2.0,
-        ),
-        (
-            "phase 2 unix unbatched / raw busrt unix QoS::No",
-            "busbridge phase 2 unix, realtime",
-            "raw busrt unix, QoS::No",
-            0.8,
-        ),
-        (
-            "phase 2 unix processed / raw busrt unix Processed x256",
-            "busbridge phase 2 unix, processed",
-            "raw busrt unix, Processed x256",
-            0.8,
-        ),
-    ]
-    .into_iter()
-    .filter_map(|(name, num, den, target)| Some(ratio(name, by(num)?, by(den)?, target)))
-    .chain(
-        by("tasks one-of, 4 collectors unix, 64 in flight")
-            .zip(by("rpc calls, 16 in flight"))
-            .map(|(t, r)| ratio("tasks 64 in flight / rpc 16 in flight", t, r, 0.5)),
-    )
-    .chain(
-        // A latency target as a ratio: 2 ms over the measured p99 must be at least 1.
-        by("tasks one-of, 4 collectors unix, 1,000/s").map(|t| {
-            let value = 2000.0 / t.p99_us.max(f64::MIN_POSITIVE);
-            Ratio {
-                name: "task round trip at 1,000/s: 2 ms / p99".into(),
-                value,
-                target: 1.0,
-                met: value >= 1.0,
-            }
-        }),
-    )
-    .collect();
+        ));
+    }
     let steady = if wanted("steady") {
-        Some(steady(opts.steady_secs).await)
+        let s = steady(opts.steady_secs).await;
+        eprintln!(
+            "steady  10,000/s: p99 {:.0} us, each bridge adds {:.1}% of a core",
+            s.p99_us,
+            s.bridge_cpu_fraction_of_core * 100.0
+        );
+        ratios.push(Ratio::new(
+            "steady 10,000/s unix: p99, ms",
+            s.p99_us / 1000.0,
+            Bound::AtMost,
+            0.5,
+        ));
+        ratios.push(Ratio::new(
+            "steady 10,000/s unix: CPU each bridge adds over raw busrt, % of a core",
+            s.bridge_cpu_fraction_of_core * 100.0,
+            Bound::AtMost,
+            3.0,
+        ));
+        Some(s)
     } else {
         None
     };
@@ -888,6 +1169,9 @@ pub async fn run(opts: &BenchOptions) -> Report {
             std::thread::available_parallelism().map_or(0, |n| n.get()),
             std::env::consts::ARCH
         ),
+        load_average_start,
+        load_average_end: load_average(),
+        rounds: total,
         measurements: m,
         ratios,
         steady,

@@ -29,8 +29,9 @@ pub use backoff::Backoff;
 use crate::broker::{inproc_client, BrokerError};
 use crate::config::ClientConfig;
 use crate::endpoint::{Endpoint, EndpointError};
-use crate::topic::{Pattern, Topic, TopicError};
+use crate::topic::{BusrtTopic, Pattern, Topic, TopicError};
 use busrt::client::AsyncClient as BusrtClient;
+pub use bytes::Bytes;
 use parking_lot::Mutex;
 use serde::Serialize;
 use std::collections::{BTreeSet, VecDeque};
@@ -288,8 +289,8 @@ pub struct ClientStats {
 type Conn = Box<dyn BusrtClient>;
 
 struct Outgoing {
-    topic: String,
-    payload: Vec<u8>,
+    topic: BusrtTopic,
+    payload: Bytes,
 }
 
 struct Shared {
@@ -551,7 +552,7 @@ impl AsyncClient {
     pub async fn publish(
         &self,
         topic: &str,
-        payload: impl Into<Vec<u8>>,
+        payload: impl Into<Bytes>,
         qos: QoS,
     ) -> Result<(), ClientError> {
         self.publisher().publish(topic, payload, qos).await
@@ -669,11 +670,11 @@ impl Publisher {
     pub async fn publish(
         &self,
         topic: &str,
-        payload: impl Into<Vec<u8>>,
+        payload: impl Into<Bytes>,
         qos: QoS,
     ) -> Result<(), ClientError> {
         let topic = Topic::parse(topic)?.to_busrt();
-        self.publish_pipelined(topic, payload.into(), qos, false)
+        self.publish_pipelined(topic, payload, qos, false)
             .await?
             .await
     }
@@ -693,12 +694,12 @@ impl Publisher {
     /// TTL in any case).
     pub async fn publish_pipelined(
         &self,
-        busrt_topic: String,
-        payload: Vec<u8>,
+        busrt_topic: impl Into<BusrtTopic>,
+        payload: impl Into<Bytes>,
         qos: QoS,
         more_follows: bool,
     ) -> Result<Ack, ClientError> {
-        self.pipelined(busrt_topic, payload, qos, more_follows, false)
+        self.pipelined(busrt_topic.into(), payload.into(), qos, more_follows, false)
             .await
     }
 
@@ -708,19 +709,19 @@ impl Publisher {
     /// long outbox.
     pub async fn publish_out_of_order(
         &self,
-        busrt_topic: String,
-        payload: Vec<u8>,
+        busrt_topic: impl Into<BusrtTopic>,
+        payload: impl Into<Bytes>,
         qos: QoS,
         more_follows: bool,
     ) -> Result<Ack, ClientError> {
-        self.pipelined(busrt_topic, payload, qos, more_follows, true)
+        self.pipelined(busrt_topic.into(), payload.into(), qos, more_follows, true)
             .await
     }
 
     async fn pipelined(
         &self,
-        busrt_topic: String,
-        payload: Vec<u8>,
+        busrt_topic: BusrtTopic,
+        payload: Bytes,
         qos: QoS,
         more_follows: bool,
         out_of_order: bool,
@@ -744,7 +745,7 @@ impl Publisher {
                         shared.opts.timeout,
                         conn.publish(
                             &busrt_topic,
-                            payload.as_slice().into(),
+                            payload.as_ref().into(),
                             qos.busrt_flushing(!more_follows),
                         ),
                     )
@@ -877,7 +878,7 @@ impl Shared {
                     };
                     let publish = conn.publish(
                         &msg.topic,
-                        msg.payload.as_slice().into(),
+                        msg.payload.as_ref().into(),
                         busrt::QoS::RealtimeProcessed,
                     );
                     match timeout(self.opts.timeout, publish).await {

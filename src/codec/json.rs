@@ -69,9 +69,9 @@ pub(super) fn encode(env: &Envelope) -> Result<Vec<u8>, CodecError> {
 }
 
 /// Wraps already-encoded JSON envelopes into one batch object.
-pub(super) fn batch(items: Vec<Vec<u8>>) -> Vec<u8> {
+pub(super) fn batch<'a>(items: impl IntoIterator<Item = &'a [u8]>) -> Vec<u8> {
     let mut out = format!("{{\"v\":{ENVELOPE_VERSION},\"batch\":[").into_bytes();
-    for (i, item) in items.iter().enumerate() {
+    for (i, item) in items.into_iter().enumerate() {
         if i > 0 {
             out.push(b',');
         }

@@ -209,7 +209,7 @@ impl Codec {
     }
 
     /// Wraps envelopes encoded by this codec into one batch frame.
-    pub fn batch(&self, items: Vec<Vec<u8>>) -> Vec<u8> {
+    pub fn batch<'a>(&self, items: impl IntoIterator<Item = &'a [u8]> + Clone) -> Vec<u8> {
         match self.kind {
             CodecKind::Protobuf => proto::batch(items),
             CodecKind::Json => json::batch(items),

@@ -290,17 +290,29 @@ pub struct BatchRecord {
     pub header: Option<Header>,
 }
 
-/// Wraps already-encoded protobuf envelopes into one batch frame.
-pub(super) fn batch(items: Vec<Vec<u8>>) -> Vec<u8> {
-    BatchRecord {
-        items,
-        header: Some(Header {
-            version: ENVELOPE_VERSION,
-            kind: KIND_BATCH,
-            ..Default::default()
-        }),
+/// Wraps already-encoded protobuf envelopes into one batch frame: the bytes of a
+/// [`BatchRecord`], written from the items in place (no copy of each into a record first).
+pub(super) fn batch<'a>(items: impl IntoIterator<Item = &'a [u8]> + Clone) -> Vec<u8> {
+    use prost::encoding::{encode_key, encode_varint, encoded_len_varint, key_len, WireType};
+    let header = Header {
+        version: ENVELOPE_VERSION,
+        kind: KIND_BATCH,
+        ..Default::default()
+    };
+    let len: usize = items
+        .clone()
+        .into_iter()
+        .map(|i| key_len(1) + encoded_len_varint(i.len() as u64) + i.len())
+        .sum::<usize>()
+        + prost::encoding::message::encoded_len(100, &header);
+    let mut out = Vec::with_capacity(len);
+    for item in items {
+        encode_key(1, WireType::LengthDelimited, &mut out);
+        encode_varint(item.len() as u64, &mut out);
+        out.extend_from_slice(item);
     }
-    .encode_to_vec()
+    prost::encoding::message::encode(100, &header, &mut out);
+    out
 }
 
 const NO_HEADER: CodecError = CodecError::NotAnEnvelope("protobuf message without a header");
@@ -343,140 +355,315 @@ fn batch_items(mut buf: &[u8]) -> Result<Vec<&[u8]>, CodecError> {
     Ok(items)
 }
 
-fn header(env: &Envelope, kind: u32) -> Result<Header, CodecError> {
-    let (timestamp_ms, timestamp_nanos) = split(env.timestamp, MS, "timestamp")?;
-    Ok(Header {
-        version: ENVELOPE_VERSION,
-        kind,
-        origin: env.origin.clone(),
-        seq: env.seq,
-        hops: env.hops,
-        event_id: env.event_id.clone(),
-        correlation_id: env.correlation_id.clone(),
-        publisher_id: env.publisher_id.clone(),
-        timestamp_ms,
-        timestamp_nanos,
-        priority: u32::from(env.priority),
-        routing_metadata: env.routing_metadata.clone(),
-    })
+/// Where encoded fields go: only counted (a nested message's length comes before it) or
+/// written. The encoder runs over the event once per pass and builds no intermediate record.
+trait Out {
+    fn put<T: ?Sized>(
+        &mut self,
+        tag: u32,
+        v: &T,
+        enc: fn(u32, &T, &mut Vec<u8>),
+        len: fn(u32, &T) -> usize,
+    );
+    fn message(&mut self, tag: u32, m: &impl Fields);
 }
 
-/// Encodes an envelope as its event's protobuf record.
+/// A message's fields, in tag order, skipping proto3 defaults as prost's derive does, so the
+/// bytes equal those of the prost records above.
+trait Fields {
+    fn fields(&self, o: &mut impl Out);
+    fn len(&self) -> usize {
+        let mut n = Count(0);
+        self.fields(&mut n);
+        n.0
+    }
+}
+
+struct Count(usize);
+impl Out for Count {
+    fn put<T: ?Sized>(
+        &mut self,
+        tag: u32,
+        v: &T,
+        _: fn(u32, &T, &mut Vec<u8>),
+        len: fn(u32, &T) -> usize,
+    ) {
+        self.0 += len(tag, v);
+    }
+    fn message(&mut self, tag: u32, m: &impl Fields) {
+        let n = m.len();
+        self.0 += prost::encoding::key_len(tag) + prost::encoding::encoded_len_varint(n as u64) + n;
+    }
+}
+
+impl Out for Vec<u8> {
+    fn put<T: ?Sized>(
+        &mut self,
+        tag: u32,
+        v: &T,
+        enc: fn(u32, &T, &mut Vec<u8>),
+        _: fn(u32, &T) -> usize,
+    ) {
+        enc(tag, v, self);
+    }
+    fn message(&mut self, tag: u32, m: &impl Fields) {
+        use prost::encoding::{encode_key, encode_varint, WireType};
+        encode_key(tag, WireType::LengthDelimited, self);
+        encode_varint(m.len() as u64, self);
+        m.fields(self);
+    }
+}
+
+/// Typed shorthands over [`Out::put`], each skipping what prost's derive skips.
+mod put {
+    use super::Out;
+    use prost::encoding as e;
+    use std::collections::HashMap;
+
+    pub fn string(o: &mut impl Out, tag: u32, v: &String) {
+        if !v.is_empty() {
+            o.put(tag, v, e::string::encode, e::string::encoded_len);
+        }
+    }
+    pub fn opt_string(o: &mut impl Out, tag: u32, v: &Option<String>) {
+        if let Some(v) = v {
+            o.put(tag, v, e::string::encode, e::string::encoded_len);
+        }
+    }
+    pub fn strings(o: &mut impl Out, tag: u32, v: &[String]) {
+        o.put(
+            tag,
+            v,
+            e::string::encode_repeated,
+            e::string::encoded_len_repeated,
+        );
+    }
+    pub fn u32(o: &mut impl Out, tag: u32, v: u32) {
+        if v != 0 {
+            o.put(tag, &v, e::uint32::encode, e::uint32::encoded_len);
+        }
+    }
+    pub fn opt_u32(o: &mut impl Out, tag: u32, v: Option<u32>) {
+        if let Some(v) = v {
+            o.put(tag, &v, e::uint32::encode, e::uint32::encoded_len);
+        }
+    }
+    pub fn u64(o: &mut impl Out, tag: u32, v: u64) {
+        if v != 0 {
+            o.put(tag, &v, e::uint64::encode, e::uint64::encoded_len);
+        }
+    }
+    pub fn opt_u64(o: &mut impl Out, tag: u32, v: Option<u64>) {
+        if let Some(v) = v {
+            o.put(tag, &v, e::uint64::encode, e::uint64::encoded_len);
+        }
+    }
+    pub fn i64(o: &mut impl Out, tag: u32, v: i64) {
+        if v != 0 {
+            o.put(tag, &v, e::int64::encode, e::int64::encoded_len);
+        }
+    }
+    pub fn opt_i64(o: &mut impl Out, tag: u32, v: Option<i64>) {
+        if let Some(v) = v {
+            o.put(tag, &v, e::int64::encode, e::int64::encoded_len);
+        }
+    }
+    pub fn f64(o: &mut impl Out, tag: u32, v: f64) {
+        if v != 0.0 {
+            o.put(tag, &v, e::double::encode, e::double::encoded_len);
+        }
+    }
+    pub fn opt_f64(o: &mut impl Out, tag: u32, v: Option<f64>) {
+        if let Some(v) = v {
+            o.put(tag, &v, e::double::encode, e::double::encoded_len);
+        }
+    }
+    pub fn bool(o: &mut impl Out, tag: u32, v: bool) {
+        if v {
+            o.put(tag, &v, e::bool::encode, e::bool::encoded_len);
+        }
+    }
+    pub fn opt_bytes(o: &mut impl Out, tag: u32, v: &Option<Vec<u8>>) {
+        if let Some(v) = v {
+            o.put(tag, v, e::bytes::encode, e::bytes::encoded_len);
+        }
+    }
+    pub fn map(o: &mut impl Out, tag: u32, v: &HashMap<String, String>) {
+        fn enc(tag: u32, v: &HashMap<String, String>, buf: &mut Vec<u8>) {
+            e::hash_map::encode(
+                e::string::encode,
+                e::string::encoded_len,
+                e::string::encode,
+                e::string::encoded_len,
+                tag,
+                v,
+                buf,
+            )
+        }
+        fn len(tag: u32, v: &HashMap<String, String>) -> usize {
+            e::hash_map::encoded_len(e::string::encoded_len, e::string::encoded_len, tag, v)
+        }
+        o.put(tag, v, enc, len);
+    }
+}
+
+/// The envelope header of [`Header`], read from the envelope.
+struct HeaderOf<'a> {
+    env: &'a Envelope,
+    kind: u32,
+    time: (i64, u32),
+}
+
+impl Fields for HeaderOf<'_> {
+    fn fields(&self, o: &mut impl Out) {
+        let env = self.env;
+        put::u32(o, 1, ENVELOPE_VERSION);
+        put::u32(o, 2, self.kind);
+        put::string(o, 3, &env.origin);
+        put::u64(o, 4, env.seq);
+        put::u32(o, 5, env.hops);
+        put::string(o, 6, &env.event_id);
+        put::string(o, 7, &env.correlation_id);
+        put::string(o, 8, &env.publisher_id);
+        put::i64(o, 9, self.time.0);
+        put::u32(o, 10, self.time.1);
+        put::u32(o, 11, u32::from(env.priority));
+        put::map(o, 12, &env.routing_metadata);
+    }
+}
+
+/// An envelope as its event's record: the fields of [`ProcessRecord`], [`NetworkRecord`],
+/// [`FilesystemRecord`], [`PerformanceRecord`] or [`TriggerRecord`], then the header.
+struct RecordOf<'a> {
+    header: HeaderOf<'a>,
+    /// The event's collection time, split.
+    time: (i64, u32),
+    /// Process: start time split; platform metadata as JSON.
+    start: Option<(i64, u32)>,
+    platform: Option<Vec<u8>>,
+}
+
+impl Fields for RecordOf<'_> {
+    fn fields(&self, o: &mut impl Out) {
+        let env = self.header.env;
+        let (time, nanos) = self.time;
+        match &env.event {
+            CollectionEvent::Process(e) => {
+                put::u32(o, 1, e.pid);
+                put::opt_u32(o, 2, e.ppid);
+                put::string(o, 3, &e.name);
+                put::opt_string(o, 4, &e.executable_path);
+                put::strings(o, 5, &e.command_line);
+                put::opt_i64(o, 6, self.start.map(|s| s.0));
+                put::opt_f64(o, 7, e.cpu_usage);
+                put::opt_u64(o, 8, e.memory_usage);
+                put::opt_string(o, 9, &e.executable_hash);
+                put::opt_string(o, 10, &env.extra.hash_algorithm);
+                put::opt_string(o, 11, &e.user_id);
+                put::bool(o, 12, e.accessible);
+                put::bool(o, 13, e.file_exists);
+                put::i64(o, 14, time);
+                put::opt_u32(o, 15, self.start.map(|s| s.1));
+                put::u32(o, 16, nanos);
+                put::opt_bytes(o, 17, &self.platform);
+            }
+            CollectionEvent::Network(e) => {
+                put::string(o, 1, &e.connection_id);
+                put::string(o, 2, &e.source_addr);
+                put::string(o, 3, &e.dest_addr);
+                put::string(o, 4, &e.protocol);
+                put::string(o, 5, &e.state);
+                put::opt_u32(o, 6, e.pid);
+                put::u64(o, 7, e.bytes_sent);
+                put::u64(o, 8, e.bytes_received);
+                put::i64(o, 9, time);
+                put::u32(o, 10, nanos);
+            }
+            CollectionEvent::Filesystem(e) => {
+                put::string(o, 1, &env.event_id);
+                put::string(o, 2, &e.path);
+                put::string(o, 3, &e.operation);
+                put::opt_u32(o, 4, e.pid);
+                put::opt_u64(o, 5, e.size);
+                put::opt_string(o, 6, &e.permissions);
+                put::opt_string(o, 7, &e.file_hash);
+                put::i64(o, 8, time);
+                put::u32(o, 9, nanos);
+            }
+            CollectionEvent::Performance(e) => {
+                put::string(o, 1, &env.event_id);
+                put::string(o, 2, &e.metric_name);
+                put::f64(o, 3, e.value);
+                put::string(o, 4, &e.unit);
+                put::opt_u32(o, 5, e.pid);
+                put::string(o, 6, &e.component);
+                put::i64(o, 7, time);
+                put::u32(o, 8, nanos);
+            }
+            CollectionEvent::TriggerRequest(e) => {
+                let analysis = match &e.analysis_type {
+                    AnalysisType::BinaryHash => 0,
+                    AnalysisType::MemoryAnalysis => 1,
+                    AnalysisType::YaraScan => 2,
+                    AnalysisType::NetworkAnalysis => 3,
+                    AnalysisType::BehavioralAnalysis => 4,
+                    AnalysisType::Custom(_) => 5,
+                };
+                put::string(o, 1, &e.trigger_id);
+                put::string(o, 2, &e.target_collector);
+                put::u32(o, 3, analysis);
+                if let AnalysisType::Custom(s) = &e.analysis_type {
+                    put::string(o, 4, s);
+                }
+                put::u32(o, 5, e.priority as u32);
+                put::opt_u32(o, 6, e.target_pid);
+                put::opt_string(o, 7, &e.target_path);
+                put::string(o, 8, &e.correlation_id);
+                put::map(o, 9, &e.metadata);
+                put::i64(o, 10, time);
+                put::u32(o, 11, nanos);
+            }
+        }
+        o.message(100, &self.header);
+    }
+}
+
+/// Encodes an envelope as its event's protobuf record, straight from the event: no record
+/// struct is built and no string copied but into the output.
 pub(super) fn encode(env: &Envelope) -> Result<Vec<u8>, CodecError> {
-    Ok(match &env.event {
-        CollectionEvent::Process(e) => {
-            let (collection_time, collection_time_nanos) =
-                split(e.timestamp, MS, "process.timestamp")?;
-            let start = e
-                .start_time
+    let (kind, at, field) = match &env.event {
+        CollectionEvent::Process(e) => (KIND_PROCESS, e.timestamp, "process.timestamp"),
+        CollectionEvent::Network(e) => (KIND_NETWORK, e.timestamp, "network.timestamp"),
+        CollectionEvent::Filesystem(e) => (KIND_FILESYSTEM, e.timestamp, "filesystem.timestamp"),
+        CollectionEvent::Performance(e) => (KIND_PERFORMANCE, e.timestamp, "performance.timestamp"),
+        CollectionEvent::TriggerRequest(e) => (KIND_TRIGGER, e.timestamp, "trigger.timestamp"),
+    };
+    let time = split(at, MS, field)?;
+    let (start, platform) = match &env.event {
+        CollectionEvent::Process(e) => (
+            e.start_time
                 .map(|t| split(t, SEC, "process.start_time"))
-                .transpose()?;
-            let platform_metadata = e
-                .platform_metadata
+                .transpose()?,
+            e.platform_metadata
                 .as_ref()
                 .map(serde_json::to_vec)
-                .transpose()?;
-            ProcessRecord {
-                pid: e.pid,
-                ppid: e.ppid,
-                name: e.name.clone(),
-                executable_path: e.executable_path.clone(),
-                command_line: e.command_line.clone(),
-                start_time: start.map(|s| s.0),
-                cpu_usage: e.cpu_usage,
-                memory_usage: e.memory_usage,
-                executable_hash: e.executable_hash.clone(),
-                hash_algorithm: env.extra.hash_algorithm.clone(),
-                user_id: e.user_id.clone(),
-                accessible: e.accessible,
-                file_exists: e.file_exists,
-                collection_time,
-                start_time_nanos: start.map(|s| s.1),
-                collection_time_nanos,
-                platform_metadata,
-                header: Some(header(env, KIND_PROCESS)?),
-            }
-            .encode_to_vec()
-        }
-        CollectionEvent::Network(e) => {
-            let (collection_time, collection_time_nanos) =
-                split(e.timestamp, MS, "network.timestamp")?;
-            NetworkRecord {
-                connection_id: e.connection_id.clone(),
-                source_address: e.source_addr.clone(),
-                destination_address: e.dest_addr.clone(),
-                protocol: e.protocol.clone(),
-                state: e.state.clone(),
-                pid: e.pid,
-                bytes_sent: e.bytes_sent,
-                bytes_received: e.bytes_received,
-                collection_time,
-                collection_time_nanos,
-                header: Some(header(env, KIND_NETWORK)?),
-            }
-            .encode_to_vec()
-        }
-        CollectionEvent::Filesystem(e) => {
-            let (collection_time, collection_time_nanos) =
-                split(e.timestamp, MS, "filesystem.timestamp")?;
-            FilesystemRecord {
-                operation_id: env.event_id.clone(),
-                path: e.path.clone(),
-                operation_type: e.operation.clone(),
-                pid: e.pid,
-                file_size: e.size,
-                permissions: e.permissions.clone(),
-                file_hash: e.file_hash.clone(),
-                collection_time,
-                collection_time_nanos,
-                header: Some(header(env, KIND_FILESYSTEM)?),
-            }
-            .encode_to_vec()
-        }
-        CollectionEvent::Performance(e) => {
-            let (collection_time, collection_time_nanos) =
-                split(e.timestamp, MS, "performance.timestamp")?;
-            PerformanceRecord {
-                metric_id: env.event_id.clone(),
-                metric_name: e.metric_name.clone(),
-                value: e.value,
-                unit: e.unit.clone(),
-                pid: e.pid,
-                component: e.component.clone(),
-                collection_time,
-                collection_time_nanos,
-                header: Some(header(env, KIND_PERFORMANCE)?),
-            }
-            .encode_to_vec()
-        }
-        CollectionEvent::TriggerRequest(e) => {
-            let (collection_time, collection_time_nanos) =
-                split(e.timestamp, MS, "trigger.timestamp")?;
-            let (analysis_type, custom_analysis) = match &e.analysis_type {
-                AnalysisType::BinaryHash => (0, String::new()),
-                AnalysisType::MemoryAnalysis => (1, String::new()),
-                AnalysisType::YaraScan => (2, String::new()),
-                AnalysisType::NetworkAnalysis => (3, String::new()),
-                AnalysisType::BehavioralAnalysis => (4, String::new()),
-                AnalysisType::Custom(s) => (5, s.clone()),
-            };
-            TriggerRecord {
-                trigger_id: e.trigger_id.clone(),
-                target_collector: e.target_collector.clone(),
-                analysis_type,
-                custom_analysis,
-                priority: e.priority as u32,
-                target_pid: e.target_pid,
-                target_path: e.target_path.clone(),
-                correlation_id: e.correlation_id.clone(),
-                metadata: e.metadata.clone(),
-                collection_time,
-                collection_time_nanos,
-                header: Some(header(env, KIND_TRIGGER)?),
-            }
-            .encode_to_vec()
-        }
-    })
+                .transpose()?,
+        ),
+        _ => (None, None),
+    };
+    let record = RecordOf {
+        header: HeaderOf {
+            env,
+            kind,
+            time: split(env.timestamp, MS, "timestamp")?,
+        },
+        time,
+        start,
+        platform,
+    };
+    let mut out = Vec::with_capacity(record.len());
+    record.fields(&mut out);
+    Ok(out)
 }
 
 fn invalid(field: &'static str, reason: impl Into<String>) -> CodecError {
