@@ -341,10 +341,28 @@ proptest! {
         prop_assert_eq!(again, bytes);
     }
 
+    /// What a bridge reads of its own returns without decoding them equals the full decode,
+    /// alone and in a batch; JSON is not peeked.
+    #[test]
+    fn peeking_reads_what_decoding_reads(event in arb_event(), seq in any::<u64>(), hops in any::<u32>()) {
+        let mut env = envelope(event);
+        env.seq = seq;
+        env.hops = hops;
+        let codec = Codec::default();
+        let bytes = codec.encode(&env).unwrap();
+        let want = busbridge::codec::proto::Peeked { origin: &env.origin, seq, hops };
+        prop_assert_eq!(codec.peek_frame(&bytes), Some(vec![want]));
+        let frame = codec.batch([bytes.as_slice(), bytes.as_slice()]);
+        prop_assert_eq!(codec.peek_frame(&frame), Some(vec![want, want]));
+        let json = Codec::new(CodecKind::Json, 1 << 20).encode(&env).unwrap();
+        prop_assert_eq!(codec.peek_frame(&json), None);
+    }
+
     #[test]
     fn arbitrary_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..512)) {
         let _ = Codec::default().decode(&bytes);
         let _ = Codec::default().decode_frame(&bytes);
+        let _ = Codec::default().peek_frame(&bytes);
     }
 
     #[test]

@@ -297,6 +297,7 @@ impl Link {
                     Output::Deliver(Delivery::Remote(env)) => {
                         core.deliver_remote(&env).await;
                     }
+                    Output::Deliver(Delivery::Settle(seq)) => returned.push(seq),
                     Output::Transmit(Transmit::Control { topic, body }) => {
                         if self.control.try_send((topic, body)).is_err() {
                             Stats::add(&self.stats.bridge_send_errors, 1);
@@ -375,8 +376,8 @@ impl Uplink for Link {
         wait_until(&self.settled, || self.has_room()).await;
     }
 
-    fn route(&self, phase: Phase, compare: bool, env: &mut Envelope) -> Route {
-        self.proto.lock().publish(phase, compare, env)
+    fn route(&self, phase: Phase, compare: bool, local: bool, env: &mut Envelope) -> Route {
+        self.proto.lock().publish(phase, compare, local, env)
     }
 
     fn encode(&self, env: &Envelope) -> Result<Vec<u8>, BusError> {

@@ -133,6 +133,18 @@ pub enum Delivery {
     },
     /// Another origin's event, to deliver to local subscribers.
     Remote(Envelope),
+    /// Our own event, returned, owing nothing (no local subscriber, no comparison): only
+    /// call [`Protocol::settle`] with this sequence number. It was not decoded.
+    Settle(u64),
+}
+
+/// An event as a stream holds it: decoded, or only numbered (an own event that owes nothing
+/// needs no decoding: its header says all the stream needs).
+#[derive(Debug)]
+#[allow(clippy::large_enum_variant)]
+enum Arrival {
+    Event(Envelope),
+    Bare(u64),
 }
 
 /// Frames to publish.
@@ -152,7 +164,7 @@ pub enum Transmit {
 /// One origin's stream as this bridge receives it.
 struct Origin {
     name: String,
-    stream: InOrder<Envelope>,
+    stream: InOrder<Arrival>,
     /// Since when events have been held behind a gap.
     holding_since: Option<Instant>,
     /// A resend was asked for: when first, when last. A request or its answer can be lost
@@ -283,7 +295,13 @@ impl Protocol {
     /// Decides the route of a local publish (see the module's table), stamps the origin and,
     /// for what is sent, the next sequence number. `compare`: the legacy path's answer is
     /// being compared with busrt's.
-    pub fn publish(&mut self, phase: Phase, compare: bool, env: &mut Envelope) -> Route {
+    pub fn publish(
+        &mut self,
+        phase: Phase,
+        compare: bool,
+        local: bool,
+        env: &mut Envelope,
+    ) -> Route {
         env.origin.clone_from(&self.s.origin);
         let (deliver_now, send, owe) =
             if !self.listening || (phase.legacy_authoritative() && self.owed_deliveries == 0) {
@@ -294,8 +312,11 @@ impl Protocol {
                 (true, phase.uses_busrt(), owe)
             } else if phase.uses_busrt() || self.owed_deliveries > 0 {
                 // Also in phase 0 while returns are owed: this event waits its turn behind them.
+                // A return owes a delivery only to subscribers there now, as the legacy
+                // router delivered only to those; it is still owed (and counted in flight)
+                // with none, so a publisher cannot outrun its own returns.
                 let owe = Owed {
-                    deliver: true,
+                    deliver: local,
                     compare,
                 };
                 (false, true, Some(owe))
@@ -609,6 +630,9 @@ impl Protocol {
 
     /// One event frame (one envelope or a batch).
     fn on_frame(&mut self, primary_sender: &str, payload: &[u8], phase: Phase, now: Instant) {
+        if primary_sender == self.s.name && self.returns_owe_nothing(payload, phase, now) {
+            return;
+        }
         let envelopes = match self.s.codec.decode_frame(payload) {
             Ok(e) => e,
             Err(e) => {
@@ -619,6 +643,42 @@ impl Protocol {
         for env in envelopes {
             self.on_envelope(primary_sender, env, phase, now);
         }
+    }
+
+    /// Our own frame back from busrt, all of whose events owe nothing: they are taken in by
+    /// number, without decoding. False (nothing done) if one owes something or the frame
+    /// cannot be read that way; it is then decoded.
+    fn returns_owe_nothing(&mut self, payload: &[u8], phase: Phase, now: Instant) -> bool {
+        let Some(items) = self.s.codec.peek_frame(payload) else {
+            return false;
+        };
+        let owes_nothing = |seq| {
+            self.owed
+                .get(&seq)
+                .is_some_and(|o| !o.deliver && !o.compare)
+        };
+        if !items
+            .iter()
+            .all(|p| p.origin == self.s.origin && p.hops <= self.s.hop_limit && owes_nothing(p.seq))
+        {
+            return false;
+        }
+        let seqs: Vec<u64> = items.iter().map(|p| p.seq).collect();
+        for seq in seqs {
+            let origin = self.s.origin.as_str();
+            if !self.origins.contains_key(origin) {
+                let after = self.durable.then_some(0);
+                self.origins
+                    .insert(origin.to_owned(), Origin::new(origin, after));
+            }
+            let Some(state) = self.origins.get_mut(origin) else {
+                return true;
+            };
+            let pushed = state.stream.push(seq, Arrival::Bare(seq));
+            let took = took(&self.stats, state, pushed, now);
+            self.hand_on(took, phase);
+        }
+        true
     }
 
     fn on_envelope(&mut self, primary_sender: &str, env: Envelope, phase: Phase, now: Instant) {
@@ -638,39 +698,30 @@ impl Protocol {
         let Some(state) = self.origins.get_mut(&env.origin) else {
             return;
         };
-        let stats = &self.stats;
-        let (gap, mut ready) = match state.stream.push(env.seq, env) {
-            Pushed::Duplicate => return Stats::add(&stats.bridge_duplicates, 1),
-            Pushed::Accepted { gap, filled, ready } => {
-                if filled {
-                    Stats::add(&stats.bridge_gaps_filled, 1);
-                }
-                (gap, ready)
-            }
-        };
-        if state.stream.held() > MAX_HELD {
-            ready.extend(give_up(stats, state));
-        }
-        state.holding_since = match (state.stream.held(), state.holding_since) {
-            (0, _) => None,
-            (_, Some(t)) => Some(t),
-            (_, None) => Some(now),
-        };
-        if let Some((from, to)) = gap {
-            state.note_asked(now);
-            let origin = state.name.clone();
-            Stats::add(&stats.bridge_gaps, to - from + 1);
-            tracing::warn!(%origin, from, to, "sequence gap; asking for a resend");
+        let pushed = state.stream.push(env.seq, Arrival::Event(env));
+        let took = took(&self.stats, state, pushed, now);
+        self.hand_on(took, phase);
+    }
+
+    /// Asks for what a pushed event found missing, then dispatches what is now in order.
+    fn hand_on(&mut self, took: Took, phase: Phase) {
+        if let Some((origin, from, to)) = took.gap {
             self.request_resend(origin, from, to);
         }
-        for env in ready {
-            self.dispatch(env, phase);
+        for item in took.ready {
+            self.dispatch(item, phase);
         }
     }
 
-    /// Hands one accepted envelope on as the phase says.
-    fn dispatch(&mut self, env: Envelope, phase: Phase) {
+    /// Hands one accepted event on as the phase says.
+    fn dispatch(&mut self, item: Arrival, phase: Phase) {
         Stats::add(&self.stats.bridge_received, 1);
+        let env = match item {
+            Arrival::Bare(seq) => {
+                return self.out.push_back(Output::Deliver(Delivery::Settle(seq)));
+            }
+            Arrival::Event(env) => env,
+        };
         if env.origin == self.s.origin {
             if let Some(&owed) = self.owed.get(&env.seq) {
                 self.out
@@ -684,8 +735,49 @@ impl Protocol {
     }
 }
 
+/// What one pushed event changed in its origin's stream.
+#[derive(Default)]
+struct Took {
+    /// A gap it revealed: (origin, from, to), to ask for.
+    gap: Option<(String, u64, u64)>,
+    /// Events now in order.
+    ready: Vec<Arrival>,
+}
+
+/// Accounts for one event pushed into `state`'s stream: duplicates and filled gaps counted,
+/// a hold behind a gap timed (and given up when too much is held), a new gap reported.
+fn took(stats: &Stats, state: &mut Origin, pushed: Pushed<Arrival>, now: Instant) -> Took {
+    let (gap, mut ready) = match pushed {
+        Pushed::Duplicate => {
+            Stats::add(&stats.bridge_duplicates, 1);
+            return Took::default();
+        }
+        Pushed::Accepted { gap, filled, ready } => {
+            if filled {
+                Stats::add(&stats.bridge_gaps_filled, 1);
+            }
+            (gap, ready)
+        }
+    };
+    if state.stream.held() > MAX_HELD {
+        ready.extend(give_up(stats, state));
+    }
+    state.holding_since = match (state.stream.held(), state.holding_since) {
+        (0, _) => None,
+        (_, Some(t)) => Some(t),
+        (_, None) => Some(now),
+    };
+    let gap = gap.map(|(from, to)| {
+        state.note_asked(now);
+        Stats::add(&stats.bridge_gaps, to - from + 1);
+        tracing::warn!(origin = %state.name, from, to, "sequence gap; asking for a resend");
+        (state.name.clone(), from, to)
+    });
+    Took { gap, ready }
+}
+
 /// Stops waiting for an origin's gaps: they are lost (counted), held events are released.
-fn give_up(stats: &Stats, state: &mut Origin) -> Vec<Envelope> {
+fn give_up(stats: &Stats, state: &mut Origin) -> Vec<Arrival> {
     let (lost, ready) = state.stream.give_up();
     state.holding_since = None;
     state.asked = None;

@@ -370,6 +370,13 @@ fn from_legacy_record(bytes: &[u8]) -> Option<CollectionEvent> {
     }))
 }
 
+/// The raw runs' broker: busrt closes a client that sent nothing for its timeout (1 s by
+/// default; a subscriber that only reads does that) and logs an error, so the timeout covers
+/// the run. busbridge's clients ping instead.
+fn raw_server_config() -> busrt::broker::ServerConfig {
+    busrt::broker::ServerConfig::default().timeout(Duration::from_secs(120))
+}
+
 /// (c) raw busrt with its own clients; `window` acknowledgements in flight (0 = `QoS::No`).
 /// With `pace`, that many events leave every millisecond, acknowledged and flushed each
 /// (busrt `RealtimeProcessed`, what busbridge's `Processed` uses): the steady comparison.
@@ -397,7 +404,7 @@ pub async fn raw_busrt_with(
         Box<dyn busrt::client::AsyncClient>,
     ) = if unix {
         broker
-            .spawn_unix_server(&path, busrt::broker::ServerConfig::default())
+            .spawn_unix_server(&path, raw_server_config())
             .await
             .expect("raw server");
         let cfg = |n: &str| busrt::ipc::Config::new(&path, n).queue_size(queue);
@@ -482,22 +489,19 @@ pub async fn raw_busrt_with(
         .collect()
 }
 
-/// Reads `n` events on a blocking thread (each bounded by 30 s) and returns their
-/// publish-to-delivery latencies.
+/// Reads `n` events in a task, as the raw busrt runs read theirs (each wait bounded by
+/// 30 s), and returns their publish-to-delivery latencies. A blocking reader would spin
+/// between events, CPU the raw runs do not spend.
 fn read_latencies(
     rx: busbridge::queue::Receiver<BusEvent>,
     n: usize,
 ) -> tokio::task::JoinHandle<Vec<f64>> {
-    tokio::task::spawn_blocking(move || {
+    tokio::spawn(async move {
         let mut lat = Vec::with_capacity(n);
         while lat.len() < n {
-            // A clock read per event only when the queue is empty, as raw busrt's reader.
-            match rx
-                .try_recv()
-                .or_else(|_| rx.recv_timeout(Duration::from_secs(30)))
-            {
-                Ok(e) => lat.push(latency_us(&e)),
-                Err(_) => break,
+            match tokio::time::timeout(Duration::from_secs(30), rx.recv_async()).await {
+                Ok(Some(e)) => lat.push(latency_us(&e)),
+                _ => break,
             }
         }
         lat
@@ -655,7 +659,7 @@ pub async fn raw_rpc_calls(calls: usize, concurrency: usize) -> Vec<f64> {
     let path = dir.path().join("rpc.sock").to_string_lossy().into_owned();
     let mut broker = busrt::broker::Broker::new();
     broker
-        .spawn_unix_server(&path, busrt::broker::ServerConfig::default())
+        .spawn_unix_server(&path, raw_server_config())
         .await
         .expect("raw server");
     let connect = |name: &'static str| {

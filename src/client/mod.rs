@@ -635,6 +635,11 @@ impl Drop for AsyncClient {
     fn drop(&mut self) {
         self.shared.closing.store(true, Relaxed);
         self.supervisor.abort();
+        // The connection closes now, not when the last publisher handle goes: a broker that
+        // shuts down later would otherwise close it under busrt's reader, which logs an error.
+        if let Ok(mut conn) = self.shared.conn.try_lock() {
+            conn.take();
+        }
     }
 }
 

@@ -216,6 +216,15 @@ impl Codec {
         }
     }
 
+    /// Origin, sequence number and hops of each envelope in a protobuf frame, read without
+    /// decoding the events (`None` for JSON or a frame that does not read as one).
+    pub fn peek_frame<'a>(&self, bytes: &'a [u8]) -> Option<Vec<proto::Peeked<'a>>> {
+        if bytes.first() == Some(&b'{') || bytes.len() > self.max_size {
+            return None;
+        }
+        proto::peek_frame(bytes)
+    }
+
     /// Decodes a frame that holds one envelope or a batch of them (in order).
     pub fn decode_frame(&self, bytes: &[u8]) -> Result<Vec<Envelope>, CodecError> {
         self.check_size(bytes.len())?;

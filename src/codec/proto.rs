@@ -334,6 +334,69 @@ pub(super) fn decode_frame(bytes: &[u8]) -> Result<Vec<Envelope>, CodecError> {
     batch_items(bytes)?.into_iter().map(decode).collect()
 }
 
+/// What [`peek_frame`] reads of an envelope: who sent it, its number and hops.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Peeked<'a> {
+    /// The envelope's origin.
+    pub origin: &'a str,
+    /// Its sequence number.
+    pub seq: u64,
+    /// Bridges it crossed.
+    pub hops: u32,
+}
+
+/// Reads origin, sequence and hops of each envelope in a frame, borrowing from it and
+/// decoding nothing else; `None` if the frame is not a well-formed busbridge protobuf frame
+/// of this version (the full decode then says why).
+pub(super) fn peek_frame(bytes: &[u8]) -> Option<Vec<Peeked<'_>>> {
+    let (kind, first) = peek(bytes)?;
+    if kind != KIND_BATCH {
+        return Some(vec![first]);
+    }
+    batch_items(bytes)
+        .ok()?
+        .into_iter()
+        .map(|item| peek(item).filter(|(k, _)| *k != KIND_BATCH).map(|(_, p)| p))
+        .collect()
+}
+
+/// The kind, origin, sequence and hops in one message's header.
+fn peek(mut buf: &[u8]) -> Option<(u32, Peeked<'_>)> {
+    use prost::encoding::{decode_key, decode_varint, skip_field, DecodeContext, WireType};
+    // Each field's value: a varint, or a length-delimited slice.
+    fn slice<'a>(buf: &mut &'a [u8]) -> Option<&'a [u8]> {
+        let len = usize::try_from(decode_varint(buf).ok()?).ok()?;
+        let (head, rest) = (buf.get(..len)?, buf.get(len..)?);
+        *buf = rest;
+        Some(head)
+    }
+    let mut header = None;
+    while !buf.is_empty() {
+        let (tag, wire) = decode_key(&mut buf).ok()?;
+        if tag == 100 && wire == WireType::LengthDelimited {
+            // The last occurrence wins, as in a full decode (prost merges; busbridge writes
+            // one).
+            header = Some(slice(&mut buf)?);
+        } else {
+            skip_field(wire, tag, &mut buf, DecodeContext::default()).ok()?;
+        }
+    }
+    let mut h = header?;
+    let (mut version, mut kind, mut seq, mut hops, mut origin) = (0, 0, 0, 0, "");
+    while !h.is_empty() {
+        let (tag, wire) = decode_key(&mut h).ok()?;
+        match (tag, wire) {
+            (1, WireType::Varint) => version = u32::try_from(decode_varint(&mut h).ok()?).ok()?,
+            (2, WireType::Varint) => kind = u32::try_from(decode_varint(&mut h).ok()?).ok()?,
+            (3, WireType::LengthDelimited) => origin = std::str::from_utf8(slice(&mut h)?).ok()?,
+            (4, WireType::Varint) => seq = decode_varint(&mut h).ok()?,
+            (5, WireType::Varint) => hops = u32::try_from(decode_varint(&mut h).ok()?).ok()?,
+            _ => skip_field(wire, tag, &mut h, DecodeContext::default()).ok()?,
+        }
+    }
+    (version == ENVELOPE_VERSION).then_some((kind, Peeked { origin, seq, hops }))
+}
+
 /// The items of a batch frame as slices of it: `BatchRecord::decode` would copy each one.
 fn batch_items(mut buf: &[u8]) -> Result<Vec<&[u8]>, CodecError> {
     use prost::encoding::{decode_key, decode_varint, skip_field, DecodeContext, WireType};
