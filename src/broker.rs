@@ -368,6 +368,12 @@ impl Broker {
         Ok(())
     }
 
+    /// Frames busrt queues per client before it drops a client that does not read
+    /// (`broker.queue_size`).
+    pub fn set_queue_size(&mut self, frames: usize) {
+        self.queue_size = frames;
+    }
+
     /// busrt's server timeout: handshake, reads, writes; idle clients are dropped after 1.25x.
     pub fn set_timeout(&mut self, timeout: Duration) {
         self.timeout = timeout;
