@@ -146,7 +146,7 @@ pub trait Uplink: Send + Sync {
     /// Decides the route of a local publish in `phase`, stamping the envelope's origin and,
     /// if it is sent, its sequence number. `compare`: parity or recording wants the legacy
     /// path's answer beside busrt's.
-    /// `local`: this bus has subscribers now (a return owes them the event).
+    /// `local`: a subscriber of this bus matches the event now (its return owes it them).
     fn route(&self, phase: Phase, compare: bool, local: bool, env: &mut Envelope) -> Route;
     /// Encodes an envelope the route sends. On error nothing is owed for it any more.
     fn encode(&self, env: &Envelope) -> Result<Vec<u8>, BusError>;
@@ -501,7 +501,7 @@ impl Core {
             }
         }
         let compare = phase.has_control() && self.observers.comparing();
-        let route = up.route(phase, compare, !self.router.is_empty(), &mut env);
+        let route = up.route(phase, compare, self.router.any_matching(&env), &mut env);
         // Encoded before any delivery: an event that cannot travel is refused whole.
         let frame = if route.send {
             Some(up.encode(&env)?)

@@ -381,6 +381,14 @@ impl Router {
         self.route_where(env, |s| s == id, None).await
     }
 
+    /// True if some subscriber's filter matches, without delivering or allocating.
+    pub fn any_matching(&self, env: &Envelope) -> bool {
+        self.subscribers
+            .read()
+            .iter()
+            .any(|s| s.filter.matches(env))
+    }
+
     /// The subscribers whose filters match, without delivering (the shadow control path).
     pub fn matching(&self, env: &Envelope) -> Vec<String> {
         self.subscribers

@@ -29,6 +29,7 @@ pub struct Stats {
     pub(crate) bridge_received: AtomicU64,
     pub(crate) bridge_echo_suppressed: AtomicU64,
     pub(crate) bridge_duplicates: AtomicU64,
+    pub(crate) bridge_returns_undecoded: AtomicU64,
     pub(crate) bridge_decode_errors: AtomicU64,
     pub(crate) bridge_send_errors: AtomicU64,
     pub(crate) bridge_hop_limited: AtomicU64,
@@ -89,6 +90,7 @@ impl Stats {
             bridge_received: self.bridge_received.load(Relaxed),
             bridge_echo_suppressed: self.bridge_echo_suppressed.load(Relaxed),
             bridge_duplicates: self.bridge_duplicates.load(Relaxed),
+            bridge_returns_undecoded: self.bridge_returns_undecoded.load(Relaxed),
             bridge_decode_errors: self.bridge_decode_errors.load(Relaxed),
             bridge_send_errors: self.bridge_send_errors.load(Relaxed),
             bridge_hop_limited: self.bridge_hop_limited.load(Relaxed),
@@ -136,6 +138,10 @@ pub struct StatsSnapshot {
     pub bridge_echo_suppressed: u64,
     /// Events received twice and dropped.
     pub bridge_duplicates: u64,
+    /// Own events back from busrt that no local subscriber matched: counted back in by their
+    /// header, not decoded (included in `bridge_received`).
+    #[serde(default)]
+    pub bridge_returns_undecoded: u64,
     /// Frames that did not decode (dropped).
     pub bridge_decode_errors: u64,
     /// Events or control messages busrt did not take.

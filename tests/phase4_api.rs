@@ -77,3 +77,46 @@ fn phases_the_build_cannot_serve_are_clear_errors() {
     }
     assert_eq!(Phase::BusrtOnly.check_build(), Ok(()));
 }
+
+/// A bus whose subscriber wants process events publishes events of every kind:
+/// the subscriber gets its events once and in order, the others come back from busrt
+/// undecoded (nobody here wanted them), and everything settles.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn own_returns_nobody_matched_are_settled_without_decoding() {
+    let mut broker = Broker::new();
+    broker.set_name(uuid::Uuid::new_v4().to_string());
+    let bridged = BridgeBuilder::new()
+        .phase(Phase::BusrtOnly)
+        .embedded(broker)
+        .build()
+        .await
+        .unwrap();
+    let bus = bridged.event_bus(EventBusConfig::default());
+    let rx = bus
+        .subscribe(EventSubscription {
+            subscriber_id: "processes".into(),
+            capabilities: SourceCaps::PROCESS,
+            event_filter: None,
+            correlation_filter: None,
+        })
+        .await
+        .unwrap();
+    // sample_events cycles through the kinds: one in five is a process event.
+    let events = sample_events("undecoded", 100);
+    let is_process = |e: &busbridge::event::CollectionEvent| e.capability() == SourceCaps::PROCESS;
+    for e in &events {
+        bus.publish(e.clone(), "c".into()).await.unwrap();
+    }
+    tokio::time::timeout(LIMIT, bridged.link().settled())
+        .await
+        .unwrap();
+    assert_eq!(bridged.link().in_flight(), 0);
+    let got: Vec<_> = rx.try_iter().map(|e| e.event).collect();
+    let want: Vec<_> = events.iter().filter(|e| is_process(e)).cloned().collect();
+    assert_eq!(got, want);
+    let stats = bridged.core().snapshot();
+    let unmatched = events.iter().filter(|e| !is_process(e)).count() as u64;
+    assert_eq!(stats.bridge_returns_undecoded, unmatched);
+    assert_eq!(stats.bridge_received, 100);
+    assert_eq!(stats.bridge_decode_errors, 0);
+}

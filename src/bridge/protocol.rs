@@ -718,6 +718,7 @@ impl Protocol {
         Stats::add(&self.stats.bridge_received, 1);
         let env = match item {
             Arrival::Bare(seq) => {
+                Stats::add(&self.stats.bridge_returns_undecoded, 1);
                 return self.out.push_back(Output::Deliver(Delivery::Settle(seq)));
             }
             Arrival::Event(env) => env,
