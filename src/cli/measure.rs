@@ -631,18 +631,38 @@ async fn unix_broker(tag: &str, connections: u32) -> (tempfile::TempDir, Broker,
 /// (e) RPC calls: `concurrency` callers sharing `calls`.
 pub async fn rpc_calls(calls: usize, concurrency: usize) -> Vec<f64> {
     let (_dir, _broker, uri) = unix_broker("rpc", 100).await;
-    let server = RpcNode::connect(&uri, "bench-server")
+    rpc_calls_at(&uri, calls, concurrency).await
+}
+
+/// A busrt broker of its own (no busbridge in front) on a Unix socket in a fresh temp dir
+/// (kept alive by the returned guard); the socket's path.
+async fn raw_unix_broker() -> (tempfile::TempDir, busrt::broker::Broker, String) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("raw.sock").to_string_lossy().into_owned();
+    let mut broker = busrt::broker::Broker::new();
+    broker
+        .spawn_unix_server(&path, raw_server_config())
         .await
-        .expect("server");
+        .expect("raw server");
+    (dir, broker, path)
+}
+
+/// (e'') [`rpc_calls`] on busrt's own Unix socket, without busbridge's broker in front: what
+/// the relay adds to a round trip.
+pub async fn rpc_calls_direct(calls: usize, concurrency: usize) -> Vec<f64> {
+    let (_dir, broker, path) = raw_unix_broker().await;
+    let lat = rpc_calls_at(&format!("ipc://{path}"), calls, concurrency).await;
+    released(&broker, &["bench-server", "bench-client"]).await;
+    lat
+}
+
+async fn rpc_calls_at(uri: &str, calls: usize, concurrency: usize) -> Vec<f64> {
+    let server = RpcNode::connect(uri, "bench-server").await.expect("server");
     server
         .rpc_register_raw("echo", |b| async move { Ok(b) })
         .await
         .expect("register");
-    let client = Arc::new(
-        RpcNode::connect(&uri, "bench-client")
-            .await
-            .expect("client"),
-    );
+    let client = Arc::new(RpcNode::connect(uri, "bench-client").await.expect("client"));
     timed_calls(calls, concurrency, move || {
         let client = client.clone();
         async move {
@@ -699,13 +719,7 @@ impl busrt::rpc::RpcHandlers for Echo {
 /// busbridge's: what hand-written busrt RPC costs.
 pub async fn raw_rpc_calls(calls: usize, concurrency: usize) -> Vec<f64> {
     use busrt::rpc::{Rpc, RpcClient};
-    let dir = tempfile::tempdir().expect("tempdir");
-    let path = dir.path().join("rpc.sock").to_string_lossy().into_owned();
-    let mut broker = busrt::broker::Broker::new();
-    broker
-        .spawn_unix_server(&path, raw_server_config())
-        .await
-        .expect("raw server");
+    let (_dir, broker, path) = raw_unix_broker().await;
     let connect = |name: &'static str| {
         let cfg = busrt::ipc::Config::new(&path, name);
         async move { busrt::ipc::Client::connect(&cfg).await.expect("connect") }
@@ -925,6 +939,8 @@ enum Path {
     Rpc(usize),
     /// busrt's own RPC, calls in flight.
     RawRpc(usize),
+    /// busbridge's RPC on busrt's own socket (no relay), calls in flight.
+    DirectRpc(usize),
     /// Phase-5 tasks in flight, and a pace in tasks per second.
     Tasks(usize, Option<usize>),
 }
@@ -939,6 +955,7 @@ impl Path {
             Path::Phase2(transport, batch, qos) => phase2(n, transport, batch, qos).await,
             Path::Rpc(concurrency) => rpc_calls(n, concurrency).await,
             Path::RawRpc(concurrency) => raw_rpc_calls(n, concurrency).await,
+            Path::DirectRpc(concurrency) => rpc_calls_direct(n, concurrency).await,
             Path::Tasks(in_flight, pace) => task_round_trips(n, in_flight, pace).await,
         }
     }
@@ -1124,8 +1141,18 @@ pub async fn run(opts: &BenchOptions) -> Report {
         ),
         ("rpc calls, 1 in flight", calls, Path::Rpc(1)),
         ("raw busrt rpc calls, 1 in flight", calls, Path::RawRpc(1)),
+        (
+            "rpc calls on busrt's own socket, 1 in flight",
+            calls,
+            Path::DirectRpc(1),
+        ),
         ("rpc calls, 16 in flight", calls, Path::Rpc(16)),
         ("raw busrt rpc calls, 16 in flight", calls, Path::RawRpc(16)),
+        (
+            "rpc calls on busrt's own socket, 16 in flight",
+            calls,
+            Path::DirectRpc(16),
+        ),
         (
             "tasks one-of, 4 collectors unix, 64 in flight",
             calls,

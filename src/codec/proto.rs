@@ -334,7 +334,8 @@ pub(super) fn decode_frame(bytes: &[u8]) -> Result<Vec<Envelope>, CodecError> {
     batch_items(bytes)?.into_iter().map(decode).collect()
 }
 
-/// What [`peek_frame`] reads of an envelope: who sent it, its number and hops.
+/// What [`Codec::peek_frame`](super::Codec::peek_frame) reads of an envelope: who sent it,
+/// its number and hops.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Peeked<'a> {
     /// The envelope's origin.
