@@ -15,6 +15,7 @@
 //! | `busbridge_bridge_frames_total` | counter | `bus`, `direction` (`sent`, `received`) |
 //! | `busbridge_bridge_gaps_total` | counter | `bus`, `outcome` (`found`, `filled`, `lost`) |
 //! | `busbridge_bridge_resent_total` | counter | `bus` |
+//! | `busbridge_bridge_returns_undecoded_total` | counter | `bus` |
 //! | `busbridge_bridge_errors_total` | counter | `bus`, `reason` (`send`, `decode`, `hop_limit`) |
 //! | `busbridge_parity_compared_total` | counter | `bus` |
 //! | `busbridge_parity_mismatches_total` | counter | `bus` |
@@ -119,6 +120,11 @@ pub fn render(s: &Snapshot) -> String {
         "bridge_resent",
         "Events sent again on a resend request",
     );
+    let undecoded = counters(
+        &mut r,
+        "bridge_returns_undecoded",
+        "Own events back from busrt that no local subscriber matched, counted in undecoded",
+    );
     let errors = counters(&mut r, "bridge_errors", "Bridge errors, by reason");
     let compared = counters(
         &mut r,
@@ -171,6 +177,9 @@ pub fn render(s: &Snapshot) -> String {
                 .inc_by(n);
         }
         resent.get_or_create(&bus).inc_by(st.bridge_resent);
+        undecoded
+            .get_or_create(&bus)
+            .inc_by(st.bridge_returns_undecoded);
         for (reason, n) in [
             ("send", st.bridge_send_errors),
             ("decode", st.bridge_decode_errors),

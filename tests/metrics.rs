@@ -163,6 +163,16 @@ async fn a_bridged_process_serves_its_bus_and_broker_counters() {
         value(&scrape, "busbridge_bus_connected", "bus", bus_label),
         1.0
     );
+    // The subscriber takes everything: every return was owed and decoded.
+    assert_eq!(
+        value(
+            &scrape,
+            "busbridge_bridge_returns_undecoded_total",
+            "bus",
+            bus_label
+        ),
+        0.0
+    );
     let broker = scrape
         .samples
         .iter()
