@@ -294,7 +294,7 @@ impl Protocol {
 
     /// Decides the route of a local publish (see the module's table), stamps the origin and,
     /// for what is sent, the next sequence number. `compare`: the legacy path's answer is
-    /// being compared with busrt's.
+    /// being compared with busrt's. `local`: a local subscriber matches the event now.
     pub fn publish(
         &mut self,
         phase: Phase,
@@ -312,9 +312,9 @@ impl Protocol {
                 (true, phase.uses_busrt(), owe)
             } else if phase.uses_busrt() || self.owed_deliveries > 0 {
                 // Also in phase 0 while returns are owed: this event waits its turn behind them.
-                // A return owes a delivery only to subscribers there now, as the legacy
-                // router delivered only to those; it is still owed (and counted in flight)
-                // with none, so a publisher cannot outrun its own returns.
+                // A return owes a delivery only if a subscriber there now matches it, as the
+                // legacy router delivered only to those; it is still owed (and counted in
+                // flight) without one, so a publisher cannot outrun its own returns.
                 let owe = Owed {
                     deliver: local,
                     compare,
@@ -663,8 +663,8 @@ impl Protocol {
         {
             return false;
         }
-        let seqs: Vec<u64> = items.iter().map(|p| p.seq).collect();
-        for seq in seqs {
+        // The items borrow the frame, not the protocol.
+        for seq in items.into_iter().map(|p| p.seq) {
             let origin = self.s.origin.as_str();
             if !self.origins.contains_key(origin) {
                 let after = self.durable.then_some(0);
