@@ -12,16 +12,21 @@ use std::time::Duration;
 
 const LIMIT: Duration = Duration::from_secs(20);
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn phase_four_bus_serves_the_crossbeam_call_sites() {
+/// A phase-4 bridged bus on an embedded broker of its own.
+async fn bridged_on_an_embedded_broker() -> busbridge::bridge::Bridged {
     let mut broker = Broker::new();
     broker.set_name(uuid::Uuid::new_v4().to_string());
-    let bridged = BridgeBuilder::new()
+    BridgeBuilder::new()
         .phase(Phase::BusrtOnly)
         .embedded(broker)
         .build()
         .await
-        .unwrap();
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn phase_four_bus_serves_the_crossbeam_call_sites() {
+    let bridged = bridged_on_an_embedded_broker().await;
     let mut bus = bridged.event_bus(EventBusConfig::default());
     let rx = bus
         .subscribe(EventSubscription {
@@ -83,14 +88,7 @@ fn phases_the_build_cannot_serve_are_clear_errors() {
 /// undecoded (nobody here wanted them), and everything settles.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn own_returns_nobody_matched_are_settled_without_decoding() {
-    let mut broker = Broker::new();
-    broker.set_name(uuid::Uuid::new_v4().to_string());
-    let bridged = BridgeBuilder::new()
-        .phase(Phase::BusrtOnly)
-        .embedded(broker)
-        .build()
-        .await
-        .unwrap();
+    let bridged = bridged_on_an_embedded_broker().await;
     let bus = bridged.event_bus(EventBusConfig::default());
     let rx = bus
         .subscribe(EventSubscription {
