@@ -82,6 +82,8 @@ pub struct Config {
     pub metrics: MetricsConfig,
     /// Phase-5 task dispatch (`[tasks]`).
     pub tasks: TasksConfig,
+    /// The fleet uplink to NATS JetStream (`[uplink]`), off unless set.
+    pub uplink: Option<UplinkConfig>,
 }
 
 /// How a one-of task picks its collector among those with room.
@@ -147,6 +149,227 @@ impl Default for TasksConfig {
             dispatch_triggers: false,
             trigger_timeout: Duration::from_secs(30),
         }
+    }
+}
+
+/// The fleet uplink (`[uplink]`): which events leave the host for NATS JetStream, under which
+/// subjects, and how the uplink reaches NATS. The centre's commands (`busbridge fleet`) read
+/// the connection settings from the same section.
+///
+/// ```
+/// let config = busbridge::config::Config::from_toml_str(r#"
+///     [uplink]
+///     nats = "tls://nats.example.net:4222"
+///     host = "web-01"
+///     subjects = ["events.#"]
+///     spool_dir = "/var/lib/busbridge/uplink"
+///     credentials = "/etc/busbridge/web-01.creds"
+///     tls = { cert = "web-01.pem", key = "web-01.key", ca = "fleet-ca.pem" }
+/// "#).unwrap();
+/// let uplink = config.uplink.unwrap();
+/// assert_eq!(uplink.subject("events.process.new"), "busbridge.web-01.events.process.new");
+/// ```
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct UplinkConfig {
+    /// NATS server URLs, comma separated (`nats://`, `tls://`).
+    pub nats: String,
+    /// This host's name in subjects: one NATS token (letters, digits, `-`, `_`). Default:
+    /// the machine's host name.
+    pub host: Option<String>,
+    /// First token of every subject (`<prefix>.<host>.<topic>`).
+    pub prefix: String,
+    /// busbridge topic patterns to forward.
+    pub subjects: Vec<String>,
+    /// How payloads are encoded in the stream (the envelope, as on busrt).
+    pub codec: CodecKind,
+    /// The JetStream stream.
+    pub stream: String,
+    /// Create the stream (file storage, subjects `<prefix>.*.<pattern>`) if it does not
+    /// exist. Off where hosts may not manage streams.
+    pub create_stream: bool,
+    /// How long JetStream remembers message ids to drop a resent event (the stream's
+    /// `duplicate_window`, when the uplink creates it).
+    #[serde(with = "humantime_serde")]
+    pub duplicate_window: Duration,
+    /// The on-disk spool: events waiting for JetStream's acknowledgement, and the positions
+    /// acknowledged so far. Default: `busbridge-uplink-<host>` in the temp directory.
+    pub spool_dir: Option<PathBuf>,
+    /// Most bytes the spool holds; events beyond are dropped and counted (`spool_overflow`).
+    pub spool_max_bytes: u64,
+    /// Publishes waiting for their acknowledgement at once.
+    pub in_flight: usize,
+    /// How long an acknowledgement may take before the publish is retried.
+    #[serde(with = "humantime_serde")]
+    pub ack_timeout: Duration,
+    /// A NATS credentials file (`.creds`: user JWT and nkey seed). Never on the command
+    /// line.
+    pub credentials: Option<PathBuf>,
+    /// Client certificate, key and the CA of the NATS servers (mutual TLS).
+    pub tls: Option<TlsConfig>,
+    /// Serve tasks from the fleet (`<prefix>.<host>._task`, `<prefix>._fleet.task`) on this
+    /// host's collectors.
+    pub tasks: bool,
+    /// How often the host announces itself and its collectors (key `<host>` of the
+    /// key-value bucket `<stream>_hosts`).
+    #[serde(with = "humantime_serde")]
+    pub heartbeat: Duration,
+}
+
+impl Default for UplinkConfig {
+    fn default() -> Self {
+        Self {
+            nats: "nats://127.0.0.1:4222".into(),
+            host: None,
+            prefix: "busbridge".into(),
+            subjects: vec!["events.#".into()],
+            codec: CodecKind::Protobuf,
+            stream: "BUSBRIDGE".into(),
+            create_stream: true,
+            duplicate_window: Duration::from_secs(600),
+            spool_dir: None,
+            spool_max_bytes: 256 << 20,
+            in_flight: 1024,
+            ack_timeout: Duration::from_secs(5),
+            credentials: None,
+            tls: None,
+            tasks: true,
+            heartbeat: Duration::from_secs(2),
+        }
+    }
+}
+
+/// True if `s` is one NATS subject token busbridge accepts (no `.`, `*`, `>`, space).
+pub fn is_subject_token(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+impl UplinkConfig {
+    /// This host's name: `host`, else the machine's host name made into a subject token.
+    pub fn host_name(&self) -> String {
+        if let Some(h) = &self.host {
+            return h.clone();
+        }
+        let mut buf = [0u8; 256];
+        // SAFETY: the buffer is valid for its length; gethostname NUL-terminates on success.
+        let ok = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) } == 0;
+        let raw = if ok {
+            let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+            String::from_utf8_lossy(&buf[..end]).into_owned()
+        } else {
+            String::new()
+        };
+        let token: String = raw
+            .split('.')
+            .next()
+            .unwrap_or_default()
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '-' {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        if token.is_empty() {
+            "localhost".into()
+        } else {
+            token
+        }
+    }
+
+    /// The JetStream subject of a busbridge topic from this host.
+    pub fn subject(&self, dotted_topic: &str) -> String {
+        format!("{}.{}.{dotted_topic}", self.prefix, self.host_name())
+    }
+
+    /// The stream's subjects: every forwarded pattern under `<prefix>.*.` (any host), with
+    /// `#` as NATS's `>` and `+`/`*` as `*`.
+    pub fn stream_subjects(&self) -> Vec<String> {
+        self.subjects
+            .iter()
+            .map(|p| {
+                let tokens: Vec<&str> = p
+                    .split('.')
+                    .map(|t| match t {
+                        "#" => ">",
+                        "+" => "*",
+                        t => t,
+                    })
+                    .collect();
+                format!("{}.*.{}", self.prefix, tokens.join("."))
+            })
+            .collect()
+    }
+
+    /// The spool directory.
+    pub fn spool_path(&self) -> PathBuf {
+        self.spool_dir.clone().unwrap_or_else(|| {
+            std::env::temp_dir().join(format!("busbridge-uplink-{}", self.host_name()))
+        })
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.nats.trim().is_empty() {
+            return Err(invalid("uplink.nats", "no NATS server"));
+        }
+        for url in self.nats.split(',') {
+            let url = url.trim();
+            let scheme = url.split("://").next().filter(|_| url.contains("://"));
+            if !matches!(scheme, None | Some("nats" | "tls")) {
+                return Err(invalid(
+                    "uplink.nats",
+                    format!("`{url}`: the scheme must be nats:// or tls://"),
+                ));
+            }
+        }
+        if let Some(h) = &self.host {
+            if !is_subject_token(h) || h.starts_with('_') {
+                return Err(invalid(
+                    "uplink.host",
+                    format!("`{h}` is not one subject token (letters, digits, - and _, not first)"),
+                ));
+            }
+        }
+        if !is_subject_token(&self.prefix) {
+            return Err(invalid(
+                "uplink.prefix",
+                format!("`{}` is not one subject token", self.prefix),
+            ));
+        }
+        if !is_subject_token(&self.stream) {
+            return Err(invalid(
+                "uplink.stream",
+                format!("`{}` is not a stream name", self.stream),
+            ));
+        }
+        if self.subjects.is_empty() {
+            return Err(invalid("uplink.subjects", "no topic pattern to forward"));
+        }
+        for p in &self.subjects {
+            crate::topic::Pattern::parse(p)
+                .map_err(|e| invalid("uplink.subjects", e.to_string()))?;
+        }
+        for (key, ok) in [
+            ("uplink.in_flight", self.in_flight > 0),
+            ("uplink.spool_max_bytes", self.spool_max_bytes >= 1 << 16),
+            ("uplink.ack_timeout", !self.ack_timeout.is_zero()),
+            ("uplink.heartbeat", !self.heartbeat.is_zero()),
+            ("uplink.duplicate_window", !self.duplicate_window.is_zero()),
+        ] {
+            if !ok {
+                let least = if key == "uplink.spool_max_bytes" {
+                    "must be at least 65536"
+                } else {
+                    "must be greater than zero"
+                };
+                return Err(invalid(key, least));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -530,6 +753,9 @@ impl Config {
                     format!("`{addr}` is not host:port with an IP address"),
                 ));
             }
+        }
+        if let Some(uplink) = &self.uplink {
+            uplink.validate()?;
         }
         for (name, rule) in &self.access {
             if name.is_empty() || name.starts_with('.') {

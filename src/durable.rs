@@ -84,6 +84,16 @@ impl Positions {
         true
     }
 
+    /// Raises `origin`'s position to `seq` (never lowers it).
+    pub fn set_at_least(&mut self, origin: &str, seq: u64) {
+        match self.0.get_mut(origin) {
+            Some(pos) => *pos = (*pos).max(seq),
+            None => {
+                self.0.insert(origin.to_owned(), seq);
+            }
+        }
+    }
+
     /// Every origin and its position.
     pub fn iter(&self) -> impl Iterator<Item = (&str, u64)> {
         self.0.iter().map(|(o, p)| (o.as_str(), *p))

@@ -142,6 +142,8 @@ pub mod durable;
 pub mod endpoint;
 pub mod event;
 pub mod eventbus;
+#[cfg(feature = "nats")]
+pub mod fleet;
 #[cfg(feature = "legacy")]
 pub mod legacy;
 #[cfg(feature = "busrt")]

@@ -57,6 +57,10 @@ enum Command {
     #[cfg(feature = "legacy")]
     Bench(bench::Args),
     CheckConfig(check_config::Args),
+    #[cfg(feature = "nats")]
+    Uplink(uplink::Args),
+    #[cfg(feature = "nats")]
+    Fleet(fleet::Args),
 }
 
 fn main() -> ExitCode {
@@ -110,6 +114,10 @@ fn main() -> ExitCode {
             #[cfg(feature = "legacy")]
             Command::Bench(a) => bench::run(a).await,
             Command::CheckConfig(a) => check_config::run(a).await,
+            #[cfg(feature = "nats")]
+            Command::Uplink(a) => uplink::run(a).await,
+            #[cfg(feature = "nats")]
+            Command::Fleet(a) => fleet::run(a).await,
         }
     });
     match result {

@@ -29,7 +29,7 @@ pub fn sample_event(seed: &str, i: usize) -> CollectionEvent {
             memory_usage: Some(4096 * u64::from(k)),
             executable_hash: Some(format!("{:064x}", k)),
             user_id: Some("1000".into()),
-            accessible: i % 2 == 0,
+            accessible: i.is_multiple_of(2),
             file_exists: true,
             timestamp: at,
             platform_metadata: Some(serde_json::json!({"seed": seed, "i": i, "cgroup": "/svc"})),
@@ -65,7 +65,7 @@ pub fn sample_event(seed: &str, i: usize) -> CollectionEvent {
         _ => CollectionEvent::TriggerRequest(TriggerRequest {
             trigger_id: format!("{seed}-trigger-{i}"),
             target_collector: "procmond".into(),
-            analysis_type: if i % 2 == 0 {
+            analysis_type: if i.is_multiple_of(2) {
                 AnalysisType::YaraScan
             } else {
                 AnalysisType::Custom("entropy".into())

@@ -119,7 +119,7 @@ async fn ten_minute_soak_keeps_memory_flat() {
             .unwrap();
             sent += 1;
         }
-        if sent % 300_000 == 0 {
+        if sent.is_multiple_of(300_000) {
             samples.push(rss_mib());
         }
     }

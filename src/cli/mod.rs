@@ -13,6 +13,8 @@ pub mod collector;
 pub mod collectors;
 #[cfg(feature = "legacy")]
 pub mod demo;
+#[cfg(feature = "nats")]
+pub mod fleet;
 pub mod journal;
 #[cfg(feature = "legacy")]
 pub mod measure;
@@ -26,6 +28,8 @@ pub mod stats;
 pub mod subscribe;
 pub mod task;
 pub mod top;
+#[cfg(feature = "nats")]
+pub mod uplink;
 
 use busbridge::client::{AsyncClient, ClientError, ClientOptions};
 use std::process::ExitCode;

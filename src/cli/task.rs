@@ -59,7 +59,7 @@ pub struct Args {
     json: bool,
 }
 
-fn caps(names: &[String]) -> Result<SourceCaps, String> {
+pub(super) fn caps(names: &[String]) -> Result<SourceCaps, String> {
     names.iter().try_fold(SourceCaps::empty(), |acc, n| {
         SourceCaps::from_name(&n.trim().to_ascii_uppercase())
             .map(|c| acc | c)
@@ -149,15 +149,20 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
     if !a.json {
         eprintln!("task {}: {}", handle.id(), describe(&status));
     }
-    Ok(ExitCode::from(match status {
+    Ok(exit_code(&status))
+}
+
+/// The exit code of a task's final status.
+pub(super) fn exit_code(status: &Status) -> ExitCode {
+    ExitCode::from(match status {
         Status::Complete => 0,
         Status::Partial { .. } => EXIT_PARTIAL,
         Status::TimedOut { .. } => EXIT_TIMED_OUT,
         Status::Failed { .. } | Status::Cancelled => EXIT_FAILED,
-    }))
+    })
 }
 
-fn describe(status: &Status) -> String {
+pub(super) fn describe(status: &Status) -> String {
     let list = |v: &[busbridge::task::Attempt]| {
         v.iter()
             .map(|a| format!("{} ({})", a.collector, a.reason))

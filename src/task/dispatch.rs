@@ -151,7 +151,7 @@ pub enum DispatchError {
 }
 
 /// One collector's part in a failed task.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Attempt {
     /// The collector.
     pub collector: String,
@@ -160,7 +160,7 @@ pub struct Attempt {
 }
 
 /// How a task ended.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "status", rename_all = "snake_case")]
 pub enum Status {
     /// Every expected result arrived, and none is an error.
@@ -185,7 +185,7 @@ pub enum Status {
 }
 
 /// What a requester sees of its task, in order.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum TaskEvent {
     /// A collector took the task.
