@@ -181,6 +181,28 @@ impl EventBus {
         self.subscribe_as(subscription, Clone::clone, false).await
     }
 
+    /// Subscribes with `convert` applied to each envelope as it is delivered, on the
+    /// delivering task, instead of a clone: a subscriber that only wants part of an event, or
+    /// its encoding (the fleet uplink), pays for nothing else.
+    ///
+    /// ```
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+    /// use busbridge::{EventBus, EventSubscription};
+    /// let bus = EventBus::new(Default::default());
+    /// let rx = bus
+    ///     .subscribe_map(EventSubscription::everything("pids"), |e| e.event.pid())
+    ///     .await
+    ///     .unwrap();
+    /// # });
+    /// ```
+    pub async fn subscribe_map<T: Send + 'static>(
+        &self,
+        subscription: EventSubscription,
+        convert: fn(&crate::codec::Envelope) -> T,
+    ) -> Result<Receiver<T>, BusError> {
+        self.subscribe_as(subscription, convert, false).await
+    }
+
     /// The crossbeam-era statistics of the whole bus.
     pub async fn get_statistics(&self) -> EventBusStatistics {
         self.core.legacy_statistics()

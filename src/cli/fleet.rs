@@ -22,6 +22,7 @@ enum Command {
     Sub(SubArgs),
     Task(TaskArgs),
     Hosts(Connection),
+    Bench(super::fleet_bench::Args),
 }
 
 /// Where NATS is: the `[uplink]` section of a configuration (servers, stream, prefix,
@@ -93,6 +94,7 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
         Command::Sub(a) => sub(a).await,
         Command::Task(a) => task(a).await,
         Command::Hosts(c) => hosts(c).await,
+        Command::Bench(a) => super::fleet_bench::run(a).await,
     }
 }
 

@@ -15,6 +15,8 @@ pub mod collectors;
 pub mod demo;
 #[cfg(feature = "nats")]
 pub mod fleet;
+#[cfg(feature = "nats")]
+pub mod fleet_bench;
 pub mod journal;
 #[cfg(feature = "legacy")]
 pub mod measure;

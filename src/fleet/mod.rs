@@ -9,8 +9,7 @@
 //! |---|---|
 //! | subject | `<prefix>.<host>.<topic>`, e.g. `busbridge.web-01.events.process.new` |
 //! | payload | the event's envelope, as the host's bus encodes it (protobuf or JSON, [`crate::codec`]) |
-//! | `Nats-Msg-Id` | `<origin>:<seq>`: JetStream drops a resent event as a duplicate |
-//! | `Busbridge-Origin`, `Busbridge-Seq` | the same, for readers that want them without decoding |
+//! | `Nats-Msg-Id` | `<origin>:<seq>` (split at the last `:`): JetStream drops a resent event as a duplicate |
 //!
 //! An event is acknowledged by JetStream (stored) before the uplink lets it go: it waits in
 //! an on-disk [`spool`] meanwhile, so a NATS outage or an uplink crash loses nothing the
@@ -51,11 +50,6 @@ pub use uplink::{NatsUplink, UplinkStats};
 use crate::config::UplinkConfig;
 use crate::task::{CollectorInfo, TaskEvent, TaskSpec};
 use serde::{Deserialize, Serialize};
-
-/// The header with the event's origin.
-pub const HEADER_ORIGIN: &str = "Busbridge-Origin";
-/// The header with the event's sequence number in its origin.
-pub const HEADER_SEQ: &str = "Busbridge-Seq";
 
 /// JetStream's message id of an event: its identity across resends.
 pub fn message_id(origin: &str, seq: u64) -> String {

@@ -31,6 +31,11 @@ use std::path::{Path, PathBuf};
 
 /// A segment is closed and a new one started past this size (or a quarter of the bound).
 const SEGMENT_BYTES: u64 = 16 << 20;
+/// A segment this large is replaced as soon as everything in it is acknowledged.
+const IDLE_ROTATE: u64 = 1 << 20;
+/// Most records, and payload bytes, kept in memory for a sender that keeps up.
+const TAIL_RECORDS: usize = 8192;
+const TAIL_BYTES: usize = 8 << 20;
 /// Length prefix, subject and origin lengths, sequence number.
 const OVERHEAD: u64 = 4 + 2 + 2 + 8;
 const ACKED_FILE: &str = "acked.json";
@@ -115,7 +120,18 @@ pub struct Spool {
     writer: BufWriter<File>,
     /// Bytes of the last segment the writer has flushed.
     flushed: u64,
+    /// An open segment and the offset it is at.
     reader: Option<(u64, BufReader<File>, u64)>,
+    /// Where the next record to send starts.
+    read_pos: Mark,
+    /// The records written since the sender last caught up, still in memory: while the
+    /// sender keeps up it takes them from here and the disk is only written (each entry:
+    /// where the record starts, the record, where it ends). Contiguous up to `read_pos`.
+    tail: VecDeque<(Mark, Record, Mark)>,
+    tail_bytes: usize,
+    /// Whether new records also go to `tail` (off once it is full or after a rewind, until
+    /// the sender has read everything from disk).
+    tail_open: bool,
     /// The first record not yet acknowledged.
     acked_to: Mark,
     acked: Positions,
@@ -177,6 +193,10 @@ impl Spool {
             .open(&path)
             .map_err(io(&path))?;
         let first = segments.front().expect("one segment").id;
+        let start = Mark {
+            segment: first,
+            offset: 0,
+        };
         Ok(Self {
             flushed: back.len,
             writer: BufWriter::with_capacity(64 << 10, file),
@@ -185,10 +205,11 @@ impl Spool {
             segment_bytes,
             segments,
             reader: None,
-            acked_to: Mark {
-                segment: first,
-                offset: 0,
-            },
+            read_pos: start,
+            tail: VecDeque::new(),
+            tail_bytes: 0,
+            tail_open: false,
+            acked_to: start,
             acked,
             spooled,
             stats,
@@ -214,7 +235,7 @@ impl Spool {
     /// Appends a record. `Ok(false)`: the spool is full, the record is refused and counted;
     /// a record at or behind the origin's spooled position is already here and is skipped
     /// (`Ok(true)`).
-    pub fn push(&mut self, record: &Record) -> Result<bool, SpoolError> {
+    pub fn push(&mut self, record: Record) -> Result<bool, SpoolError> {
         if record.seq <= self.spooled.get(&record.origin).unwrap_or(0) {
             return Ok(true);
         }
@@ -226,8 +247,16 @@ impl Spool {
         if self.segments.back().expect("one segment").len >= self.segment_bytes {
             self.rotate()?;
         }
+        let start = {
+            let back = self.segments.back().expect("one segment");
+            Mark {
+                segment: back.id,
+                offset: back.len,
+            }
+        };
         let w = &mut self.writer;
-        let path = segment_path(&self.dir, self.segments.back().expect("one segment").id);
+        let path = segment_path(&self.dir, start.segment);
+        let record = &record;
         let write = |w: &mut BufWriter<File>| -> std::io::Result<()> {
             w.write_all(&((len - 4) as u32).to_le_bytes())?;
             w.write_all(&(record.subject.len() as u16).to_le_bytes())?;
@@ -245,6 +274,18 @@ impl Spool {
         self.stats.written += 1;
         self.stats.pending += 1;
         self.spooled.set_at_least(&record.origin, record.seq);
+        if self.tail_open {
+            if self.tail.len() < TAIL_RECORDS && self.tail_bytes < TAIL_BYTES {
+                self.tail_bytes += record.payload.len();
+                let end = Mark {
+                    segment: start.segment,
+                    offset: start.offset + len,
+                };
+                self.tail.push_back((start, record.clone(), end));
+            } else {
+                self.tail_open = false;
+            }
+        }
         Ok(true)
     }
 
@@ -261,33 +302,55 @@ impl Spool {
     /// The next record to send and its mark, or `None` when every record has been read.
     pub fn read_next(&mut self) -> Result<Option<(Record, Mark)>, SpoolError> {
         loop {
-            let (segment, offset) = match &self.reader {
-                Some((s, _, o)) => (*s, *o),
-                None => (self.acked_to.segment, self.acked_to.offset),
-            };
-            let Some(seg) = self.segments.iter().find(|s| s.id == segment) else {
-                return Ok(None);
-            };
-            let is_last = seg.id == self.segments.back().expect("one segment").id;
-            if offset >= seg.len {
-                if is_last {
-                    return Ok(None);
-                }
-                let next = self.segments.iter().find(|s| s.id > segment).map(|s| s.id);
-                self.reader = None;
-                match next {
-                    Some(n) => self.open_reader(n, 0)?,
-                    None => return Ok(None),
-                }
+            if self
+                .tail
+                .front()
+                .is_some_and(|(start, ..)| *start == self.read_pos)
+            {
+                let (_, record, end) = self.tail.pop_front().expect("checked");
+                self.tail_bytes -= record.payload.len();
+                self.read_pos = end;
+                return Ok(Some((record, end)));
+            }
+            let first = self.segments.front().expect("one segment").id;
+            if self.read_pos.segment < first {
+                // Its segment was acknowledged whole and deleted: go on after it.
+                self.read_pos = Mark {
+                    segment: first,
+                    offset: 0,
+                };
                 continue;
             }
-            if is_last && offset >= self.flushed {
+            let Some(seg) = self.segments.iter().find(|s| s.id == self.read_pos.segment) else {
+                return Ok(None);
+            };
+            let (seg_id, seg_len) = (seg.id, seg.len);
+            let is_last = seg_id == self.segments.back().expect("one segment").id;
+            if self.read_pos.offset >= seg_len {
+                if is_last {
+                    // Caught up: what is written next is read from memory.
+                    self.tail_open = true;
+                    return Ok(None);
+                }
+                let next = self.segments.iter().find(|s| s.id > seg_id).map(|s| s.id);
+                self.read_pos = Mark {
+                    segment: next.expect("a later segment"),
+                    offset: 0,
+                };
+                continue;
+            }
+            if is_last && self.read_pos.offset >= self.flushed {
                 self.flush()?;
             }
-            if self.reader.is_none() {
-                self.open_reader(segment, offset)?;
+            let at = self.read_pos;
+            if !self
+                .reader
+                .as_ref()
+                .is_some_and(|(s, _, o)| *s == at.segment && *o == at.offset)
+            {
+                self.open_reader(at.segment, at.offset)?;
             }
-            let path = segment_path(&self.dir, segment);
+            let path = segment_path(&self.dir, at.segment);
             let (_, reader, pos) = self.reader.as_mut().expect("opened");
             let record =
                 read_record(reader)
@@ -297,11 +360,11 @@ impl Spool {
                         reason: format!("record at byte {pos} is torn"),
                     })?;
             *pos += record.encoded_len();
-            let mark = Mark {
-                segment,
+            self.read_pos = Mark {
+                segment: at.segment,
                 offset: *pos,
             };
-            return Ok(Some((record, mark)));
+            return Ok(Some((record, self.read_pos)));
         }
     }
 
@@ -316,7 +379,10 @@ impl Spool {
     /// Sends everything after the last acknowledged record again (after a failed publish):
     /// the next [`read_next`](Self::read_next) starts there.
     pub fn rewind(&mut self) {
-        self.reader = None;
+        self.read_pos = self.acked_to;
+        self.tail.clear();
+        self.tail_bytes = 0;
+        self.tail_open = false;
     }
 
     /// JetStream acknowledged the record `(origin, seq)` that ends at `mark`; records are
@@ -326,6 +392,12 @@ impl Spool {
         self.acked_to = mark;
         self.stats.acked += 1;
         self.stats.pending = self.stats.pending.saturating_sub(1);
+        // Everything acknowledged: start a new segment so the old one's bytes are freed
+        // (they count against the bound) rather than waiting for it to fill.
+        let back = self.segments.back().expect("one segment");
+        if self.stats.pending == 0 && back.len >= IDLE_ROTATE.min(self.segment_bytes / 4) {
+            self.rotate()?;
+        }
         let mut deleted = false;
         while self.segments.len() > 1 {
             let front = self.segments.front().expect("non-empty");
@@ -497,7 +569,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut spool = Spool::open(dir.path(), 1 << 16).unwrap();
         for seq in 1..=300 {
-            assert!(spool.push(&rec("a", seq)).unwrap());
+            assert!(spool.push(rec("a", seq)).unwrap());
         }
         assert!(spool.segments.len() > 1, "small bound rotates segments");
         let mut marks = Vec::new();
@@ -511,6 +583,10 @@ mod tests {
         }
         assert_eq!(spool.segments.len(), 1);
         assert_eq!(spool.stats().pending, 0);
+        assert_eq!(spool.stats().bytes, 0, "an acknowledged segment is freed");
+        // Writing and reading go on in the new segment.
+        spool.push(rec("a", 301)).unwrap();
+        assert_eq!(spool.read_next().unwrap().unwrap().0.seq, 301);
         assert_eq!(spool.acked().get("a"), Some(300));
     }
 
@@ -519,7 +595,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut spool = Spool::open(dir.path(), 1 << 16).unwrap();
         let mut seq = 0;
-        while spool.push(&rec("a", seq + 1)).unwrap() {
+        while spool.push(rec("a", seq + 1)).unwrap() {
             seq += 1;
         }
         assert_eq!(spool.stats().overflow, 1);
@@ -533,7 +609,7 @@ mod tests {
         {
             let mut spool = Spool::open(dir.path(), 1 << 20).unwrap();
             for seq in 1..=10 {
-                spool.push(&rec("a", seq)).unwrap();
+                spool.push(rec("a", seq)).unwrap();
             }
             let mut last = None;
             for _ in 0..4 {
@@ -560,7 +636,7 @@ mod tests {
         // The whole segment is read again; the sender skips what `acked` covers.
         assert_eq!(seqs, (1..=10).collect::<Vec<_>>());
         // What is already spooled is not written twice.
-        assert!(spool.push(&rec("a", 10)).unwrap());
+        assert!(spool.push(rec("a", 10)).unwrap());
         assert_eq!(spool.stats().written, 0);
     }
 
@@ -569,7 +645,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut spool = Spool::open(dir.path(), 1 << 20).unwrap();
         for seq in 1..=5 {
-            spool.push(&rec("a", seq)).unwrap();
+            spool.push(rec("a", seq)).unwrap();
         }
         let (r, m) = spool.read_next().unwrap().unwrap();
         spool.ack(&r.origin, r.seq, m).unwrap();
@@ -577,5 +653,70 @@ mod tests {
         spool.read_next().unwrap();
         spool.rewind();
         assert_eq!(spool.read_next().unwrap().unwrap().0.seq, 2);
+    }
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Push,
+        Read,
+        Ack,
+        Rewind,
+    }
+
+    proptest::proptest! {
+        /// Against a model (a list, a read index, an acknowledged index): whatever the mix of
+        /// writes, reads from memory or disk, acknowledgements, rewinds, segment rotations and
+        /// deletions, and a full spool, records come back in order, each once per read pass.
+        #[test]
+        fn reads_follow_writes_in_order_whatever_the_interleaving(
+            ops in proptest::collection::vec(
+                proptest::prop_oneof![
+                    3 => proptest::strategy::Just(Op::Push),
+                    3 => proptest::strategy::Just(Op::Read),
+                    2 => proptest::strategy::Just(Op::Ack),
+                    1 => proptest::strategy::Just(Op::Rewind),
+                ],
+                1..400,
+            )
+        ) {
+            let dir = tempfile::tempdir().unwrap();
+            let mut spool = Spool::open(dir.path(), 1 << 16).unwrap();
+            let (mut pushed, mut next, mut read, mut acked) = (Vec::new(), 1u64, 0usize, 0usize);
+            let mut in_flight = VecDeque::new();
+            for op in ops {
+                match op {
+                    Op::Push => {
+                        if spool.push(rec("a", next)).unwrap() {
+                            pushed.push(next);
+                        }
+                        next += 1;
+                    }
+                    Op::Read => {
+                        let got = spool.read_next().unwrap();
+                        match pushed.get(read) {
+                            Some(&seq) => {
+                                let (r, m) = got.expect("a record is due");
+                                proptest::prop_assert_eq!(r.seq, seq);
+                                in_flight.push_back((r.seq, m));
+                                read += 1;
+                            }
+                            None => proptest::prop_assert!(got.is_none()),
+                        }
+                    }
+                    Op::Ack => {
+                        if let Some((seq, m)) = in_flight.pop_front() {
+                            spool.ack("a", seq, m).unwrap();
+                            acked += 1;
+                        }
+                    }
+                    Op::Rewind => {
+                        in_flight.clear();
+                        read = acked;
+                        spool.rewind();
+                    }
+                }
+                proptest::prop_assert_eq!(spool.stats().pending, (pushed.len() - acked) as u64);
+            }
+        }
     }
 }

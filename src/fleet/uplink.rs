@@ -2,19 +2,19 @@
 //! tasks into the host's task layer.
 
 use super::spool::{Mark, Record, Spool};
-use super::{connect, js_error, FleetError, HostInfo, HostReply, HEADER_ORIGIN, HEADER_SEQ};
+use super::{connect, js_error, FleetError, HostInfo, HostReply};
 use crate::bridge::{BridgeBuilder, Bridged};
 use crate::client::{Backoff, ClientOptions};
-use crate::codec::{Codec, Envelope, DEFAULT_MAX_MESSAGE_SIZE};
+use crate::codec::{Codec, CodecError, CodecKind, Envelope, DEFAULT_MAX_MESSAGE_SIZE};
 use crate::config::UplinkConfig;
 use crate::eventbus::EventBusConfig;
 use crate::phase::Phase;
 use crate::queue::Receiver;
 use crate::subscription::EventSubscription;
 use crate::task::{TaskClient, TaskClientOptions, TaskSpec};
-use crate::topic::{topic_for_event, Pattern};
+use crate::topic::{topic_for_event, Pattern, Topic};
 use async_nats::jetstream::{self, message::PublishMessage};
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use parking_lot::Mutex;
 use serde::Serialize;
 use std::collections::VecDeque;
@@ -115,12 +115,16 @@ impl NatsUplink {
             })
             .build()
             .await?;
+        let take = match config.codec {
+            CodecKind::Protobuf => Taken::protobuf,
+            CodecKind::Json => Taken::json,
+        };
         let events = bridged
             .event_bus(EventBusConfig {
                 publisher_id: name.clone(),
                 ..EventBusConfig::default()
             })
-            .subscribe_envelopes(EventSubscription::everything(&name))
+            .subscribe_map(EventSubscription::everything(&name), take)
             .await?;
         let stats = Arc::new(Mutex::new(UplinkStats {
             host: host.clone(),
@@ -166,7 +170,7 @@ impl NatsUplink {
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| FleetError::Config(e.to_string()))?;
         let forward = Forward {
-            codec: Codec::new(config.codec, DEFAULT_MAX_MESSAGE_SIZE),
+            subject_prefix: format!("{}.{host}.", config.prefix),
             config,
             patterns,
             spool,
@@ -177,6 +181,8 @@ impl NatsUplink {
             backoff: Backoff::new(Duration::from_millis(50), Duration::from_secs(2)),
             paused_until: None,
             stream_ready: false,
+            disconnected_since: None,
+            said_disconnected: false,
         };
         let forward = tokio::spawn(forward.run(events, stopped));
         Ok(Self {
@@ -216,9 +222,38 @@ impl NatsUplink {
     }
 }
 
+/// An event as the uplink takes it from the bus: encoded on the delivering task (the
+/// bridge's), which spares a copy of the envelope and runs beside the uplink's own task.
+struct Taken {
+    origin: String,
+    seq: u64,
+    topic: Topic,
+    payload: Result<Vec<u8>, CodecError>,
+}
+
+impl Taken {
+    fn with(envelope: &Envelope, kind: CodecKind) -> Self {
+        Self {
+            origin: envelope.origin.clone(),
+            seq: envelope.seq,
+            topic: topic_for_event(&envelope.event),
+            payload: Codec::new(kind, DEFAULT_MAX_MESSAGE_SIZE).encode(envelope),
+        }
+    }
+
+    fn protobuf(envelope: &Envelope) -> Self {
+        Self::with(envelope, CodecKind::Protobuf)
+    }
+
+    fn json(envelope: &Envelope) -> Self {
+        Self::with(envelope, CodecKind::Json)
+    }
+}
+
 struct Forward {
     config: UplinkConfig,
-    codec: Codec,
+    /// `<prefix>.<host>.`
+    subject_prefix: String,
     patterns: Vec<Pattern>,
     spool: Spool,
     js: jetstream::Context,
@@ -228,12 +263,14 @@ struct Forward {
     backoff: Backoff,
     paused_until: Option<Instant>,
     stream_ready: bool,
+    disconnected_since: Option<Instant>,
+    said_disconnected: bool,
 }
 
 impl Forward {
     async fn run(
         mut self,
-        events: Receiver<Envelope>,
+        events: Receiver<Taken>,
         mut stopped: watch::Receiver<bool>,
     ) -> Result<(), FleetError> {
         let mut checkpoint = tokio::time::interval(CHECKPOINT_EVERY);
@@ -247,7 +284,18 @@ impl Forward {
             tokio::select! {
                 biased;
                 _ = stopped.changed() => break,
-                ack = front_ack(&mut self.in_flight) => self.acknowledged(ack)?,
+                ack = front_ack(&mut self.in_flight) => {
+                    self.acknowledged(ack)?;
+                    // Acknowledgements come in bursts: take every one already there.
+                    while let Some(ack) = self
+                        .in_flight
+                        .front_mut()
+                        .and_then(|f| f.ack.as_mut())
+                        .and_then(|a| a.as_mut().now_or_never())
+                    {
+                        self.acknowledged(ack)?;
+                    }
+                }
                 next = events.recv_async() => {
                     let Some(envelope) = next else { break };
                     self.take(envelope)?;
@@ -276,31 +324,30 @@ impl Forward {
     }
 
     /// An event from the host's bus into the spool, if a pattern wants it.
-    fn take(&mut self, envelope: Envelope) -> Result<(), FleetError> {
-        let topic = topic_for_event(&envelope.event);
+    fn take(&mut self, taken: Taken) -> Result<(), FleetError> {
         let mut stats = self.stats.lock();
         stats.received += 1;
-        if !self.patterns.iter().any(|p| p.matches(&topic)) {
+        if !self.patterns.iter().any(|p| p.matches(&taken.topic)) {
             stats.filtered += 1;
             return Ok(());
         }
-        drop(stats);
-        let payload = match self.codec.encode(&envelope) {
+        let payload = match taken.payload {
             Ok(p) => p,
             Err(e) => {
-                // It came off the bus, so it encoded once; a limit is the only way here.
-                tracing::warn!(origin = %envelope.origin, seq = envelope.seq, error = %e, "uplink: event not forwarded");
-                self.stats.lock().filtered += 1;
+                // It came off the bus, so it encoded once; a size limit is the only way here.
+                tracing::warn!(origin = %taken.origin, seq = taken.seq, error = %e, "uplink: event not forwarded");
+                stats.filtered += 1;
                 return Ok(());
             }
         };
+        drop(stats);
         let record = Record {
-            subject: self.config.subject(topic.as_str()),
-            origin: envelope.origin,
-            seq: envelope.seq,
+            subject: format!("{}{}", self.subject_prefix, taken.topic.as_str()),
+            origin: taken.origin,
+            seq: taken.seq,
             payload: payload.into(),
         };
-        if self.spool.push(&record)? {
+        if self.spool.push(record)? {
             self.stats.lock().spooled += 1;
         } else {
             let overflow = self.spool.stats().overflow;
@@ -324,7 +371,22 @@ impl Forward {
             if self.spool.stats().pending == 0 {
                 return Ok(());
             }
-            if let Err(e) = ensure_stream(&self.js, &self.nats, &self.config).await {
+            if self.nats.connection_state() != async_nats::connection::State::Connected {
+                // The client reconnects on its own; look again shortly, and say so once if
+                // it lasts.
+                let since = *self.disconnected_since.get_or_insert_with(Instant::now);
+                if since.elapsed() >= Duration::from_secs(3) && !self.said_disconnected {
+                    self.said_disconnected = true;
+                    tracing::warn!(nats = %self.config.nats, pending = self.spool.stats().pending, "uplink: NATS is not reachable; events wait in the spool");
+                }
+                self.paused_until = Some(Instant::now() + Duration::from_millis(50));
+                return Ok(());
+            }
+            if self.disconnected_since.take().is_some() && self.said_disconnected {
+                self.said_disconnected = false;
+                tracing::info!("uplink: NATS is back; sending the spool");
+            }
+            if let Err(e) = ensure_stream(&self.js, &self.config).await {
                 self.failed(&e.to_string());
                 return Ok(());
             }
@@ -345,9 +407,7 @@ impl Forward {
             }
             let publish = PublishMessage::build()
                 .payload(record.payload)
-                .message_id(super::message_id(&record.origin, record.seq))
-                .header(HEADER_ORIGIN, record.origin.as_str())
-                .header(HEADER_SEQ, record.seq.to_string().as_str());
+                .message_id(super::message_id(&record.origin, record.seq));
             match self.js.send_publish(record.subject, publish).await {
                 Ok(ack) => {
                     self.stats.lock().published += 1;
@@ -422,15 +482,8 @@ impl Forward {
     }
 }
 
-/// Creates the stream if asked to and it does not exist; NATS must be up.
-async fn ensure_stream(
-    js: &jetstream::Context,
-    nats: &async_nats::Client,
-    config: &UplinkConfig,
-) -> Result<(), FleetError> {
-    if nats.connection_state() != async_nats::connection::State::Connected {
-        return Err(FleetError::JetStream("not connected".into()));
-    }
+/// Creates the stream if asked to and it does not exist.
+async fn ensure_stream(js: &jetstream::Context, config: &UplinkConfig) -> Result<(), FleetError> {
     if config.create_stream {
         js.get_or_create_stream(jetstream::stream::Config {
             name: config.stream.clone(),
