@@ -42,6 +42,7 @@
 //!   tracing-subscriber, tempfile, sysinfo, mimalloc), with [`collector`], [`procscan`] and
 //!   [`scenario`]. A library user turns it off: `default-features = false, features =
 //!   ["legacy", "busrt"]`.
+//! - `nats` (default): the fleet uplink to NATS JetStream ([`fleet`]), with async-nats.
 //!
 //! Features only add code; the migration phase ([`phase::Phase`]) is chosen at run time.
 //! Phase 4 is the build without `legacy`: `--no-default-features --features busrt` has no
@@ -64,6 +65,8 @@
 //! - [`task`]: phase 5, multi-process collectors: registry, dispatch, aggregation.
 //! - [`rpc`]: typed RPC and the `CollectorControl` lifecycle operations; [`collector`]: a real
 //!   process collector; [`procscan`]: this machine's processes as events.
+//! - [`fleet`] (feature `nats`): each host's broker uplinked to NATS JetStream, tasks from
+//!   the centre to any host's collectors.
 //! - [`scenario`] (feature `cli`): deterministic sample events and subscriptions for the
 //!   demo, the parity scenarios and tests.
 //!
@@ -121,6 +124,10 @@
 //! - **Gaps are filled by receiver-driven resend** from a bounded replay buffer at the origin,
 //!   rather than by persisting events: a busrt broker keeps nothing, and the publisher is the
 //!   only one that still has the bytes.
+//! - **Beyond one host, an uplink to NATS JetStream, not a cluster of brokers** ([`fleet`]):
+//!   JetStream already replicates, persists and deduplicates by message id, which is exactly
+//!   busbridge's (origin, sequence) identity. The uplink is a durable subscriber with an
+//!   on-disk spool, so the host side needs nothing busbridge did not already have.
 //! - **A restarted subscriber resumes from positions it stores with its output**
 //!   ([`durable`]): the legacy API has no acknowledgements, so only the subscriber knows what it
 //!   processed; the bridge turns its positions into resend requests.

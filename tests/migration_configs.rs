@@ -7,6 +7,20 @@ use busbridge::config::Config;
 use busbridge::phase::Phase;
 
 #[test]
+fn the_fleet_example_loads_with_its_uplink() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("migration");
+    let config = Config::load(root.join("fleet.toml")).unwrap();
+    let uplink = config.uplink.expect("an [uplink] section");
+    assert_eq!(
+        uplink.subject("events.process.new"),
+        "busbridge.web-01.events.process.new"
+    );
+    assert_eq!(uplink.stream_subjects(), ["busbridge.*.events.>"]);
+    assert!(uplink.tls.is_some() && !uplink.create_stream);
+    assert!(root.join("fleet.md").exists());
+}
+
+#[test]
 fn every_phase_example_loads() {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("migration");
     for n in 0..=5u8 {
