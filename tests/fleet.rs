@@ -27,7 +27,7 @@ struct Host {
     _dir: tempfile::TempDir,
     socket: PathBuf,
     config: PathBuf,
-    _broker: Proc,
+    broker: Proc,
     uplink: Option<Proc>,
     extra: Vec<Proc>,
 }
@@ -50,12 +50,19 @@ impl Host {
             _dir: dir,
             socket,
             config,
-            _broker: broker,
+            broker,
             uplink: None,
             extra: Vec::new(),
         };
         host.start_uplink();
         host
+    }
+
+    /// SIGKILL the host's broker and start it again on the same socket.
+    fn restart_broker(&mut self) {
+        self.broker.signal(libc::SIGKILL);
+        self.broker.wait_exit();
+        self.broker = procs::broker(&self.socket, &[]);
     }
 
     fn connect(&self) -> String {
@@ -232,6 +239,9 @@ async fn three_hosts_every_event_once_across_server_and_uplink_kills() {
     wait_stream(&url, N).await;
     hosts[1].uplink = None;
     hosts[1].start_uplink();
+    // A host's broker SIGKILLed and restarted: the bridge's resend.
+    wait_stream(&url, 3 * N / 2).await;
+    hosts[2].restart_broker();
     wait_stream(&url, 3 * N).await;
     let per_origin = read_stream(&url, 3 * N).await;
     assert_eq!(

@@ -19,7 +19,7 @@
 //!
 //! Down the other way, tasks for a host (`<prefix>.<host>._task`) or for the whole fleet
 //! (`<prefix>._fleet.task`) are dispatched by the host's phase-5 task layer, and every
-//! [`TaskEvent`](crate::task::TaskEvent) goes back to the request's reply subject. Each host
+//! [`TaskEvent`] goes back to the request's reply subject. Each host
 //! announces itself and its collectors in the key-value bucket `<stream>_hosts`, whose entries
 //! expire when a host falls silent: that is how [`FleetTasks`] at the centre knows whom to
 //! expect, and ends a task `partial` when a host that should have answered did not.

@@ -93,6 +93,12 @@ impl NatsUplink {
     /// and starts forwarding. NATS may be away: the connection is retried in the
     /// background and events wait in the spool.
     pub async fn start(config: UplinkConfig, broker: &str) -> Result<Self, FleetError> {
+        let patterns = config
+            .subjects
+            .iter()
+            .map(|p| Pattern::parse(p))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| FleetError::Config(e.to_string()))?;
         let host = config.host_name();
         let spool = Spool::open(config.spool_path(), config.spool_max_bytes)?;
         let name = format!("busbridge-uplink-{host}");
@@ -163,12 +169,6 @@ impl NatsUplink {
                 stopped.clone(),
             )));
         }
-        let patterns = config
-            .subjects
-            .iter()
-            .map(|p| Pattern::parse(p))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| FleetError::Config(e.to_string()))?;
         let forward = Forward {
             subject_prefix: format!("{}.{host}.", config.prefix),
             config,

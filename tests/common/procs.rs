@@ -57,6 +57,23 @@ impl Proc {
         }
     }
 
+    /// Every stdout line until the process exits (bounded), and its exit code checked 0.
+    pub fn lines_until_exit(&mut self) -> Vec<String> {
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        let mut out = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(l) => out.push(l),
+                // The reader thread ends with stdout, at exit.
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+                Err(e) => panic!("still running after {} lines: {e}", out.len()),
+            }
+        }
+        assert_eq!(self.wait_exit(), 0);
+        out
+    }
+
     pub fn signal(&self, sig: i32) {
         // SAFETY: kill(2) on our own child's pid.
         unsafe { libc::kill(self.child.id() as i32, sig) };
