@@ -141,24 +141,7 @@ impl Host {
     }
 
     fn collector(&mut self, name: &str) {
-        let connect = self.connect();
-        let p = procs::spawn(
-            &[
-                "collector",
-                "--connect",
-                &connect,
-                "--name",
-                name,
-                "--type",
-                "process",
-                "--interval",
-                "1h",
-                "--heartbeat",
-                "300ms",
-            ],
-            &[],
-        );
-        p.wait_line("ready");
+        let p = procs::task_collector(&self.socket, name, "process", "300ms");
         self.extra.push(p);
     }
 }

@@ -16,28 +16,6 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::time::Duration;
 
-fn collector(socket: &Path, name: &str, kind: &str, heartbeat: &str) -> Proc {
-    let connect = format!("ipc://{}", socket.display());
-    let p = procs::spawn(
-        &[
-            "collector",
-            "--connect",
-            &connect,
-            "--name",
-            name,
-            "--type",
-            kind,
-            "--capacity",
-            "8",
-            "--heartbeat",
-            heartbeat,
-        ],
-        &[],
-    );
-    p.wait_line("ready");
-    p
-}
-
 /// A `busbridge broker` process on a socket of its own (the dir guard keeps the socket).
 fn broker(extra: &[&str]) -> (tempfile::TempDir, std::path::PathBuf, Proc) {
     let dir = procs::sock_dir();
@@ -78,10 +56,10 @@ async fn wait_alive(tasks: &TaskClient, names: &[&str]) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_thousand_one_of_tasks_are_answered_once_each_even_when_a_collector_is_killed() {
     let (_dir, socket, _broker) = broker(&[]);
-    let p1 = collector(&socket, "p1", "process", "250ms");
-    let p2 = collector(&socket, "p2", "process", "250ms");
-    let p3 = collector(&socket, "p3", "process", "250ms");
-    let _n1 = collector(&socket, "n1", "network", "250ms");
+    let p1 = procs::task_collector(&socket, "p1", "process", "250ms");
+    let p2 = procs::task_collector(&socket, "p2", "process", "250ms");
+    let p3 = procs::task_collector(&socket, "p3", "process", "250ms");
+    let _n1 = procs::task_collector(&socket, "n1", "network", "250ms");
     // Queue rather than refuse: on a loaded machine every collector may look suspect for a
     // moment (late heartbeats); the tasks wait for them instead of failing.
     let tasks = requester(
@@ -163,10 +141,10 @@ async fn two_thousand_one_of_tasks_are_answered_once_each_even_when_a_collector_
 async fn scatter_completes_and_a_frozen_collector_makes_it_partial_naming_it() {
     let (_dir, socket, _broker) = broker(&[]);
     // Heartbeats slow enough that a loaded machine never makes them look gone.
-    let _p1 = collector(&socket, "p1", "process", "500ms");
-    let _p2 = collector(&socket, "p2", "process", "500ms");
+    let _p1 = procs::task_collector(&socket, "p1", "process", "500ms");
+    let _p2 = procs::task_collector(&socket, "p2", "process", "500ms");
     // A slow heartbeat: frozen, it stays "alive" past the task's deadline.
-    let n1 = collector(&socket, "n1", "network", "10s");
+    let n1 = procs::task_collector(&socket, "n1", "network", "10s");
     let tasks = requester(&socket, TasksConfig::default()).await;
     wait_alive(&tasks, &["p1", "p2", "n1"]).await;
 
@@ -252,7 +230,7 @@ async fn a_queued_task_reaches_a_collector_started_later_once_and_the_queue_is_b
     );
     assert_eq!(cli.wait_exit(), 5, "nothing capable");
 
-    let _n1 = collector(&socket, "n1", "network", "100ms");
+    let _n1 = procs::task_collector(&socket, "n1", "network", "100ms");
     let (results, status) = first.results().await;
     assert_eq!(status, Status::Complete);
     assert_eq!(results.len(), 1);
@@ -268,7 +246,7 @@ async fn spoofing_unknown_operations_and_bad_payloads_get_typed_answers_and_the_
 ) {
     let (_dir, socket, _broker) = broker(&[]);
     let connect = format!("ipc://{}", socket.display());
-    let _p1 = collector(&socket, "p1", "process", "300ms");
+    let _p1 = procs::task_collector(&socket, "p1", "process", "300ms");
     let tasks = requester(&socket, TasksConfig::default()).await;
     wait_alive(&tasks, &["p1"]).await;
 
@@ -381,8 +359,8 @@ async fn the_phase_5_example_configuration_serves_tasks_and_its_rules_hold() {
     assert_eq!(config.tasks.when_none_capable, WhenNoneCapable::Queue);
     let file = root.join("phase-5.toml");
     let (_dir, socket, _broker) = broker(&["--config", file.to_str().unwrap()]);
-    let _p = collector(&socket, "procmond-1", "process", "300ms");
-    let _n = collector(&socket, "netmond-1", "network", "300ms");
+    let _p = procs::task_collector(&socket, "procmond-1", "process", "300ms");
+    let _n = procs::task_collector(&socket, "netmond-1", "network", "300ms");
     let opts = TaskClientOptions {
         client: busbridge::client::ClientOptions::default().name("daemoneye-agent"),
         dispatch: config.tasks.clone(),
@@ -430,7 +408,7 @@ async fn the_phase_5_example_configuration_serves_tasks_and_its_rules_hold() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_handle_outliving_its_client_ends() {
     let (_dir, socket, _broker) = broker(&[]);
-    let _p1 = collector(&socket, "p1", "process", "300ms");
+    let _p1 = procs::task_collector(&socket, "p1", "process", "300ms");
     let tasks = requester(&socket, TasksConfig::default()).await;
     wait_alive(&tasks, &["p1"]).await;
     let mut spec = TaskSpec::new("echo", json!({"sleep_ms": 60_000}));

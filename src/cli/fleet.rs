@@ -1,7 +1,7 @@
 //! `busbridge fleet`: the centre of a fleet of uplinked hosts. `fleet sub` reads the stream,
 //! `fleet task` sends a task to hosts, `fleet hosts` lists who announced themselves.
 
-use super::task::{caps, describe, exit_code, EXIT_NOTHING_CAPABLE};
+use super::task::{describe, exit_code, payload_and_caps, EXIT_NOTHING_CAPABLE};
 use busbridge::config::UplinkConfig;
 use busbridge::fleet::{FleetError, FleetSubscriber, FleetTask, FleetTasks};
 use busbridge::task::{Mode, Priority, TaskEvent, TaskSpec};
@@ -178,19 +178,9 @@ async fn task(a: TaskArgs) -> anyhow::Result<ExitCode> {
         Ok(c) => c,
         Err(code) => return Ok(code),
     };
-    let payload: serde_json::Value = match serde_json::from_str(&a.payload) {
-        Ok(p) => p,
-        Err(e) => {
-            eprintln!("busbridge: the payload is not JSON: {e}");
-            return Ok(ExitCode::from(super::EXIT_USAGE));
-        }
-    };
-    let capabilities = match caps(&a.caps) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("busbridge: {e}");
-            return Ok(ExitCode::from(super::EXIT_USAGE));
-        }
+    let (payload, capabilities) = match payload_and_caps(&a.payload, &a.caps) {
+        Ok(v) => v,
+        Err(code) => return Ok(code),
     };
     let tasks = match FleetTasks::connect(&config).await {
         Ok(t) => t,

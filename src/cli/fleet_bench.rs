@@ -6,13 +6,13 @@
 use busbridge::bridge::BridgeBuilder;
 use busbridge::codec::{Codec, CodecKind, Envelope, DEFAULT_MAX_MESSAGE_SIZE};
 use busbridge::config::UplinkConfig;
-use busbridge::event::{CollectionEvent, PerformanceEvent};
+use busbridge::event::CollectionEvent;
 use busbridge::fleet::NatsUplink;
 use busbridge::phase::Phase;
 use busbridge::Broker;
 use std::collections::VecDeque;
 use std::process::ExitCode;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 /// The ratio the issue asks of the uplink against a plain publisher.
 const TARGET: f64 = 0.8;
@@ -33,15 +33,9 @@ pub struct Args {
     rounds: usize,
 }
 
+/// The sample events of the demo and the parity scenarios, all four kinds in turn.
 fn event(i: usize) -> CollectionEvent {
-    CollectionEvent::Performance(PerformanceEvent {
-        metric_name: "cpu.user.percent.core0.bench".into(),
-        value: i as f64,
-        unit: "percent".into(),
-        pid: Some(i as u32),
-        component: "procmond".into(),
-        timestamp: SystemTime::now(),
-    })
+    busbridge::scenario::sample_event("fleet-bench", i)
 }
 
 async fn fresh_stream(

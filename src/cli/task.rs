@@ -59,7 +59,7 @@ pub struct Args {
     json: bool,
 }
 
-pub(super) fn caps(names: &[String]) -> Result<SourceCaps, String> {
+fn caps(names: &[String]) -> Result<SourceCaps, String> {
     names.iter().try_fold(SourceCaps::empty(), |acc, n| {
         SourceCaps::from_name(&n.trim().to_ascii_uppercase())
             .map(|c| acc | c)
@@ -67,21 +67,26 @@ pub(super) fn caps(names: &[String]) -> Result<SourceCaps, String> {
     })
 }
 
+/// A task's payload (JSON) and capabilities from the command line; a bad one is printed and
+/// becomes exit code 2.
+pub(super) fn payload_and_caps(
+    payload: &str,
+    names: &[String],
+) -> Result<(serde_json::Value, SourceCaps), ExitCode> {
+    let usage = |message: String| {
+        eprintln!("busbridge: {message}");
+        ExitCode::from(super::EXIT_USAGE)
+    };
+    let payload = serde_json::from_str(payload)
+        .map_err(|e| usage(format!("the payload is not JSON: {e}")))?;
+    Ok((payload, caps(names).map_err(usage)?))
+}
+
 /// Runs `busbridge task`.
 pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
-    let payload: serde_json::Value = match serde_json::from_str(&a.payload) {
-        Ok(p) => p,
-        Err(e) => {
-            eprintln!("busbridge: the payload is not JSON: {e}");
-            return Ok(ExitCode::from(super::EXIT_USAGE));
-        }
-    };
-    let capabilities = match caps(&a.caps) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("busbridge: {e}");
-            return Ok(ExitCode::from(super::EXIT_USAGE));
-        }
+    let (payload, capabilities) = match payload_and_caps(&a.payload, &a.caps) {
+        Ok(v) => v,
+        Err(code) => return Ok(code),
     };
     let mut opts = TaskClientOptions::default();
     if a.queue {

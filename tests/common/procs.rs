@@ -180,6 +180,30 @@ pub fn broker(socket: &Path, extra: &[&str]) -> Proc {
     p
 }
 
+/// Starts `busbridge collector --type KIND` (capacity 8) on the broker at `socket` and waits
+/// until it is ready.
+pub fn task_collector(socket: &Path, name: &str, kind: &str, heartbeat: &str) -> Proc {
+    let connect = format!("ipc://{}", socket.display());
+    let p = spawn(
+        &[
+            "collector",
+            "--connect",
+            &connect,
+            "--name",
+            name,
+            "--type",
+            kind,
+            "--capacity",
+            "8",
+            "--heartbeat",
+            heartbeat,
+        ],
+        &[],
+    );
+    p.wait_line("ready");
+    p
+}
+
 /// A fresh private temp dir for sockets.
 pub fn sock_dir() -> tempfile::TempDir {
     tempfile::tempdir().unwrap()
