@@ -33,9 +33,18 @@ pub struct Args {
     rounds: usize,
 }
 
-/// The sample events of the demo and the parity scenarios, all four kinds in turn.
-fn event(i: usize) -> CollectionEvent {
-    busbridge::scenario::sample_event("fleet-bench", i)
+/// The sample events of the demo and the parity scenarios that go to `events.*` topics (the
+/// uplink's default subjects): process, network, filesystem and performance events in turn.
+fn events(n: usize) -> Vec<CollectionEvent> {
+    (0..)
+        .map(|i| busbridge::scenario::sample_event("fleet-bench", i))
+        .filter(|e| {
+            busbridge::topic::topic_for_event(e)
+                .as_str()
+                .starts_with("events.")
+        })
+        .take(n)
+        .collect()
 }
 
 async fn fresh_stream(
@@ -55,7 +64,8 @@ async fn fresh_stream(
 }
 
 /// The plain publisher: the same envelopes, pipelined with message ids.
-async fn raw(url: &str, n: usize) -> anyhow::Result<Run> {
+async fn raw(url: &str, events: &[CollectionEvent]) -> anyhow::Result<Run> {
+    let n = events.len();
     let client = async_nats::connect(url).await?;
     let js = async_nats::jetstream::ContextBuilder::new()
         .max_ack_inflight(WINDOW)
@@ -64,7 +74,7 @@ async fn raw(url: &str, n: usize) -> anyhow::Result<Run> {
     let codec = Codec::new(CodecKind::Protobuf, DEFAULT_MAX_MESSAGE_SIZE);
     let payloads: Vec<bytes::Bytes> = (0..n)
         .map(|i| {
-            let mut e = Envelope::new(event(i), i.to_string(), "bench");
+            let mut e = Envelope::new(events[i].clone(), i.to_string(), "bench");
             e.origin = "raw".into();
             e.seq = i as u64 + 1;
             codec.encode(&e).map(Into::into)
@@ -93,7 +103,8 @@ async fn raw(url: &str, n: usize) -> anyhow::Result<Run> {
 }
 
 /// The uplink: events published on a host's broker until JetStream acknowledged them all.
-async fn uplink(url: &str, n: usize) -> anyhow::Result<Run> {
+async fn uplink(url: &str, events: &[CollectionEvent]) -> anyhow::Result<Run> {
+    let n = events.len();
     let dir = tempfile::tempdir()?;
     let socket = dir.path().join("host.sock");
     let mut broker = Broker::new();
@@ -124,11 +135,11 @@ async fn uplink(url: &str, n: usize) -> anyhow::Result<Run> {
         .await?;
     let bus = publisher.event_bus(Default::default());
     // One event first: the uplink's subscription is in place and the stream exists.
-    bus.publish(event(0), "warm-up".into()).await?;
+    bus.publish(events[0].clone(), "warm-up".into()).await?;
     wait(|| up.stats().acked >= 1).await?;
     let (start, cpu) = (Instant::now(), cpu_seconds());
-    for i in 0..n {
-        bus.publish(event(i), i.to_string()).await?;
+    for (i, e) in events.iter().enumerate() {
+        bus.publish(e.clone(), i.to_string()).await?;
     }
     wait(|| up.stats().acked > n as u64).await?;
     let run = Run::since(start, cpu, n);
@@ -183,9 +194,10 @@ fn median(mut v: Vec<f64>) -> f64 {
 pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
     let (mut raws, mut ours, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
     let (mut raw_cpu, mut our_cpu) = (Vec::new(), Vec::new());
+    let sample = events(a.events);
     for round in 1..=a.rounds.max(1) {
-        let r = raw(&a.nats, a.events).await?;
-        let u = uplink(&a.nats, a.events).await?;
+        let r = raw(&a.nats, &sample).await?;
+        let u = uplink(&a.nats, &sample).await?;
         eprintln!(
             "round {round}: async-nats {:.0}/s ({:.1} µs CPU/event), uplink {:.0}/s ({:.1} µs CPU/event, broker and publisher included), ratio {:.2}",
             r.rate, r.cpu_us, u.rate, u.cpu_us, u.rate / r.rate
