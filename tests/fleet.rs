@@ -328,8 +328,9 @@ async fn wait_hosts(tasks: &FleetTasks, n: usize) {
 async fn a_task_scattered_across_three_hosts_is_complete_then_partial_with_one_uplink_frozen() {
     let nats = NatsServer::start("");
     let url = nats.url();
+    // Entries live five heartbeats (15 s): a frozen host is still expected by both runs below.
     let mut hosts: Vec<Host> = (1..=3)
-        .map(|i| Host::start(&format!("h{i}"), &url, ""))
+        .map(|i| Host::start(&format!("h{i}"), &url, "heartbeat = \"3s\""))
         .collect();
     for (i, h) in hosts.iter_mut().enumerate() {
         h.collector(&format!("c{}", i + 1));
