@@ -261,23 +261,10 @@ impl UplinkConfig {
         } else {
             String::new()
         };
-        let token: String = raw
-            .split('.')
-            .next()
-            .unwrap_or_default()
-            .chars()
-            .map(|c| {
-                if c.is_ascii_alphanumeric() || c == '-' {
-                    c
-                } else {
-                    '_'
-                }
-            })
-            .collect();
-        if token.is_empty() {
-            "localhost".into()
-        } else {
-            token
+        // The first label, made one subject token as any name is made a topic level.
+        match raw.split('.').next().unwrap_or_default() {
+            "" => "localhost".into(),
+            label => crate::topic::sanitize_level(label),
         }
     }
 
