@@ -2,7 +2,7 @@
 //! publish events as a bridge origin, which a broker outage cannot make lose.
 
 use super::{connect, EXIT_USAGE};
-use busbridge::client::ClientError;
+use busbridge::client::{Ack, ClientError, GroupedPublisher};
 use busbridge::event::CollectionEvent;
 use busbridge::topic::{topic_for_event, Topic};
 use busbridge::{EventSubscription, QoS};
@@ -56,10 +56,24 @@ async fn pace(rate: Option<u64>, start: tokio::time::Instant, i: u64) {
 /// flight to keep the broker's confirmations from setting its pace.
 const WINDOW: usize = 8192;
 const WINDOW_BYTES: usize = 32 << 20;
+/// Messages confirmed by one acknowledgement at most (see `GroupedPublisher`): enough that
+/// the broker's replies cost little, few enough that a failed one resends little.
+const GROUP: usize = 64;
 
 /// The window for messages of `len` bytes: [`WINDOW`], fewer for large ones.
 fn window(len: usize) -> usize {
     (WINDOW_BYTES / len.max(1)).clamp(16, WINDOW)
+}
+
+/// Awaits one acknowledgement: the number of messages it failed for (0 when confirmed).
+async fn settle((messages, ack): (usize, Ack)) -> u64 {
+    match ack.await {
+        Ok(()) => 0,
+        Err(e) => {
+            tracing::warn!(messages, "publish not confirmed and not kept: {e}");
+            messages as u64
+        }
+    }
 }
 
 pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
@@ -86,19 +100,24 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
         Err(code) => return Ok(code),
     };
     let busrt_topic = match busbridge::topic::Topic::parse(&topic) {
-        Ok(t) => t.to_busrt(),
+        Ok(t) => busbridge::topic::BusrtTopic::from(t.to_busrt()),
         Err(e) => {
             eprintln!("busbridge: publish: {e}");
             return Ok(ExitCode::from(EXIT_USAGE));
         }
     };
-    // Pipelined as the bridge does: acknowledgements awaited behind a window, not one by one.
-    // A failed acknowledgement put its message back in the outbox, and the final disconnect
-    // hands it over again; one that comes back as an error could not be kept (the broker
-    // denied it, or the outbox was full) and is counted.
+    // Pipelined as the bridge does: acknowledgements awaited behind a window, not one by one,
+    // and one per group of messages (see `GroupedPublisher`). A failed acknowledgement put its
+    // messages back in the outbox, and the final disconnect hands them over again; one that
+    // comes back as an error could not be kept (the broker denied it, or the outbox was full)
+    // and is counted.
     let publisher = client.publisher();
     let window = window(bytes.len());
+    let mut grouped = GroupedPublisher::new(publisher.clone(), (window / 8).clamp(1, GROUP));
+    let bytes = bytes::Bytes::from(bytes);
+    // Acknowledgements in flight, each with the number of messages it confirms.
     let mut acks = std::collections::VecDeque::with_capacity(window);
+    let mut in_flight = 0;
     let until = tokio::time::Instant::now() + deadline;
     let mut state = client.state();
     let mut pause = Duration::from_millis(5);
@@ -106,27 +125,37 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
     let mut unsent = 0;
     // Messages whose acknowledgement failed and that could not be kept for another try.
     let mut refused = 0u64;
-    let mut settle = |result: Result<(), ClientError>| {
-        if let Err(e) = result {
-            refused += 1;
-            tracing::warn!("publish not confirmed and not kept: {e}");
-        }
-    };
     let start = tokio::time::Instant::now();
     for i in 0..count {
         pace(rate, start, i).await;
-        let more = i + 1 < count;
+        if !acks.is_empty() && !client.is_connected() {
+            // The connection is gone: what is in flight comes back to the outbox first, so
+            // messages already accepted have room there before new ones take it.
+            while let Some(ack) = acks.pop_front() {
+                refused += settle(ack).await;
+            }
+            in_flight = 0;
+        }
+        let next = (i + 1 < count).then_some(&busrt_topic);
         let sent = loop {
-            match publisher
-                .publish_pipelined(busrt_topic.clone(), bytes.clone(), qos, more)
-                .await
-            {
+            let sent = match qos {
+                QoS::Processed => grouped
+                    .publish(busrt_topic.clone(), bytes.clone(), next)
+                    .await
+                    .map(|g| g.map(|g| (g.messages, g.ack))),
+                QoS::Realtime => publisher
+                    .publish_pipelined(busrt_topic.clone(), bytes.clone(), qos, next.is_some())
+                    .await
+                    .map(|ack| Some((1, ack))),
+            };
+            match sent {
                 // The broker is away and the outbox is full: wait for it to come back (and
                 // the outbox to drain) rather than give up, until the deadline.
                 Err(ClientError::OutboxFull(_)) if tokio::time::Instant::now() < until => {
                     while let Some(ack) = acks.pop_front() {
-                        settle(ack.await);
+                        refused += settle(ack).await;
                     }
+                    in_flight = 0;
                     // Reconnected, or a moment for the outbox to drain (it has no signal
                     // for room).
                     tokio::select! {
@@ -139,9 +168,15 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
             }
         };
         match sent {
-            Ok(ack) => acks.push_back(ack),
+            Ok(Some(ack)) => {
+                in_flight += ack.0;
+                acks.push_back(ack);
+            }
+            Ok(None) => {}
             Err(ClientError::OutboxFull(_)) => {
+                // This one and the rest, and the open group: written, never confirmed.
                 unsent = count - i;
+                refused += grouped.open() as u64;
                 break;
             }
             Err(e) => {
@@ -152,14 +187,15 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
                 }));
             }
         }
-        while acks.len() >= window || (!more && !acks.is_empty()) {
+        while in_flight >= window || (next.is_none() && !acks.is_empty()) {
             if let Some(ack) = acks.pop_front() {
-                settle(ack.await);
+                in_flight -= ack.0;
+                refused += settle(ack).await;
             }
         }
     }
     while let Some(ack) = acks.pop_front() {
-        settle(ack.await);
+        refused += settle(ack).await;
     }
     let left = until.saturating_duration_since(tokio::time::Instant::now());
     let unconfirmed = match client.disconnect_within(left).await {

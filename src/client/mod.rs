@@ -20,7 +20,9 @@
 //! `publish` with [`QoS::Processed`] returns once the broker acknowledged the frame, or once it
 //! is safe in the outbox while the client reconnects (order is kept: nothing overtakes the
 //! outbox). busrt's "processed" means the broker queued the frame for its subscribers, nothing
-//! more; end-to-end delivery is the bridge's job (sequence numbers, resend).
+//! more; end-to-end delivery is the bridge's job (sequence numbers, resend). For a stream,
+//! [`Publisher::publish_pipelined`] keeps many acknowledgements in flight and
+//! [`GroupedPublisher`] asks for one per group of frames.
 
 mod backoff;
 
@@ -298,6 +300,9 @@ struct Shared {
     name: String,
     opts: ClientOptions,
     conn: tokio::sync::Mutex<Option<Conn>>,
+    /// Bumped (under `conn`'s lock) whenever the connection is replaced or dropped: an
+    /// acknowledgement on one connection says nothing of frames written to another.
+    generation: AtomicU64,
     subscriptions: Mutex<BTreeSet<String>>,
     outbox: Mutex<VecDeque<Outgoing>>,
     state: watch::Sender<ConnectionState>,
@@ -799,6 +804,156 @@ impl Publisher {
     }
 }
 
+/// Acknowledged publishes with one acknowledgement per group of consecutive frames to one
+/// topic, instead of one per frame.
+///
+/// busrt's broker handles a connection's frames one after another and treats an
+/// unacknowledged frame exactly as an acknowledged one but for the reply, so the
+/// acknowledgement of a group's last frame confirms every frame written before it on the same
+/// connection. The frames before it go out as `QoS::No`; the last, or the one before a change
+/// of topic or the end of a burst, asks for the acknowledgement. If that fails, or the
+/// connection changes within a group, the whole group goes to the outbox and is sent again
+/// (at least once, in order). A denial (access rules are per topic) refuses the whole group.
+/// Per frame this saves the broker's reply and the client's confirmation bookkeeping: for a
+/// stream of small messages, most of what acknowledgement costs.
+///
+/// While the connection is down, publishes go to the outbox and return no acknowledgement. A
+/// caller that keeps many groups in flight should await them once
+/// [`AsyncClient::is_connected`] turns false, before publishing more: their messages then
+/// come back to the outbox before new ones fill it (`busbridge pub` does).
+///
+/// ```no_run
+/// # async fn run(client: &busbridge::client::AsyncClient) -> Result<(), busbridge::client::ClientError> {
+/// use busbridge::client::GroupedPublisher;
+/// let topic = busbridge::topic::BusrtTopic::from("events/process/new");
+/// let mut out = GroupedPublisher::new(client.publisher(), 32);
+/// let mut acks = Vec::new();
+/// for i in 0..1000u32 {
+///     let next = (i + 1 < 1000).then_some(&topic);
+///     if let Some(group) = out.publish(topic.clone(), i.to_be_bytes().to_vec(), next).await? {
+///         acks.push(group);
+///     }
+/// }
+/// for group in acks {
+///     group.ack.await?; // confirms group.messages messages
+/// }
+/// # Ok(()) }
+/// ```
+pub struct GroupedPublisher {
+    publisher: Publisher,
+    group: usize,
+    /// Frames of the open group already written, unacknowledged, and their connection.
+    pending: Vec<Bytes>,
+    generation: u64,
+}
+
+/// The acknowledgement of one group of a [`GroupedPublisher`].
+pub struct GroupAck {
+    /// How many messages it confirms (or refuses).
+    pub messages: usize,
+    /// Resolves once the broker acknowledged the group's last frame; on failure the group has
+    /// gone back to the outbox (or could not, and the error says so).
+    pub ack: Ack,
+}
+
+impl GroupedPublisher {
+    /// Groups of at most `group` messages (at least 1).
+    pub fn new(publisher: Publisher, group: usize) -> Self {
+        GroupedPublisher {
+            publisher,
+            group: group.max(1),
+            pending: Vec::new(),
+            generation: 0,
+        }
+    }
+
+    /// Messages written and not yet covered by an acknowledgement request.
+    pub fn open(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// Publishes one message acknowledged as part of a group. `next` is the topic of the
+    /// message the caller publishes right after this one, or `None` at the end of a burst
+    /// (this frame is then flushed and closes the group). Returns the group's acknowledgement
+    /// when this message closed one. On `OutboxFull` the message was not accepted and the
+    /// open group is kept: publish it again later.
+    pub async fn publish(
+        &mut self,
+        busrt_topic: BusrtTopic,
+        payload: impl Into<Bytes>,
+        next: Option<&BusrtTopic>,
+    ) -> Result<Option<GroupAck>, ClientError> {
+        let payload = payload.into();
+        let shared = &self.publisher.shared;
+        let limit = shared.opts.max_message_size;
+        if payload.len() > limit {
+            return Err(ClientError::TooLarge {
+                size: payload.len(),
+                limit,
+            });
+        }
+        let close = next != Some(&busrt_topic) || self.pending.len() + 1 >= self.group;
+        let qos = match (close, next.is_some()) {
+            (false, _) => busrt::QoS::No,
+            (true, true) => busrt::QoS::Processed,
+            (true, false) => busrt::QoS::RealtimeProcessed,
+        };
+        let mut guard = shared.conn.lock().await;
+        let generation = shared.generation.load(Relaxed);
+        let queued = !shared.outbox.lock().is_empty()
+            || (!self.pending.is_empty() && generation != self.generation);
+        let sent = match guard.as_mut().filter(|_| !queued) {
+            None => None,
+            Some(conn) => Some(
+                timeout(
+                    shared.opts.timeout,
+                    conn.publish(&busrt_topic, payload.as_ref().into(), qos),
+                )
+                .await,
+            ),
+        };
+        drop(guard);
+        let confirmation = match sent {
+            Some(Ok(Ok(c))) => c,
+            _ => {
+                // Not written: it and the open group (written, never to be confirmed) wait
+                // in the outbox, in order. The supervisor is woken to hand them over: after a
+                // change of connection nothing else may be about to.
+                shared.lost.notify_one();
+                let group = self.pending.iter().cloned().chain([payload]);
+                shared.enqueue_all(busrt_topic, group.collect::<Vec<_>>())?;
+                shared.counters.published.fetch_add(1, Relaxed);
+                self.pending.clear();
+                return Ok(None);
+            }
+        };
+        shared.counters.published.fetch_add(1, Relaxed);
+        self.generation = generation;
+        self.pending.push(payload);
+        if !close {
+            return Ok(None);
+        }
+        let group = std::mem::take(&mut self.pending);
+        let shared = shared.clone();
+        Ok(Some(GroupAck {
+            messages: group.len(),
+            ack: Box::pin(async move {
+                match confirm("publish", confirmation, shared.opts.timeout).await {
+                    Ok(()) => {
+                        shared.counters.acked.fetch_add(group.len() as u64, Relaxed);
+                        Ok(())
+                    }
+                    Err(ClientError::Denied(e)) => Err(ClientError::Denied(e)),
+                    Err(_) => {
+                        shared.lost.notify_one();
+                        shared.enqueue_all(busrt_topic, group)
+                    }
+                }
+            }),
+        }))
+    }
+}
+
 impl Shared {
     fn stats(&self) -> ClientStats {
         let c = &self.counters;
@@ -849,18 +1004,33 @@ impl Shared {
     }
 
     fn enqueue(&self, msg: Outgoing) -> Result<(), ClientError> {
+        self.enqueue_all(msg.topic, [msg.payload])
+    }
+
+    /// Queues messages to one topic, all or (with `OutboxOverflow::Error`) none of them.
+    fn enqueue_all(
+        &self,
+        topic: BusrtTopic,
+        payloads: impl IntoIterator<Item = Bytes, IntoIter: ExactSizeIterator>,
+    ) -> Result<(), ClientError> {
+        let payloads = payloads.into_iter();
+        let capacity = self.opts.outbox_capacity;
         let mut outbox = self.outbox.lock();
-        if outbox.len() >= self.opts.outbox_capacity {
-            match self.opts.outbox_overflow {
-                OutboxOverflow::Error => return Err(ClientError::OutboxFull(outbox.len())),
-                OutboxOverflow::DropOldest => {
-                    outbox.pop_front();
-                    self.counters.outbox_dropped.fetch_add(1, Relaxed);
-                }
-            }
+        if self.opts.outbox_overflow == OutboxOverflow::Error
+            && outbox.len() + payloads.len() > capacity
+        {
+            return Err(ClientError::OutboxFull(outbox.len()));
         }
-        outbox.push_back(msg);
-        self.counters.outbox_queued.fetch_add(1, Relaxed);
+        for payload in payloads {
+            if outbox.len() >= capacity && outbox.pop_front().is_some() {
+                self.counters.outbox_dropped.fetch_add(1, Relaxed);
+            }
+            outbox.push_back(Outgoing {
+                topic: topic.clone(),
+                payload,
+            });
+            self.counters.outbox_queued.fetch_add(1, Relaxed);
+        }
         Ok(())
     }
 
@@ -949,6 +1119,7 @@ impl Shared {
             name,
             opts,
             conn: tokio::sync::Mutex::new(conn),
+            generation: AtomicU64::new(0),
             subscriptions: Mutex::new(BTreeSet::new()),
             outbox: Mutex::new(VecDeque::new()),
             state,
@@ -1007,7 +1178,10 @@ impl Shared {
                     continue;
                 }
             }
-            *self.conn.lock().await = Some(conn);
+            let mut guard = self.conn.lock().await;
+            *guard = Some(conn);
+            self.generation.fetch_add(1, Relaxed);
+            drop(guard);
             self.counters.reconnects.fetch_add(1, Relaxed);
             tracing::info!(endpoint = %self.endpoint, "reconnected");
             return Some(events);
@@ -1092,7 +1266,10 @@ async fn supervise(shared: Arc<Shared>, mut events: busrt::EventChannel) {
             return;
         }
         tracing::warn!(endpoint = %shared.endpoint, "connection lost");
-        shared.conn.lock().await.take();
+        let mut guard = shared.conn.lock().await;
+        guard.take();
+        shared.generation.fetch_add(1, Relaxed);
+        drop(guard);
         match shared.reconnect().await {
             Some(e) => events = e,
             None => return,
