@@ -4,7 +4,9 @@
 
 mod common;
 
-use busbridge::client::{ClientError, ClientOptions, ConnectionState, GroupAck, GroupedPublisher};
+use busbridge::client::{
+    ClientError, ClientOptions, ConnectionState, GroupAck, Grouped, GroupedPublisher,
+};
 use busbridge::config::{AccessRule, Config};
 use busbridge::topic::BusrtTopic;
 use busbridge::{AsyncClient, Broker, QoS};
@@ -44,7 +46,7 @@ async fn burst(
     let mut acks = Vec::new();
     while let Some((topic, n)) = payloads.next() {
         let next = payloads.peek().map(|(t, _)| t);
-        if let Some(ack) = out.publish(topic, n.to_be_bytes().to_vec(), next).await? {
+        if let Grouped::Closed(ack) = out.publish(topic, n.to_be_bytes().to_vec(), next).await? {
             acks.push(ack);
         }
     }
@@ -129,7 +131,7 @@ async fn a_group_cut_off_with_its_connection_is_sent_again_whole() {
         }
         let next = (i + 1 < N).then_some(&topic);
         let sent = out.publish(topic.clone(), i.to_be_bytes().to_vec(), next);
-        if let Some(a) = sent.await.unwrap() {
+        if let Grouped::Closed(a) = sent.await.unwrap() {
             acks.push(a);
         }
     }

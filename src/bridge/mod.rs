@@ -29,7 +29,10 @@ pub mod protocol;
 
 use crate::broker::{Broker, BrokerError};
 use crate::bus::{BusError, Core, CoreOptions, Route, Uplink};
-use crate::client::{AsyncClient, ClientError, ClientOptions, Publisher, QoS};
+use crate::client::{
+    Ack, AsyncClient, ClientError, ClientOptions, GroupAck, Grouped, GroupedPublisher, Publisher,
+    QoS,
+};
 use crate::codec::{Codec, CodecKind, Envelope};
 use crate::config::Config;
 use crate::durable::Positions;
@@ -453,7 +456,10 @@ impl Uplink for Link {
 }
 
 /// Sends queued events: batches what is queued now (up to `batch_max`, one topic a frame, so
-/// an idle bus sends each event at once), keeps up to `window` acknowledgements in flight.
+/// an idle bus sends each event at once), keeps up to `window` frames in flight
+/// unacknowledged. Acknowledged frames are confirmed a group at a time (see
+/// [`GroupedPublisher`]): one broker acknowledgement per run of frames to a topic, at most a
+/// quarter of the window (64) long.
 async fn sender(
     link: Weak<Link>,
     mut queue: mpsc::Receiver<Outgoing>,
@@ -463,18 +469,25 @@ async fn sender(
     opts: SendOptions,
     stats: Arc<Stats>,
 ) {
+    let window = opts.window.max(1);
+    let mut grouped = GroupedPublisher::new(publisher.clone(), (window / 4).clamp(1, 64));
     let mut carry: Option<Outgoing> = None;
     let mut burst_high = 0u64;
-    let mut in_flight: VecDeque<(Vec<u64>, crate::client::Ack)> = VecDeque::new();
+    // Acknowledgements in flight: the events each confirms, its frames, the acknowledgement.
+    let mut in_flight: VecDeque<(Vec<u64>, usize, Ack)> = VecDeque::new();
+    let mut frames_in_flight = 0;
+    // The open group: events written whose acknowledgement is a later frame's.
+    let (mut open, mut open_frames) = (Vec::new(), 0);
     loop {
         let first = match carry.take() {
             Some(o) => o,
             None => {
                 // Nothing queued: settle what is in flight before sleeping on the queue.
                 if queue.is_empty() {
-                    while let Some((seqs, ack)) = in_flight.pop_front() {
+                    while let Some((seqs, _, ack)) = in_flight.pop_front() {
                         finish(&link, &stats, seqs, ack.await);
                     }
+                    frames_in_flight = 0;
                 }
                 match queue.recv().await {
                     Some(o) => o,
@@ -500,6 +513,13 @@ async fn sender(
                 Err(_) => break,
             }
         }
+        // One frame ahead: its topic says whether this frame closes its acknowledgement group,
+        // and whether it is the last of a burst (flushed; else left to busrt's buffer so that a
+        // burst costs one write).
+        if carry.is_none() {
+            carry = queue.try_recv().ok();
+        }
+        let next = carry.as_ref().map(|o| &o.topic);
         let topic = group[0].topic.clone();
         let seqs: Vec<u64> = group.iter().map(|o| o.seq).collect();
         let n = group.len() as u64;
@@ -510,41 +530,66 @@ async fn sender(
             Stats::add(&stats.bridge_batches, 1);
             Bytes::from(codec.batch(group.iter().map(|o| &o.bytes[..])))
         };
-        // More already queued: let busrt buffer this frame; the last one of the burst flushes.
-        let more = carry.is_some() || !queue.is_empty();
-        match publisher.publish_pipelined(topic, frame, qos, more).await {
-            Ok(ack) => {
-                Stats::add(&stats.bridge_sent, n);
-                if !more {
-                    if let Some(l) = link.upgrade() {
-                        // The sender only notes how far it got; the protocol (under its lock)
-                        // hears of it when the heartbeat is armed and when it is due, so the
-                        // sender and the publishers do not contend for the lock per frame.
-                        let now = Instant::now();
-                        l.handed_high.fetch_max(burst_high, Relaxed);
-                        l.handed_at.store(
-                            now.saturating_duration_since(l.born).as_nanos() as u64,
-                            Relaxed,
-                        );
-                        if !l.beat_armed.swap(true, SeqCst)
-                            && l.proto.lock().handed(burst_high, now)
-                        {
-                            l.timer.notify_one();
-                        }
-                    }
+        let sent = match qos {
+            QoS::Processed => grouped.publish(topic, frame, next).await,
+            QoS::Realtime => publisher
+                .publish_pipelined(topic, frame, qos, next.is_some())
+                .await
+                .map(|ack| Grouped::Closed(GroupAck { messages: 1, ack })),
+        };
+        let sent = match sent {
+            Ok(sent) => sent,
+            Err(e) => {
+                finish(&link, &stats, seqs, Err(e));
+                continue;
+            }
+        };
+        Stats::add(&stats.bridge_sent, n);
+        if next.is_none() {
+            if let Some(l) = link.upgrade() {
+                // The sender only notes how far it got; the protocol (under its lock) hears
+                // of it when the heartbeat is armed and when it is due, so the sender and the
+                // publishers do not contend for the lock per frame.
+                let now = Instant::now();
+                l.handed_high.fetch_max(burst_high, Relaxed);
+                l.handed_at.store(
+                    now.saturating_duration_since(l.born).as_nanos() as u64,
+                    Relaxed,
+                );
+                if !l.beat_armed.swap(true, SeqCst) && l.proto.lock().handed(burst_high, now) {
+                    l.timer.notify_one();
                 }
-                in_flight.push_back((seqs, ack));
             }
-            Err(e) => finish(&link, &stats, seqs, Err(e)),
         }
-        while in_flight.len() >= opts.window.max(1) {
-            if let Some((seqs, ack)) = in_flight.pop_front() {
-                finish(&link, &stats, seqs, ack.await);
+        open.extend(seqs);
+        open_frames += 1;
+        match sent {
+            Grouped::Open => {}
+            // Safe in the client's outbox, to be sent after reconnecting.
+            Grouped::Queued(_) => {
+                finish(&link, &stats, std::mem::take(&mut open), Ok(()));
+                open_frames = 0;
             }
+            Grouped::Closed(group) => {
+                frames_in_flight += open_frames;
+                in_flight.push_back((std::mem::take(&mut open), open_frames, group.ack));
+                open_frames = 0;
+            }
+        }
+        while frames_in_flight >= window {
+            let Some((seqs, frames, ack)) = in_flight.pop_front() else {
+                break;
+            };
+            frames_in_flight -= frames;
+            finish(&link, &stats, seqs, ack.await);
         }
     }
-    for (seqs, ack) in in_flight {
+    for (seqs, _, ack) in in_flight {
         finish(&link, &stats, seqs, ack.await);
+    }
+    if !open.is_empty() {
+        // Written, but the frame that was to acknowledge them was refused: unconfirmed.
+        finish(&link, &stats, open, Err(ClientError::Closed));
     }
 }
 

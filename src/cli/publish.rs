@@ -2,7 +2,7 @@
 //! publish events as a bridge origin, which a broker outage cannot make lose.
 
 use super::{connect, EXIT_USAGE};
-use busbridge::client::{Ack, ClientError, GroupedPublisher};
+use busbridge::client::{Ack, ClientError, Grouped, GroupedPublisher};
 use busbridge::event::CollectionEvent;
 use busbridge::topic::{topic_for_event, Topic};
 use busbridge::{EventSubscription, QoS};
@@ -142,7 +142,10 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
                 QoS::Processed => grouped
                     .publish(busrt_topic.clone(), bytes.clone(), next)
                     .await
-                    .map(|g| g.map(|g| (g.messages, g.ack))),
+                    .map(|g| match g {
+                        Grouped::Closed(g) => Some((g.messages, g.ack)),
+                        Grouped::Open | Grouped::Queued(_) => None,
+                    }),
                 QoS::Realtime => publisher
                     .publish_pipelined(busrt_topic.clone(), bytes.clone(), qos, next.is_some())
                     .await

@@ -824,13 +824,13 @@ impl Publisher {
 ///
 /// ```no_run
 /// # async fn run(client: &busbridge::client::AsyncClient) -> Result<(), busbridge::client::ClientError> {
-/// use busbridge::client::GroupedPublisher;
+/// use busbridge::client::{Grouped, GroupedPublisher};
 /// let topic = busbridge::topic::BusrtTopic::from("events/process/new");
 /// let mut out = GroupedPublisher::new(client.publisher(), 32);
 /// let mut acks = Vec::new();
 /// for i in 0..1000u32 {
 ///     let next = (i + 1 < 1000).then_some(&topic);
-///     if let Some(group) = out.publish(topic.clone(), i.to_be_bytes().to_vec(), next).await? {
+///     if let Grouped::Closed(group) = out.publish(topic.clone(), i.to_be_bytes().to_vec(), next).await? {
 ///         acks.push(group);
 ///     }
 /// }
@@ -845,6 +845,17 @@ pub struct GroupedPublisher {
     /// Frames of the open group already written, unacknowledged, and their connection.
     pending: Vec<Bytes>,
     generation: u64,
+}
+
+/// What became of one message given to [`GroupedPublisher::publish`].
+pub enum Grouped {
+    /// Written; its group is still open (a later message's acknowledgement covers it).
+    Open,
+    /// Written, and it closed its group: the group's acknowledgement.
+    Closed(GroupAck),
+    /// Not written (the connection is down or changed, or older messages wait): it and the
+    /// open group's messages, this many in all, wait in the outbox.
+    Queued(usize),
 }
 
 /// The acknowledgement of one group of a [`GroupedPublisher`].
@@ -874,15 +885,14 @@ impl GroupedPublisher {
 
     /// Publishes one message acknowledged as part of a group. `next` is the topic of the
     /// message the caller publishes right after this one, or `None` at the end of a burst
-    /// (this frame is then flushed and closes the group). Returns the group's acknowledgement
-    /// when this message closed one. On `OutboxFull` the message was not accepted and the
-    /// open group is kept: publish it again later.
+    /// (this frame is then flushed and closes the group). On `OutboxFull` the message was not
+    /// accepted and the open group is kept: publish it again later.
     pub async fn publish(
         &mut self,
         busrt_topic: BusrtTopic,
         payload: impl Into<Bytes>,
         next: Option<&BusrtTopic>,
-    ) -> Result<Option<GroupAck>, ClientError> {
+    ) -> Result<Grouped, ClientError> {
         let payload = payload.into();
         let shared = &self.publisher.shared;
         let limit = shared.opts.max_message_size;
@@ -921,21 +931,23 @@ impl GroupedPublisher {
                 // change of connection nothing else may be about to.
                 shared.lost.notify_one();
                 let group = self.pending.iter().cloned().chain([payload]);
-                shared.enqueue_all(busrt_topic, group.collect::<Vec<_>>())?;
+                let group: Vec<Bytes> = group.collect();
+                let queued = group.len();
+                shared.enqueue_all(busrt_topic, group)?;
                 shared.counters.published.fetch_add(1, Relaxed);
                 self.pending.clear();
-                return Ok(None);
+                return Ok(Grouped::Queued(queued));
             }
         };
         shared.counters.published.fetch_add(1, Relaxed);
         self.generation = generation;
         self.pending.push(payload);
         if !close {
-            return Ok(None);
+            return Ok(Grouped::Open);
         }
         let group = std::mem::take(&mut self.pending);
         let shared = shared.clone();
-        Ok(Some(GroupAck {
+        Ok(Grouped::Closed(GroupAck {
             messages: group.len(),
             ack: Box::pin(async move {
                 match confirm("publish", confirmation, shared.opts.timeout).await {
