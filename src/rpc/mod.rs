@@ -177,6 +177,9 @@ struct Shared {
     announced: tokio::sync::Notify,
     /// The connection, to answer discovery requests from the frame handler.
     client: std::sync::OnceLock<Arc<tokio::sync::Mutex<dyn busrt::client::AsyncClient>>>,
+    /// Set by `close`: calls that still arrive before the connection is gone (busrt's tasks
+    /// stop asynchronously) are answered "not registered" instead of being served.
+    closing: std::sync::atomic::AtomicBool,
 }
 
 impl Shared {
@@ -199,6 +202,13 @@ impl RpcHandlers for Dispatcher {
             .parse_method()
             .map_err(|e| RpcError::method(Some(e.to_string().into_bytes())))?
             .to_owned();
+        if self.0.closing.load(std::sync::atomic::Ordering::Acquire) {
+            counts::count(counts::Side::Server, &method, "closing");
+            return Err(RpcError::new(
+                -32000 - i16::from(busrt::ERR_CLIENT_NOT_REGISTERED),
+                Some(format!("`{}` is closing", self.0.name).into_bytes()),
+            ));
+        }
         let handler = self.0.methods.read().get(&method).cloned();
         let Some(handler) = handler else {
             counts::count(counts::Side::Server, &method, "method_not_found");
@@ -304,6 +314,7 @@ impl RpcNode {
             providers: RwLock::new(HashMap::new()),
             announced: tokio::sync::Notify::new(),
             client: std::sync::OnceLock::new(),
+            closing: std::sync::atomic::AtomicBool::new(false),
         });
         let rpc = match conn {
             BusrtConn::Ipc(c) => RpcClient::new(c, Dispatcher(shared.clone())),
@@ -533,7 +544,12 @@ impl RpcNode {
     }
 
     /// Announces departure and closes the connection (after everything sent is flushed).
+    /// From the start of `close`, calls still arriving are answered as if the node were gone
+    /// (`NoSuchTarget` for the caller), not served.
     pub async fn close(self) {
+        self.shared
+            .closing
+            .store(true, std::sync::atomic::Ordering::Release);
         let _ = self
             .publish(ANNOUNCE_TOPIC, self.shared.announcement(true))
             .await;
