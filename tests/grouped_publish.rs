@@ -18,17 +18,24 @@ use tokio::time::timeout;
 
 const LIMIT: Duration = Duration::from_secs(20);
 
-async fn broker(config: &Config) -> Broker {
-    let mut b = Broker::from_config(config).unwrap();
-    b.set_name(uuid::Uuid::new_v4().to_string());
-    b.spawn().await.unwrap();
-    b
-}
-
-fn config(socket: &std::path::Path) -> Config {
-    let mut c = Config::default();
-    c.transport.socket_path = socket.to_owned();
-    c
+/// A broker on a socket in `dir` (its configuration tuned by `tune`), its URI, and a client
+/// named `reader` subscribed to every event.
+async fn broker_and_reader(
+    dir: &tempfile::TempDir,
+    tune: impl FnOnce(&mut Config),
+    reader: &str,
+) -> (Broker, String, AsyncClient) {
+    let socket = procs::sock_path(dir, "b.sock");
+    let mut config = Config::default();
+    config.transport.socket_path = socket.clone();
+    tune(&mut config);
+    let mut broker = Broker::from_config(&config).unwrap();
+    broker.set_name(uuid::Uuid::new_v4().to_string());
+    broker.spawn().await.unwrap();
+    let uri = format!("ipc://{}", socket.display());
+    let mut sub = client(&uri, reader).await;
+    sub.subscribe("events.#", QoS::Processed).await.unwrap();
+    (broker, uri, sub)
 }
 
 async fn client(uri: &str, name: &str) -> AsyncClient {
@@ -60,11 +67,7 @@ fn number(m: &busbridge::client::Message) -> u32 {
 #[tokio::test]
 async fn groups_close_at_their_size_a_change_of_topic_and_the_end() {
     let dir = procs::sock_dir();
-    let socket = procs::sock_path(&dir, "b.sock");
-    let _broker = broker(&config(&socket)).await;
-    let uri = format!("ipc://{}", socket.display());
-    let mut sub = client(&uri, "sub").await;
-    sub.subscribe("events.#", QoS::Processed).await.unwrap();
+    let (_broker, uri, mut sub) = broker_and_reader(&dir, |_| {}, "sub").await;
     let publisher = client(&uri, "pub").await;
     let mut out = GroupedPublisher::new(publisher.publisher(), 16);
     // Runs of 100 messages, alternating between two topics: 7 groups a run (6 of 16, one of 4).
@@ -94,14 +97,11 @@ async fn groups_close_at_their_size_a_change_of_topic_and_the_end() {
 async fn a_group_cut_off_with_its_connection_is_sent_again_whole() {
     const N: u32 = 3000;
     let dir = procs::sock_dir();
-    let socket = procs::sock_path(&dir, "b.sock");
-    let _broker = broker(&config(&socket)).await;
-    let uri = format!("ipc://{}", socket.display());
-    let mut sub = client(&uri, "sub").await;
-    sub.subscribe("events.#", QoS::Processed).await.unwrap();
+    let (_broker, uri, mut sub) = broker_and_reader(&dir, |_| {}, "sub").await;
     // The publisher reaches the broker through a gate that the test closes mid-stream, cutting
     // its connection with frames of an open group written and unacknowledged.
-    let gate = Proxy::unix(dir.path().join("gate.sock"), socket.clone());
+    let socket = procs::sock_path(&dir, "b.sock");
+    let gate = Proxy::unix(dir.path().join("gate.sock"), socket);
     let mut publisher = AsyncClient::connect_with(
         &gate.listen,
         ClientOptions {
@@ -162,26 +162,23 @@ async fn a_group_cut_off_with_its_connection_is_sent_again_whole() {
 #[tokio::test]
 async fn a_denied_group_is_refused_whole() {
     let dir = procs::sock_dir();
-    let socket = procs::sock_path(&dir, "b.sock");
-    let mut c = config(&socket);
-    c.access.insert(
-        "procmond".into(),
-        AccessRule {
-            publish: vec!["events.process.*".into()],
-            subscribe: vec![],
-        },
-    );
-    c.access.insert(
-        "agent".into(),
-        AccessRule {
-            publish: vec![],
-            subscribe: vec!["#".into()],
-        },
-    );
-    let _broker = broker(&c).await;
-    let uri = format!("ipc://{}", socket.display());
-    let mut agent = client(&uri, "agent").await;
-    agent.subscribe("events.#", QoS::Processed).await.unwrap();
+    let rules = |c: &mut Config| {
+        c.access.insert(
+            "procmond".into(),
+            AccessRule {
+                publish: vec!["events.process.*".into()],
+                subscribe: vec![],
+            },
+        );
+        c.access.insert(
+            "agent".into(),
+            AccessRule {
+                publish: vec![],
+                subscribe: vec!["#".into()],
+            },
+        );
+    };
+    let (_broker, uri, mut agent) = broker_and_reader(&dir, rules, "agent").await;
     let procmond = client(&uri, "procmond").await;
     let mut out = GroupedPublisher::new(procmond.publisher(), 4);
     let denied = BusrtTopic::from("events/network/x");
