@@ -33,7 +33,7 @@ async fn broker_and_reader(
     broker.set_name(uuid::Uuid::new_v4().to_string());
     broker.spawn().await.unwrap();
     let uri = format!("ipc://{}", socket.display());
-    let mut sub = client(&uri, reader).await;
+    let sub = client(&uri, reader).await;
     sub.subscribe("events.#", QoS::Processed).await.unwrap();
     (broker, uri, sub)
 }
@@ -97,7 +97,7 @@ async fn groups_close_at_their_size_a_change_of_topic_and_the_end() {
 async fn a_group_cut_off_with_its_connection_is_sent_again_whole() {
     const N: u32 = 3000;
     let dir = procs::sock_dir();
-    let (_broker, uri, mut sub) = broker_and_reader(&dir, |_| {}, "sub").await;
+    let (_broker, _, mut sub) = broker_and_reader(&dir, |_| {}, "sub").await;
     // The publisher reaches the broker through a gate that the test closes mid-stream, cutting
     // its connection with frames of an open group written and unacknowledged.
     let socket = procs::sock_path(&dir, "b.sock");
