@@ -227,41 +227,20 @@ impl Link {
     }
 
     /// Hands one message from busrt to the protocol.
-    /// Takes `first` and what else waits in the client's inbox (up to [`RECV_BATCH`]) into
-    /// the protocol under one lock; returns how many it took.
-    fn on_messages(
-        &self,
-        core: &Core,
-        first: crate::client::Message,
-        client: &mut AsyncClient,
-        batch: &mut Vec<crate::client::Message>,
-    ) -> usize {
-        batch.push(first);
-        while batch.len() < RECV_BATCH {
-            match client.try_recv() {
-                Some(m) => batch.push(m),
-                None => break,
-            }
+    fn on_message(&self, core: &Core, m: &crate::client::Message) {
+        if m.topic() == STATUS_TOPIC {
+            return self.answer_status(core);
         }
-        let taken = batch.len();
         let phase = core.phase();
-        let now = Instant::now();
-        let mut status = false;
-        {
-            let mut proto = self.proto.lock();
-            proto.confirmed(self.confirmed_high.load(Relaxed));
-            for m in batch.drain(..) {
-                if m.topic() == STATUS_TOPIC {
-                    status = true;
-                    continue;
-                }
-                proto.on_message(m.topic(), m.primary_sender(), m.payload(), phase, now);
-            }
-        }
-        if status {
-            self.answer_status(core);
-        }
-        taken
+        let mut proto = self.proto.lock();
+        proto.confirmed(self.confirmed_high.load(Relaxed));
+        proto.on_message(
+            m.topic(),
+            m.primary_sender(),
+            m.payload(),
+            phase,
+            Instant::now(),
+        );
     }
 
     /// This bus's status now: what a tool attached to the broker asks for.
@@ -305,7 +284,7 @@ impl Link {
 
     /// Carries out what the protocol asks for, in order.
     async fn drive(&self, core: &Core, bufs: &mut DriveBuffers) {
-        let DriveBuffers { todo, returned, .. } = bufs;
+        let DriveBuffers { todo, returned } = bufs;
         loop {
             self.proto.lock().poll_all(todo);
             if todo.is_empty() {
@@ -370,16 +349,11 @@ impl Link {
     }
 }
 
-/// Frames the receive task takes from the inbox at once: the protocol's lock, the deliveries'
-/// settlement and the loop's own bookkeeping are paid per batch, not per frame.
-const RECV_BATCH: usize = 64;
-
 /// Buffers the receive task reuses for every frame (no allocation per frame).
 #[derive(Default)]
 struct DriveBuffers {
     todo: VecDeque<Output>,
     returned: Vec<u64>,
-    received: Vec<crate::client::Message>,
 }
 
 /// Waits for `done`, re-checking it whenever `notify` fires.
@@ -690,7 +664,7 @@ async fn receive_loop(
             m = client.recv() => {
                 let Ok(m) = m else { break };
                 let Some(core) = core.upgrade() else { break };
-                link.on_messages(&core, m, &mut client, &mut bufs.received);
+                link.on_message(&core, &m);
                 link.drive(&core, &mut bufs).await;
             }
             _ = &mut sleep, if armed.is_some() => {
@@ -701,8 +675,8 @@ async fn receive_loop(
                 let mut queued = client.queued();
                 while queued > 0 {
                     let Some(m) = client.try_recv() else { break };
-                    let taken = link.on_messages(&core, m, &mut client, &mut bufs.received);
-                    queued = queued.saturating_sub(taken);
+                    queued -= 1;
+                    link.on_message(&core, &m);
                     link.drive(&core, &mut bufs).await;
                 }
                 // Cleared first: a sender that hands more from here on arms the beat again.
