@@ -295,6 +295,12 @@ struct Outgoing {
     payload: Bytes,
 }
 
+/// An outbox entry: a message and its place in the order the outbox took them.
+struct Queued {
+    id: u64,
+    msg: Outgoing,
+}
+
 struct Shared {
     endpoint: Endpoint,
     name: String,
@@ -304,7 +310,11 @@ struct Shared {
     /// acknowledgement on one connection says nothing of frames written to another.
     generation: AtomicU64,
     subscriptions: Mutex<BTreeSet<String>>,
-    outbox: Mutex<VecDeque<Outgoing>>,
+    outbox: Mutex<VecDeque<Queued>>,
+    /// The id the next outbox entry gets.
+    outbox_next: AtomicU64,
+    /// One outbox flush at a time: a flush leaves what it sends in the outbox until confirmed.
+    flushing: tokio::sync::Mutex<()>,
     state: watch::Sender<ConnectionState>,
     lost: Notify,
     closing: AtomicBool,
@@ -1037,9 +1047,12 @@ impl Shared {
             if outbox.len() >= capacity && outbox.pop_front().is_some() {
                 self.counters.outbox_dropped.fetch_add(1, Relaxed);
             }
-            outbox.push_back(Outgoing {
-                topic: topic.clone(),
-                payload,
+            outbox.push_back(Queued {
+                id: self.outbox_next.fetch_add(1, Relaxed),
+                msg: Outgoing {
+                    topic: topic.clone(),
+                    payload,
+                },
             });
             self.counters.outbox_queued.fetch_add(1, Relaxed);
         }
@@ -1048,30 +1061,38 @@ impl Shared {
 
     /// Sends what waits in the outbox, in order, [`FLUSH_WINDOW`] confirmations in flight
     /// (one at a time, a 100,000-message outbox took longer to hand over than most outages
-    /// last); stops at the first failure, with what was not confirmed back at the front of
-    /// the outbox in order (sent again later: at least once).
+    /// last); stops at the first failure. Messages leave the outbox only once confirmed (or
+    /// denied), so a flush that fails, times out or is cancelled loses nothing: what it sent
+    /// unconfirmed is sent again later (at least once).
     async fn flush_outbox(&self) -> Result<(), ClientError> {
+        let _one = self.flushing.lock().await;
         loop {
-            let mut in_flight = Vec::new();
+            let batch: Vec<(u64, BusrtTopic, Bytes)> = self
+                .outbox
+                .lock()
+                .iter()
+                .take(FLUSH_WINDOW)
+                .map(|q| (q.id, q.msg.topic.clone(), q.msg.payload.clone()))
+                .collect();
+            if batch.is_empty() {
+                return Ok(());
+            }
+            let mut in_flight = Vec::with_capacity(batch.len());
             let sent = {
                 let mut guard = self.conn.lock().await;
                 let Some(conn) = guard.as_mut() else {
                     return Err(ClientError::Closed);
                 };
                 let mut sent = Ok(());
-                while in_flight.len() < FLUSH_WINDOW {
-                    let Some(msg) = self.outbox.lock().pop_front() else {
-                        break;
-                    };
+                for (id, topic, payload) in batch {
                     let publish = conn.publish(
-                        &msg.topic,
-                        msg.payload.as_ref().into(),
+                        &topic,
+                        payload.as_ref().into(),
                         busrt::QoS::RealtimeProcessed,
                     );
                     match timeout(self.opts.timeout, publish).await {
-                        Ok(Ok(c)) => in_flight.push((c, msg)),
+                        Ok(Ok(c)) => in_flight.push((c, id, topic)),
                         _ => {
-                            self.outbox.lock().push_front(msg);
                             sent = Err(ClientError::Timeout("outbox flush"));
                             break;
                         }
@@ -1079,39 +1100,35 @@ impl Shared {
                 }
                 sent
             };
-            if in_flight.is_empty() && sent.is_ok() {
-                return Ok(());
-            }
-            // Every confirmation in flight is awaited; after one fails, the rest are not
-            // trusted and go back with it.
+            // Confirmed in order; after one fails, the rest are not trusted and stay.
+            let mut done = None;
             let mut failed = None;
-            let mut unconfirmed = Vec::new();
-            for (c, msg) in in_flight {
-                if failed.is_some() {
-                    unconfirmed.push(msg);
-                    continue;
-                }
+            for (c, id, topic) in in_flight {
                 match confirm("outbox flush", c, self.opts.timeout).await {
                     Ok(()) => {
                         self.counters.outbox_resent.fetch_add(1, Relaxed);
                         self.counters.acked.fetch_add(1, Relaxed);
                     }
                     Err(ClientError::Denied(e)) => {
-                        tracing::warn!(topic = %msg.topic, "outbox message denied by the broker: {e}");
+                        tracing::warn!(topic = %topic, "outbox message denied by the broker: {e}");
                         self.counters.outbox_dropped.fetch_add(1, Relaxed);
                     }
                     Err(e) => {
-                        unconfirmed.push(msg);
                         failed = Some(e);
+                        break;
                     }
+                }
+                done = Some(id);
+            }
+            if let Some(done) = done {
+                // Entries only leave from the front (here, or dropped as the oldest), in id
+                // order, so what is confirmed is a prefix of what is left.
+                let mut outbox = self.outbox.lock();
+                while outbox.front().is_some_and(|q| q.id <= done) {
+                    outbox.pop_front();
                 }
             }
             if let Some(e) = failed.or(sent.err()) {
-                let mut outbox = self.outbox.lock();
-                for msg in unconfirmed.into_iter().rev() {
-                    outbox.push_front(msg);
-                }
-                drop(outbox);
                 self.lost.notify_one();
                 return Err(e);
             }
@@ -1134,6 +1151,8 @@ impl Shared {
             generation: AtomicU64::new(0),
             subscriptions: Mutex::new(BTreeSet::new()),
             outbox: Mutex::new(VecDeque::new()),
+            outbox_next: AtomicU64::new(0),
+            flushing: tokio::sync::Mutex::new(()),
             state,
             lost: Notify::new(),
             closing: AtomicBool::new(false),
