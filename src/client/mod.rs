@@ -746,13 +746,7 @@ impl Publisher {
         more_follows: bool,
         out_of_order: bool,
     ) -> Result<Ack, ClientError> {
-        let limit = self.shared.opts.max_message_size;
-        if payload.len() > limit {
-            return Err(ClientError::TooLarge {
-                size: payload.len(),
-                limit,
-            });
-        }
+        self.shared.check_size(&payload)?;
         self.shared.counters.published.fetch_add(1, Relaxed);
         let shared = self.shared.clone();
         let confirmation = {
@@ -905,18 +899,12 @@ impl GroupedPublisher {
     ) -> Result<Grouped, ClientError> {
         let payload = payload.into();
         let shared = &self.publisher.shared;
-        let limit = shared.opts.max_message_size;
-        if payload.len() > limit {
-            return Err(ClientError::TooLarge {
-                size: payload.len(),
-                limit,
-            });
-        }
+        shared.check_size(&payload)?;
         let close = next != Some(&busrt_topic) || self.pending.len() + 1 >= self.group;
-        let qos = match (close, next.is_some()) {
-            (false, _) => busrt::QoS::No,
-            (true, true) => busrt::QoS::Processed,
-            (true, false) => busrt::QoS::RealtimeProcessed,
+        let qos = if close {
+            QoS::Processed.busrt_flushing(next.is_none())
+        } else {
+            busrt::QoS::No
         };
         let mut guard = shared.conn.lock().await;
         let generation = shared.generation.load(Relaxed);
@@ -977,6 +965,18 @@ impl GroupedPublisher {
 }
 
 impl Shared {
+    /// `TooLarge` for a payload over the message size limit, before anything is written.
+    fn check_size(&self, payload: &Bytes) -> Result<(), ClientError> {
+        let limit = self.opts.max_message_size;
+        if payload.len() > limit {
+            return Err(ClientError::TooLarge {
+                size: payload.len(),
+                limit,
+            });
+        }
+        Ok(())
+    }
+
     fn stats(&self) -> ClientStats {
         let c = &self.counters;
         ClientStats {
