@@ -210,10 +210,13 @@ fn batches_round_trip_in_order_in_both_codecs() {
         let frame = codec.batch(items.iter().map(Vec::as_slice));
         assert_eq!(codec.decode_frame(&frame).unwrap(), envs, "{kind:?}");
         if kind == CodecKind::Protobuf {
-            // Written in place, the bytes of the prost record.
-            let record = busbridge::codec::proto::BatchRecord::decode(&*frame).unwrap();
+            // Written in place, the bytes of the prost record (its header first).
+            let mut record = busbridge::codec::proto::BatchRecord::decode(&*frame).unwrap();
             assert_eq!(record.items, items);
-            assert_eq!(record.encode_to_vec(), frame);
+            let canonical = record.encode_to_vec();
+            assert_eq!(codec.decode_frame(&canonical).unwrap(), envs, "header last");
+            let header = record.header.take();
+            assert_eq!(header_first(header, record.encode_to_vec()), frame);
         }
         // A single envelope is a frame of one; a batch is not a single envelope.
         let one = codec.encode(&envs[0]).unwrap();
@@ -279,6 +282,22 @@ fn typed_errors_for_bad_input() {
         codec.decode(&legacy),
         Err(CodecError::NotAnEnvelope(_))
     ));
+    // A second header that changes the kind the first one named is refused, not decoded as
+    // the other record.
+    let mut two = proto(&envelope(process(1)));
+    let other = busbridge::codec::proto::Header {
+        version: 1,
+        kind: 4,
+        ..Default::default()
+    };
+    prost::encoding::message::encode(100, &other, &mut two);
+    assert!(matches!(
+        codec.decode(&two),
+        Err(CodecError::InvalidField {
+            field: "header",
+            ..
+        })
+    ));
     // Truncation anywhere gives an error, never a panic.
     let bytes = proto(&envelope(process(1)));
     for cut in 1..bytes.len() {
@@ -325,20 +344,31 @@ proptest! {
         let mut env = envelope(event);
         env.seq = seq;
         env.timestamp = ts;
-        let bytes = Codec::default().encode(&env).unwrap();
-        let again = match &env.event {
-            CollectionEvent::Process(_) => ProcessRecord::decode(&*bytes).unwrap().encode_to_vec(),
-            CollectionEvent::Network(_) => NetworkRecord::decode(&*bytes).unwrap().encode_to_vec(),
-            CollectionEvent::Filesystem(_) => FilesystemRecord::decode(&*bytes).unwrap().encode_to_vec(),
-            CollectionEvent::Performance(_) => PerformanceRecord::decode(&*bytes).unwrap().encode_to_vec(),
+        let codec = Codec::default();
+        let bytes = codec.encode(&env).unwrap();
+        // prost writes fields in tag order, the header (100) last; busbridge writes it first.
+        macro_rules! again {
+            ($record:ty) => {{
+                let mut r = <$record>::decode(&*bytes).unwrap();
+                let canonical = r.encode_to_vec();
+                let header = r.header.take();
+                (canonical, header_first(header, r.encode_to_vec()))
+            }};
+        }
+        let (canonical, again) = match &env.event {
+            CollectionEvent::Process(_) => again!(ProcessRecord),
+            CollectionEvent::Network(_) => again!(NetworkRecord),
+            CollectionEvent::Filesystem(_) => again!(FilesystemRecord),
+            CollectionEvent::Performance(_) => again!(PerformanceRecord),
             CollectionEvent::TriggerRequest(t) => {
-                let r = TriggerRecord::decode(&*bytes).unwrap();
                 // A map's entries come in its iteration order, which decoding may change.
                 prop_assume!(t.metadata.len() <= 1);
-                r.encode_to_vec()
+                again!(TriggerRecord)
             }
         };
         prop_assert_eq!(again, bytes);
+        // The header last, as another protobuf encoder writes it, decodes the same.
+        prop_assert_eq!(codec.decode(&canonical).unwrap(), env);
     }
 
     /// What a bridge reads of its own returns without decoding them equals the full decode,
@@ -400,4 +430,14 @@ fn event_extras_round_trip_and_are_legacy_field_10() {
     assert!(!String::from_utf8(codec.encode(&plain).unwrap())
         .unwrap()
         .contains("extra"));
+}
+
+/// A prost message's bytes with its header (field 100) moved in front, as busbridge writes it.
+fn header_first(header: Option<busbridge::codec::proto::Header>, rest: Vec<u8>) -> Vec<u8> {
+    let mut out = Vec::new();
+    if let Some(h) = header {
+        prost::encoding::message::encode(100, &h, &mut out);
+    }
+    out.extend(rest);
+    out
 }

@@ -126,13 +126,13 @@ pub enum Delivery {
     /// Our own event, returned; do what is owed, then call [`Protocol::settle`] with its
     /// sequence number.
     Returned {
-        /// The event.
-        env: Envelope,
+        /// The event (boxed: it moves through several queues on its way).
+        env: Box<Envelope>,
         /// What it owes.
         owed: Owed,
     },
     /// Another origin's event, to deliver to local subscribers.
-    Remote(Envelope),
+    Remote(Box<Envelope>),
     /// Our own event, returned, owing nothing (no local subscriber, no comparison): only
     /// call [`Protocol::settle`] with this sequence number. It was not decoded.
     Settle(u64),
@@ -141,9 +141,8 @@ pub enum Delivery {
 /// An event as a stream holds it: decoded, or only numbered (an own event that owes nothing
 /// needs no decoding: its header says all the stream needs).
 #[derive(Debug)]
-#[allow(clippy::large_enum_variant)]
 enum Arrival {
-    Event(Envelope),
+    Event(Box<Envelope>),
     Bare(u64),
 }
 
@@ -406,7 +405,8 @@ impl Protocol {
             .rev()
             .find(|(s, _, _)| *s == seq)
             .and_then(|(_, _, frame)| self.s.codec.decode_frame(frame).ok())
-            .and_then(|mut envs| envs.pop());
+            .and_then(|mut envs| envs.pop())
+            .map(Box::new);
         match env {
             Some(env) => {
                 self.out
@@ -633,15 +633,12 @@ impl Protocol {
         if primary_sender == self.s.name && self.returns_owe_nothing(payload, phase, now) {
             return;
         }
-        let envelopes = match self.s.codec.decode_frame(payload) {
-            Ok(e) => e,
-            Err(e) => {
-                self.decode_error();
-                return tracing::debug!(sender = primary_sender, "dropped frame: {e}");
-            }
-        };
-        for env in envelopes {
-            self.on_envelope(primary_sender, env, phase, now);
+        let codec = self.s.codec;
+        if let Err(e) = codec.decode_frame_each(payload, |env| {
+            self.on_envelope(primary_sender, Box::new(env), phase, now)
+        }) {
+            self.decode_error();
+            tracing::debug!(sender = primary_sender, "dropped frame: {e}");
         }
     }
 
@@ -681,7 +678,13 @@ impl Protocol {
         true
     }
 
-    fn on_envelope(&mut self, primary_sender: &str, env: Envelope, phase: Phase, now: Instant) {
+    fn on_envelope(
+        &mut self,
+        primary_sender: &str,
+        env: Box<Envelope>,
+        phase: Phase,
+        now: Instant,
+    ) {
         if env.hops > self.s.hop_limit {
             return Stats::add(&self.stats.bridge_hop_limited, 1);
         }

@@ -227,14 +227,37 @@ impl Codec {
 
     /// Decodes a frame that holds one envelope or a batch of them (in order).
     pub fn decode_frame(&self, bytes: &[u8]) -> Result<Vec<Envelope>, CodecError> {
+        let mut out = Vec::new();
+        self.decode_frame_each(bytes, |e| out.push(e))?;
+        Ok(out)
+    }
+
+    /// Like [`decode_frame`](Self::decode_frame), handing each envelope to `each` in order
+    /// instead of collecting them (a frame of one envelope allocates no list). A batch with
+    /// one bad item hands on nothing.
+    pub fn decode_frame_each(
+        &self,
+        bytes: &[u8],
+        mut each: impl FnMut(Envelope),
+    ) -> Result<(), CodecError> {
         self.check_size(bytes.len())?;
         match bytes.first() {
             None => Err(CodecError::Empty),
             Some(b'{') => match json::unbatch(bytes)? {
-                None => Ok(vec![json::decode(bytes)?]),
-                Some(items) => items.iter().map(|i| self.decode(i)).collect(),
+                None => {
+                    each(json::decode(bytes)?);
+                    Ok(())
+                }
+                Some(items) => {
+                    let envs = items
+                        .iter()
+                        .map(|i| self.decode(i))
+                        .collect::<Result<Vec<_>, _>>()?;
+                    envs.into_iter().for_each(each);
+                    Ok(())
+                }
             },
-            Some(_) => proto::decode_frame(bytes),
+            Some(_) => proto::decode_frame_each(bytes, each),
         }
     }
 

@@ -49,14 +49,6 @@ pub struct Header {
     pub routing_metadata: HashMap<String, String>,
 }
 
-/// Reads only the header's version and kind, skipping everything else without allocating:
-/// the record, decoded next, carries the whole header.
-#[derive(Clone, PartialEq, Message)]
-struct HeaderProbe {
-    #[prost(message, optional, tag = "100")]
-    header: Option<HeaderKind>,
-}
-
 /// The first two fields of [`Header`].
 #[derive(Clone, PartialEq, Message)]
 struct HeaderKind {
@@ -306,32 +298,57 @@ pub(super) fn batch<'a>(items: impl IntoIterator<Item = &'a [u8]> + Clone) -> Ve
         .sum::<usize>()
         + prost::encoding::message::encoded_len(100, &header);
     let mut out = Vec::with_capacity(len);
+    prost::encoding::message::encode(100, &header, &mut out);
     for item in items {
         encode_key(1, WireType::LengthDelimited, &mut out);
         encode_varint(item.len() as u64, &mut out);
         out.extend_from_slice(item);
     }
-    prost::encoding::message::encode(100, &header, &mut out);
     out
 }
 
 const NO_HEADER: CodecError = CodecError::NotAnEnvelope("protobuf message without a header");
 
 /// The version and kind of a busbridge protobuf message, read without decoding the record.
-fn probe(bytes: &[u8]) -> Result<HeaderKind, CodecError> {
-    HeaderProbe::decode(bytes)?.header.ok_or(NO_HEADER)
+/// busbridge writes the header first, so this reads one field; a message whose header comes
+/// later (another encoder's) is scanned up to it. A second header would be merged into the
+/// first by the full decode, which therefore checks that version and kind did not change.
+fn probe(mut buf: &[u8]) -> Result<HeaderKind, CodecError> {
+    use prost::encoding::{decode_key, decode_varint, skip_field, DecodeContext, WireType};
+    while !buf.is_empty() {
+        let (tag, wire) = decode_key(&mut buf)?;
+        if tag == 100 && wire == WireType::LengthDelimited {
+            let len = usize::try_from(decode_varint(&mut buf)?).unwrap_or(usize::MAX);
+            let header = buf
+                .get(..len)
+                .ok_or_else(|| prost::DecodeError::new("header beyond the frame"))?;
+            return Ok(HeaderKind::decode(header)?);
+        }
+        skip_field(wire, tag, &mut buf, DecodeContext::default())?;
+    }
+    Err(NO_HEADER)
 }
 
-/// Decodes a frame holding one envelope or a batch, reading the header once.
-pub(super) fn decode_frame(bytes: &[u8]) -> Result<Vec<Envelope>, CodecError> {
+/// Decodes a frame holding one envelope or a batch, reading the header once, and hands each
+/// envelope to `each` in order. A batch with one bad item hands on nothing.
+pub(super) fn decode_frame_each(
+    bytes: &[u8],
+    mut each: impl FnMut(Envelope),
+) -> Result<(), CodecError> {
     let h = probe(bytes)?;
     if h.kind != KIND_BATCH {
-        return Ok(vec![decode_with(bytes, h)?]);
+        each(decode_with(bytes, h)?);
+        return Ok(());
     }
     if h.version != ENVELOPE_VERSION {
         return Err(CodecError::UnsupportedVersion(h.version));
     }
-    batch_items(bytes)?.into_iter().map(decode).collect()
+    let items = batch_items(bytes)?
+        .into_iter()
+        .map(decode)
+        .collect::<Result<Vec<_>, _>>()?;
+    items.into_iter().for_each(each);
+    Ok(())
 }
 
 /// What [`Codec::peek_frame`](super::Codec::peek_frame) reads of an envelope: who sent it,
@@ -597,7 +614,7 @@ impl Fields for HeaderOf<'_> {
 }
 
 /// An envelope as its event's record: the fields of [`ProcessRecord`], [`NetworkRecord`],
-/// [`FilesystemRecord`], [`PerformanceRecord`] or [`TriggerRecord`], then the header.
+/// [`FilesystemRecord`], [`PerformanceRecord`] or [`TriggerRecord`], the header first.
 struct RecordOf<'a> {
     header: HeaderOf<'a>,
     /// The event's collection time, split.
@@ -611,6 +628,8 @@ impl Fields for RecordOf<'_> {
     fn fields(&self, o: &mut impl Out) {
         let env = self.header.env;
         let (time, nanos) = self.time;
+        // The header first: a receiver reads its kind without scanning the record.
+        o.message(100, &self.header);
         match &env.event {
             CollectionEvent::Process(e) => {
                 put::u32(o, 1, e.pid);
@@ -688,7 +707,6 @@ impl Fields for RecordOf<'_> {
                 put::u32(o, 11, nanos);
             }
         }
-        o.message(100, &self.header);
     }
 }
 
@@ -743,13 +761,13 @@ pub(super) fn decode(bytes: &[u8]) -> Result<Envelope, CodecError> {
 }
 
 /// Decodes the record a probed header names.
-fn decode_with(bytes: &[u8], h: HeaderKind) -> Result<Envelope, CodecError> {
-    if h.version != ENVELOPE_VERSION {
-        return Err(CodecError::UnsupportedVersion(h.version));
+fn decode_with(bytes: &[u8], probed: HeaderKind) -> Result<Envelope, CodecError> {
+    if probed.version != ENVELOPE_VERSION {
+        return Err(CodecError::UnsupportedVersion(probed.version));
     }
     let header;
     let mut extra = super::EventExtra::default();
-    let event = match h.kind {
+    let event = match probed.kind {
         KIND_PROCESS => {
             let mut r = ProcessRecord::decode(bytes)?;
             header = r.header.take();
@@ -888,6 +906,9 @@ fn decode_with(bytes: &[u8], h: HeaderKind) -> Result<Envelope, CodecError> {
         n => return Err(invalid("header.kind", format!("unknown event kind {n}"))),
     };
     let h = header.ok_or(NO_HEADER)?;
+    if (h.version, h.kind) != (probed.version, probed.kind) {
+        return Err(invalid("header", "a second header changes version or kind"));
+    }
     let priority = u8::try_from(h.priority).map_err(|_| invalid("header.priority", "above 255"))?;
     Ok(Envelope {
         origin: h.origin,
