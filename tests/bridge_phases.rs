@@ -423,3 +423,51 @@ async fn stats_cli(socket: &std::path::Path) -> std::process::Output {
     .await
     .unwrap()
 }
+
+/// `bridge_received` counts an event once it was delivered: whoever waits for the counter
+/// (`busbridge parity` does) finds the events in its subscribers' queues, however many frames
+/// the receiving bridge takes in at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn received_counter_never_runs_ahead_of_delivery() {
+    const N: u64 = 5_000;
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("b.sock");
+    let mut broker = embedded();
+    broker.spawn_ipc_server(&socket, 10).unwrap();
+    broker.spawn().await.unwrap();
+    let bridge = || {
+        BridgeBuilder::new()
+            .phase(Phase::Topics)
+            .connect(format!("ipc://{}", socket.display()))
+            .build()
+    };
+    let receiving = bridge().await.unwrap();
+    let sending = bridge().await.unwrap();
+    let bus = receiving.crossbeam(HighPerformanceEventBusConfig::default());
+    let all = bus.subscribe(sub("all", SourceCaps::all())).await.unwrap();
+    let publisher = sending.crossbeam(HighPerformanceEventBusConfig::default());
+    let publish = tokio::spawn(async move {
+        for i in 0..N {
+            publisher
+                .publish(common::process(i as u32), i.to_string())
+                .await
+                .unwrap();
+        }
+        publisher
+    });
+    let stats = receiving.core().stats().clone();
+    let mut delivered = 0u64;
+    let deadline = tokio::time::Instant::now() + LIMIT;
+    while delivered < N {
+        let counted = stats.snapshot().bridge_received;
+        delivered += all.try_iter().count() as u64;
+        assert!(
+            delivered >= counted,
+            "counted {counted} received, {delivered} delivered"
+        );
+        assert!(tokio::time::Instant::now() < deadline, "{delivered} of {N}");
+        tokio::task::yield_now().await;
+    }
+    let _publisher = publish.await.unwrap();
+    assert_eq!(stats.snapshot().bridge_received, N);
+}

@@ -180,7 +180,9 @@ impl Sim {
     fn drain(&mut self, i: usize) {
         while let Some(out) = self.nodes[i].proto.poll() {
             match out {
-                Output::Deliver(Delivery::Returned { env, owed }) => {
+                Output::Deliver(
+                    Delivery::Returned { env, owed } | Delivery::Refused { env, owed },
+                ) => {
                     let n = &mut self.nodes[i];
                     if owed.deliver {
                         n.local.push(env.event_id.clone());

@@ -226,21 +226,41 @@ impl Link {
         self.settled.notify_waiters();
     }
 
-    /// Hands one message from busrt to the protocol.
-    fn on_message(&self, core: &Core, m: &crate::client::Message) {
-        if m.topic() == STATUS_TOPIC {
-            return self.answer_status(core);
+    /// Takes `first` and what else waits in the client's inbox (up to [`RECV_BATCH`]) into
+    /// the protocol under one lock; returns how many it took.
+    fn on_messages(
+        &self,
+        core: &Core,
+        first: crate::client::Message,
+        client: &mut AsyncClient,
+        batch: &mut Vec<crate::client::Message>,
+    ) -> usize {
+        batch.push(first);
+        while batch.len() < RECV_BATCH {
+            match client.try_recv() {
+                Some(m) => batch.push(m),
+                None => break,
+            }
         }
+        let taken = batch.len();
         let phase = core.phase();
-        let mut proto = self.proto.lock();
-        proto.confirmed(self.confirmed_high.load(Relaxed));
-        proto.on_message(
-            m.topic(),
-            m.primary_sender(),
-            m.payload(),
-            phase,
-            Instant::now(),
-        );
+        let now = Instant::now();
+        let mut status = false;
+        {
+            let mut proto = self.proto.lock();
+            proto.confirmed(self.confirmed_high.load(Relaxed));
+            for m in batch.drain(..) {
+                if m.topic() == STATUS_TOPIC {
+                    status = true;
+                    continue;
+                }
+                proto.on_message(m.topic(), m.primary_sender(), m.payload(), phase, now);
+            }
+        }
+        if status {
+            self.answer_status(core);
+        }
+        taken
     }
 
     /// This bus's status now: what a tool attached to the broker asks for.
@@ -284,23 +304,29 @@ impl Link {
 
     /// Carries out what the protocol asks for, in order.
     async fn drive(&self, core: &Core, bufs: &mut DriveBuffers) {
-        let DriveBuffers { todo, returned } = bufs;
+        let DriveBuffers { todo, returned, .. } = bufs;
         loop {
             self.proto.lock().poll_all(todo);
             if todo.is_empty() {
                 return;
             }
+            let mut received = 0;
             while let Some(out) = todo.pop_front() {
                 match out {
-                    Output::Deliver(Delivery::Returned { env, owed }) => {
-                        core.deliver_returned(&env, owed.deliver, owed.compare)
-                            .await;
-                        returned.push(env.seq);
+                    Output::Deliver(d) => {
+                        received += u64::from(d.received());
+                        match d {
+                            Delivery::Returned { env, owed } | Delivery::Refused { env, owed } => {
+                                core.deliver_returned(&env, owed.deliver, owed.compare)
+                                    .await;
+                                returned.push(env.seq);
+                            }
+                            Delivery::Remote(env) => {
+                                core.deliver_remote(&env).await;
+                            }
+                            Delivery::Settle(seq) => returned.push(seq),
+                        }
                     }
-                    Output::Deliver(Delivery::Remote(env)) => {
-                        core.deliver_remote(&env).await;
-                    }
-                    Output::Deliver(Delivery::Settle(seq)) => returned.push(seq),
                     Output::Transmit(Transmit::Control { topic, body }) => {
                         if self.control.try_send((topic, body)).is_err() {
                             Stats::add(&self.stats.bridge_send_errors, 1);
@@ -310,7 +336,9 @@ impl Link {
                     Output::Transmit(Transmit::Resend(frames)) => self.resend(frames).await,
                 }
             }
-            // Only now are the returns settled: a waiter sees the deliveries done.
+            // Only now are they counted and the returns settled: a waiter sees the
+            // deliveries done.
+            Stats::add(&self.stats.bridge_received, received);
             if !returned.is_empty() {
                 let mut proto = self.proto.lock();
                 for seq in returned.drain(..) {
@@ -349,11 +377,17 @@ impl Link {
     }
 }
 
+/// Frames the receive task takes from the inbox at once: the protocol's lock, the deliveries'
+/// settlement and the loop's own bookkeeping are paid per batch, not per frame. Small enough
+/// that a local publisher waiting for the protocol's lock waits for a few decodes at most.
+const RECV_BATCH: usize = 16;
+
 /// Buffers the receive task reuses for every frame (no allocation per frame).
 #[derive(Default)]
 struct DriveBuffers {
     todo: VecDeque<Output>,
     returned: Vec<u64>,
+    received: Vec<crate::client::Message>,
 }
 
 /// Waits for `done`, re-checking it whenever `notify` fires.
@@ -664,7 +698,7 @@ async fn receive_loop(
             m = client.recv() => {
                 let Ok(m) = m else { break };
                 let Some(core) = core.upgrade() else { break };
-                link.on_message(&core, &m);
+                link.on_messages(&core, m, &mut client, &mut bufs.received);
                 link.drive(&core, &mut bufs).await;
             }
             _ = &mut sleep, if armed.is_some() => {
@@ -675,8 +709,8 @@ async fn receive_loop(
                 let mut queued = client.queued();
                 while queued > 0 {
                     let Some(m) = client.try_recv() else { break };
-                    queued -= 1;
-                    link.on_message(&core, &m);
+                    let taken = link.on_messages(&core, m, &mut client, &mut bufs.received);
+                    queued = queued.saturating_sub(taken);
                     link.drive(&core, &mut bufs).await;
                 }
                 // Cleared first: a sender that hands more from here on arms the beat again.

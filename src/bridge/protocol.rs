@@ -136,6 +136,22 @@ pub enum Delivery {
     /// Our own event, returned, owing nothing (no local subscriber, no comparison): only
     /// call [`Protocol::settle`] with this sequence number. It was not decoded.
     Settle(u64),
+    /// Our own event that busrt refused (see [`Protocol::send_failed`]): do locally what its
+    /// return owed, then call [`Protocol::settle`] with its sequence number.
+    Refused {
+        /// The event, from the replay buffer.
+        env: Box<Envelope>,
+        /// What it owes.
+        owed: Owed,
+    },
+}
+
+impl Delivery {
+    /// True for an event that came from busrt (counted in `bridge_received` once carried
+    /// out), false for one busrt refused.
+    pub fn received(&self) -> bool {
+        !matches!(self, Delivery::Refused { .. })
+    }
 }
 
 /// An event as a stream holds it: decoded, or only numbered (an own event that owes nothing
@@ -410,7 +426,7 @@ impl Protocol {
         match env {
             Some(env) => {
                 self.out
-                    .push_back(Output::Deliver(Delivery::Returned { env, owed }));
+                    .push_back(Output::Deliver(Delivery::Refused { env, owed }));
                 true
             }
             None => {
@@ -717,8 +733,11 @@ impl Protocol {
     }
 
     /// Hands one accepted event on as the phase says.
+    ///
+    /// `bridge_received` counts an event once nothing is left to do for it: here if the
+    /// protocol is done with it, else by the driver once it carried out its [`Delivery`] (so
+    /// that code waiting for the counter finds the event delivered).
     fn dispatch(&mut self, item: Arrival, phase: Phase) {
-        Stats::add(&self.stats.bridge_received, 1);
         let env = match item {
             Arrival::Bare(seq) => {
                 Stats::add(&self.stats.bridge_returns_undecoded, 1);
@@ -728,14 +747,16 @@ impl Protocol {
         };
         if env.origin == self.s.origin {
             if let Some(&owed) = self.owed.get(&env.seq) {
-                self.out
+                return self
+                    .out
                     .push_back(Output::Deliver(Delivery::Returned { env, owed }));
             }
         } else if phase >= Phase::Topics {
-            self.out.push_back(Output::Deliver(Delivery::Remote(env)));
+            return self.out.push_back(Output::Deliver(Delivery::Remote(env)));
         } else {
             self.shadow_remote += 1;
         }
+        Stats::add(&self.stats.bridge_received, 1);
     }
 }
 
