@@ -12,7 +12,7 @@
 //! | `busbridge_events_published_total` | counter | `bus` |
 //! | `busbridge_events_delivered_total` | counter | `bus` |
 //! | `busbridge_events_dropped_total` | counter | `bus`, `reason` (`full`, `timeout`, `disconnected`) |
-//! | `busbridge_bridge_frames_total` | counter | `bus`, `direction` (`sent`, `received`) |
+//! | `busbridge_bridge_frames_total` | counter | `bus`, `direction` (`sent`, `received`: counted once delivered) |
 //! | `busbridge_bridge_gaps_total` | counter | `bus`, `outcome` (`found`, `filled`, `lost`) |
 //! | `busbridge_bridge_resent_total` | counter | `bus` |
 //! | `busbridge_bridge_returns_undecoded_total` | counter | `bus` |

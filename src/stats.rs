@@ -132,7 +132,8 @@ pub struct StatsSnapshot {
     pub avg_delivery_latency_ms: f64,
     /// Events the bridge handed to busrt.
     pub bridge_sent: u64,
-    /// Events accepted from busrt (own returns included).
+    /// Events accepted from busrt (own returns included), counted once delivered to the
+    /// local subscribers (or needing no delivery): when it reads n, n events have arrived.
     pub bridge_received: u64,
     /// Loops dropped: own events relayed back by another client.
     pub bridge_echo_suppressed: u64,

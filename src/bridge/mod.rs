@@ -30,8 +30,7 @@ pub mod protocol;
 use crate::broker::{Broker, BrokerError};
 use crate::bus::{BusError, Core, CoreOptions, Route, Uplink};
 use crate::client::{
-    Ack, AsyncClient, ClientError, ClientOptions, GroupAck, Grouped, GroupedPublisher, Publisher,
-    QoS,
+    Ack, AsyncClient, ClientError, ClientOptions, Grouped, GroupedPublisher, Publisher, QoS,
 };
 use crate::codec::{Codec, CodecKind, Envelope};
 use crate::config::Config;
@@ -566,10 +565,11 @@ async fn sender(
         };
         let sent = match qos {
             QoS::Processed => grouped.publish(topic, frame, next).await,
+            // Best effort: done once written (or dropped and counted), nothing to await.
             QoS::Realtime => publisher
-                .publish_pipelined(topic, frame, qos, next.is_some())
+                .publish_unacked(&topic, &frame, next.is_some())
                 .await
-                .map(|ack| Grouped::Closed(GroupAck { messages: 1, ack })),
+                .map(|()| Grouped::Queued(1)),
         };
         let sent = match sent {
             Ok(sent) => sent,
@@ -599,7 +599,7 @@ async fn sender(
         open_frames += 1;
         match sent {
             Grouped::Open => {}
-            // Safe in the client's outbox, to be sent after reconnecting.
+            // Safe in the client's outbox, to be sent after reconnecting; or best effort.
             Grouped::Queued(_) => {
                 finish(&link, &stats, std::mem::take(&mut open), Ok(()));
                 open_frames = 0;

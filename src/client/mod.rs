@@ -738,6 +738,32 @@ impl Publisher {
             .await
     }
 
+    /// Sends one frame best effort (`QoS::Realtime`), like
+    /// [`publish_pipelined`](Self::publish_pipelined) with `QoS::Realtime` but with no
+    /// acknowledgement to build and await: while disconnected (or while older messages wait
+    /// in the outbox) it is dropped and counted in `outbox_dropped`.
+    pub async fn publish_unacked(
+        &self,
+        busrt_topic: &BusrtTopic,
+        payload: &Bytes,
+        more_follows: bool,
+    ) -> Result<(), ClientError> {
+        let shared = &self.shared;
+        shared.check_size(payload)?;
+        shared.counters.published.fetch_add(1, Relaxed);
+        let qos = QoS::Realtime.busrt_flushing(!more_follows);
+        if shared
+            .write(busrt_topic, payload, qos, |_| {
+                !shared.outbox.lock().is_empty()
+            })
+            .await
+            .is_err()
+        {
+            shared.counters.outbox_dropped.fetch_add(1, Relaxed);
+        }
+        Ok(())
+    }
+
     async fn pipelined(
         &self,
         busrt_topic: BusrtTopic,
@@ -746,47 +772,31 @@ impl Publisher {
         more_follows: bool,
         out_of_order: bool,
     ) -> Result<Ack, ClientError> {
-        self.shared.check_size(&payload)?;
-        self.shared.counters.published.fetch_add(1, Relaxed);
-        let shared = self.shared.clone();
-        let confirmation = {
-            let mut guard = shared.conn.lock().await;
-            let queued = !out_of_order && !shared.outbox.lock().is_empty();
-            let sent = match guard.as_mut().filter(|_| !queued) {
-                None => None,
-                Some(conn) => Some(
-                    timeout(
-                        shared.opts.timeout,
-                        conn.publish(
-                            &busrt_topic,
-                            payload.as_ref().into(),
-                            qos.busrt_flushing(!more_follows),
-                        ),
-                    )
-                    .await,
-                ),
-            };
-            match sent {
-                Some(Ok(Ok(c))) => c,
-                other => {
-                    if other.is_some() {
-                        shared.lost.notify_one();
-                    }
-                    drop(guard);
-                    let r = match qos {
-                        QoS::Processed => shared.enqueue(Outgoing {
-                            topic: busrt_topic,
-                            payload,
-                        }),
-                        QoS::Realtime => {
-                            shared.counters.outbox_dropped.fetch_add(1, Relaxed);
-                            Ok(())
-                        }
-                    };
-                    return r.map(|()| Box::pin(async { Ok(()) }) as Ack);
+        let shared = &self.shared;
+        shared.check_size(&payload)?;
+        shared.counters.published.fetch_add(1, Relaxed);
+        let written = shared
+            .write(
+                &busrt_topic,
+                &payload,
+                qos.busrt_flushing(!more_follows),
+                |_| !out_of_order && !shared.outbox.lock().is_empty(),
+            )
+            .await;
+        let Ok((confirmation, _)) = written else {
+            let r = match qos {
+                QoS::Processed => shared.enqueue(Outgoing {
+                    topic: busrt_topic,
+                    payload,
+                }),
+                QoS::Realtime => {
+                    shared.counters.outbox_dropped.fetch_add(1, Relaxed);
+                    Ok(())
                 }
-            }
+            };
+            return r.map(|()| Box::pin(async { Ok(()) }) as Ack);
         };
+        let shared = shared.clone();
         Ok(Box::pin(async move {
             match confirm("publish", confirmation, shared.opts.timeout).await {
                 Ok(()) => {
@@ -906,36 +916,24 @@ impl GroupedPublisher {
         } else {
             busrt::QoS::No
         };
-        let mut guard = shared.conn.lock().await;
-        let generation = shared.generation.load(Relaxed);
-        let queued = !shared.outbox.lock().is_empty()
-            || (!self.pending.is_empty() && generation != self.generation);
-        let sent = match guard.as_mut().filter(|_| !queued) {
-            None => None,
-            Some(conn) => Some(
-                timeout(
-                    shared.opts.timeout,
-                    conn.publish(&busrt_topic, payload.as_ref().into(), qos),
-                )
-                .await,
-            ),
-        };
-        drop(guard);
-        let confirmation = match sent {
-            Some(Ok(Ok(c))) => c,
-            _ => {
-                // Not written: it and the open group (written, never to be confirmed) wait
-                // in the outbox, in order. The supervisor is woken to hand them over: after a
-                // change of connection nothing else may be about to.
-                shared.lost.notify_one();
-                let group = self.pending.iter().cloned().chain([payload]);
-                let group: Vec<Bytes> = group.collect();
-                let queued = group.len();
-                shared.enqueue_all(busrt_topic, group)?;
-                shared.counters.published.fetch_add(1, Relaxed);
-                self.pending.clear();
-                return Ok(Grouped::Queued(queued));
-            }
+        let written = shared
+            .write(&busrt_topic, &payload, qos, |generation| {
+                !shared.outbox.lock().is_empty()
+                    || (!self.pending.is_empty() && generation != self.generation)
+            })
+            .await;
+        let Ok((confirmation, generation)) = written else {
+            // Not written: it and the open group (written, never to be confirmed) wait in
+            // the outbox, in order. The supervisor is woken to hand them over: after a change
+            // of connection nothing else may be about to.
+            shared.lost.notify_one();
+            let group = self.pending.iter().cloned().chain([payload]);
+            let group: Vec<Bytes> = group.collect();
+            let queued = group.len();
+            shared.enqueue_all(busrt_topic, group)?;
+            shared.counters.published.fetch_add(1, Relaxed);
+            self.pending.clear();
+            return Ok(Grouped::Queued(queued));
         };
         shared.counters.published.fetch_add(1, Relaxed);
         self.generation = generation;
@@ -990,6 +988,38 @@ impl Shared {
             dropped_inbox: c.dropped_inbox.load(Relaxed),
             reconnects: c.reconnects.load(Relaxed),
             keepalive_failures: c.keepalive_failures.load(Relaxed),
+        }
+    }
+
+    /// Writes one frame on the live connection, under its lock and within the timeout.
+    /// `hold`, asked under the lock with the connection's generation, keeps the frame off
+    /// the wire (older messages must go first). Returns the frame's confirmation and the
+    /// generation it was written in; `Err(())` if it was not written: held, no connection, or
+    /// the write failed (the supervisor is then told the connection may be lost).
+    async fn write(
+        &self,
+        topic: &str,
+        payload: &Bytes,
+        qos: busrt::QoS,
+        hold: impl FnOnce(u64) -> bool,
+    ) -> Result<(busrt::OpConfirm, u64), ()> {
+        let mut guard = self.conn.lock().await;
+        let generation = self.generation.load(Relaxed);
+        let conn = match guard.as_mut() {
+            Some(conn) if !hold(generation) => conn,
+            _ => return Err(()),
+        };
+        match timeout(
+            self.opts.timeout,
+            conn.publish(topic, payload.as_ref().into(), qos),
+        )
+        .await
+        {
+            Ok(Ok(confirmation)) => Ok((confirmation, generation)),
+            _ => {
+                self.lost.notify_one();
+                Err(())
+            }
         }
     }
 

@@ -1,6 +1,7 @@
 //! The protobuf messages. Fields 1–14 (or fewer) are the legacy records', with their legacy
 //! numbers and types; busbridge's additions use numbers the legacy schema never had, and the
-//! envelope header sits at field 100 of every message.
+//! envelope header sits at field 100 of every message, written first: a reader finds the
+//! event's kind without scanning the record (protobuf readers take fields in any order).
 
 use super::time::{join, split, MS, SEC};
 use super::{CodecError, Envelope, ENVELOPE_VERSION};
