@@ -565,6 +565,9 @@ pub async fn phase2(events: usize, transport: Transport, batch: bool, qos: QoS) 
     let dir = tempfile::tempdir().expect("tempdir");
     let mut broker = Broker::new();
     broker.set_name(format!("bench-{}", uuid::Uuid::new_v4().simple()));
+    // As for the raw runs: a queue that holds the run, so a realtime publisher outrunning the
+    // subscriber does not get it unregistered mid-run (the bridge would recover by resends).
+    broker.set_queue_size(events.max(262_144) + 16);
     let socket = dir.path().join("bench.sock");
     broker.spawn_ipc_server(&socket, 100).expect("listener");
     broker
