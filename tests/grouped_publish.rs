@@ -1,6 +1,7 @@
 //! `GroupedPublisher`: one acknowledgement per group of frames to a topic, against a real
 //! busrt broker. Groups close at their size, at a change of topic and at the end of a burst;
-//! a group cut off with its connection is sent again whole; a denied group is refused whole.
+//! a group cut off with its connection is sent again whole; a denied group is refused whole;
+//! a group whose closing message was refused is closed on its own.
 
 mod common;
 
@@ -206,4 +207,35 @@ async fn a_denied_group_is_refused_whole() {
     }
     assert!(agent.try_recv().is_none());
     assert_eq!(procmond.stats().acked, 5);
+}
+
+/// The message that was to close a group is refused (too large): the group, written and
+/// waiting for an acknowledgement, is closed on its own and every message in it arrives.
+#[tokio::test]
+async fn an_open_group_closes_without_a_message_of_its_own() {
+    let dir = procs::sock_dir();
+    let (_broker, uri, mut sub) = broker_and_reader(&dir, |_| {}, "sub").await;
+    let publisher = client(&uri, "pub").await;
+    let mut out = GroupedPublisher::new(publisher.publisher(), 64);
+    let topic: BusrtTopic = "events/process/new".into();
+    for i in 0..10u32 {
+        let r = out.publish(topic.clone(), i.to_be_bytes().to_vec(), Some(&topic));
+        assert!(matches!(r.await.unwrap(), Grouped::Open));
+    }
+    let huge = vec![0u8; publisher.max_message_size() + 1];
+    let refused = out.publish(topic.clone(), huge, None).await;
+    assert!(matches!(refused, Err(ClientError::TooLarge { .. })));
+    assert_eq!(out.open(), 10, "the refused message leaves the group open");
+    let Some(Grouped::Closed(group)) = out.close().await.unwrap() else {
+        panic!("the group closes");
+    };
+    assert_eq!(group.messages, 10);
+    timeout(LIMIT, group.ack).await.unwrap().unwrap();
+    assert!(out.close().await.unwrap().is_none(), "nothing left open");
+    let mut got = Vec::new();
+    while got.len() < 10 {
+        got.push(number(&timeout(LIMIT, sub.recv()).await.unwrap().unwrap()));
+    }
+    assert_eq!(got, (0..10).collect::<Vec<_>>());
+    assert_eq!(publisher.stats().acked, 10);
 }

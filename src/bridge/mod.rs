@@ -220,6 +220,21 @@ impl Link {
         }
     }
 
+    /// The sender handed events up to `high` to busrt, the last of a burst. It only notes how
+    /// far it got; the protocol (under its lock) hears of it when the heartbeat is armed and
+    /// when it is due, so the sender and the publishers do not contend for the lock per frame.
+    fn handed(&self, high: u64) {
+        let now = Instant::now();
+        self.handed_high.fetch_max(high, Relaxed);
+        self.handed_at.store(
+            now.saturating_duration_since(self.born).as_nanos() as u64,
+            Relaxed,
+        );
+        if !self.beat_armed.swap(true, SeqCst) && self.proto.lock().handed(high, now) {
+            self.timer.notify_one();
+        }
+    }
+
     fn release(&self, seq: u64) {
         self.proto.lock().settle(seq);
         self.settled.notify_waiters();
@@ -572,31 +587,31 @@ async fn sender(
                 .map(|()| Grouped::Queued(1)),
         };
         let sent = match sent {
-            Ok(sent) => sent,
+            Ok(sent) => {
+                Stats::add(&stats.bridge_sent, n);
+                if next.is_none() {
+                    if let Some(l) = link.upgrade() {
+                        l.handed(burst_high);
+                    }
+                }
+                open.extend(seqs);
+                open_frames += 1;
+                sent
+            }
             Err(e) => {
                 finish(&link, &stats, seqs, Err(e));
-                continue;
-            }
-        };
-        Stats::add(&stats.bridge_sent, n);
-        if next.is_none() {
-            if let Some(l) = link.upgrade() {
-                // The sender only notes how far it got; the protocol (under its lock) hears
-                // of it when the heartbeat is armed and when it is due, so the sender and the
-                // publishers do not contend for the lock per frame.
-                let now = Instant::now();
-                l.handed_high.fetch_max(burst_high, Relaxed);
-                l.handed_at.store(
-                    now.saturating_duration_since(l.born).as_nanos() as u64,
-                    Relaxed,
-                );
-                if !l.beat_armed.swap(true, SeqCst) && l.proto.lock().handed(burst_high, now) {
-                    l.timer.notify_one();
+                // The frame that was to close the open group was refused and none follows:
+                // close it now, or its events would wait for the next burst. (On failure it
+                // stays open, for the next frame to close.)
+                if carry.is_some() || open.is_empty() {
+                    continue;
+                }
+                match grouped.close().await {
+                    Ok(Some(closed)) => closed,
+                    Ok(None) | Err(_) => continue,
                 }
             }
-        }
-        open.extend(seqs);
-        open_frames += 1;
+        };
         match sent {
             Grouped::Open => {}
             // Safe in the client's outbox, to be sent after reconnecting; or best effort.

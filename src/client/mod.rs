@@ -856,8 +856,10 @@ impl Publisher {
 pub struct GroupedPublisher {
     publisher: Publisher,
     group: usize,
-    /// Frames of the open group already written, unacknowledged, and their connection.
+    /// Frames of the open group already written, unacknowledged, their topic and their
+    /// connection.
     pending: Vec<Bytes>,
+    topic: BusrtTopic,
     generation: u64,
 }
 
@@ -888,6 +890,7 @@ impl GroupedPublisher {
             publisher,
             group: group.max(1),
             pending: Vec::new(),
+            topic: BusrtTopic::Borrowed(""),
             generation: 0,
         }
     }
@@ -937,13 +940,54 @@ impl GroupedPublisher {
         };
         shared.counters.published.fetch_add(1, Relaxed);
         self.generation = generation;
+        self.topic = busrt_topic;
         self.pending.push(payload);
         if !close {
             return Ok(Grouped::Open);
         }
+        Ok(Grouped::Closed(self.group_ack(confirmation, false)))
+    }
+
+    /// Closes the open group without a message of its own (the one that was to close it was
+    /// refused, say, and no other follows): asks the broker to acknowledge a no-op on the
+    /// same connection, which it does only after handling every frame written before it.
+    /// `Ok(None)` if no group is open. If the connection is down or changed, the group goes
+    /// to the outbox (`Queued`); on `OutboxFull` it stays open.
+    pub async fn close(&mut self) -> Result<Option<Grouped>, ClientError> {
+        if self.pending.is_empty() {
+            return Ok(None);
+        }
+        let shared = &self.publisher.shared;
+        let mut guard = shared.conn.lock().await;
+        let same = shared.generation.load(Relaxed) == self.generation;
+        let sent = match guard.as_mut().filter(|_| same) {
+            Some(conn) => timeout(
+                shared.opts.timeout,
+                conn.unsubscribe(KEEPALIVE_TOPIC, busrt::QoS::RealtimeProcessed),
+            )
+            .await
+            .ok()
+            .and_then(Result::ok),
+            None => None,
+        };
+        drop(guard);
+        let Some(confirmation) = sent else {
+            shared.lost.notify_one();
+            let queued = self.pending.len();
+            shared.enqueue_all(self.topic.clone(), self.pending.clone())?;
+            self.pending.clear();
+            return Ok(Some(Grouped::Queued(queued)));
+        };
+        Ok(Some(Grouped::Closed(self.group_ack(confirmation, true))))
+    }
+
+    /// The acknowledgement of the open group, which it takes. `noop`: the confirmation is a
+    /// no-op's, whose denial still says the frames before it were handled.
+    fn group_ack(&mut self, confirmation: busrt::OpConfirm, noop: bool) -> GroupAck {
         let group = std::mem::take(&mut self.pending);
-        let shared = shared.clone();
-        Ok(Grouped::Closed(GroupAck {
+        let topic = self.topic.clone();
+        let shared = self.publisher.shared.clone();
+        GroupAck {
             messages: group.len(),
             ack: Box::pin(async move {
                 match confirm("publish", confirmation, shared.opts.timeout).await {
@@ -951,14 +995,18 @@ impl GroupedPublisher {
                         shared.counters.acked.fetch_add(group.len() as u64, Relaxed);
                         Ok(())
                     }
+                    Err(ClientError::Denied(_)) if noop => {
+                        shared.counters.acked.fetch_add(group.len() as u64, Relaxed);
+                        Ok(())
+                    }
                     Err(ClientError::Denied(e)) => Err(ClientError::Denied(e)),
                     Err(_) => {
                         shared.lost.notify_one();
-                        shared.enqueue_all(busrt_topic, group)
+                        shared.enqueue_all(topic, group)
                     }
                 }
             }),
-        }))
+        }
     }
 }
 
