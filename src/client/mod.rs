@@ -753,7 +753,7 @@ impl Publisher {
         shared.counters.published.fetch_add(1, Relaxed);
         let qos = QoS::Realtime.busrt_flushing(!more_follows);
         if shared
-            .write(busrt_topic, payload, qos, |_| {
+            .write(Write::Frame(busrt_topic, payload, qos), |_| {
                 !shared.outbox.lock().is_empty()
             })
             .await
@@ -777,9 +777,7 @@ impl Publisher {
         shared.counters.published.fetch_add(1, Relaxed);
         let written = shared
             .write(
-                &busrt_topic,
-                &payload,
-                qos.busrt_flushing(!more_follows),
+                Write::Frame(&busrt_topic, &payload, qos.busrt_flushing(!more_follows)),
                 |_| !out_of_order && !shared.outbox.lock().is_empty(),
             )
             .await;
@@ -920,7 +918,7 @@ impl GroupedPublisher {
             busrt::QoS::No
         };
         let written = shared
-            .write(&busrt_topic, &payload, qos, |generation| {
+            .write(Write::Frame(&busrt_topic, &payload, qos), |generation| {
                 !shared.outbox.lock().is_empty()
                     || (!self.pending.is_empty() && generation != self.generation)
             })
@@ -958,20 +956,9 @@ impl GroupedPublisher {
             return Ok(None);
         }
         let shared = &self.publisher.shared;
-        let mut guard = shared.conn.lock().await;
-        let same = shared.generation.load(Relaxed) == self.generation;
-        let sent = match guard.as_mut().filter(|_| same) {
-            Some(conn) => timeout(
-                shared.opts.timeout,
-                conn.unsubscribe(KEEPALIVE_TOPIC, busrt::QoS::RealtimeProcessed),
-            )
-            .await
-            .ok()
-            .and_then(Result::ok),
-            None => None,
-        };
-        drop(guard);
-        let Some(confirmation) = sent else {
+        let generation = self.generation;
+        let sent = shared.write(Write::Noop, |g| g != generation).await;
+        let Ok((confirmation, _)) = sent else {
             shared.lost.notify_one();
             let queued = self.pending.len();
             shared.enqueue_all(self.topic.clone(), self.pending.clone())?;
@@ -1010,6 +997,14 @@ impl GroupedPublisher {
     }
 }
 
+/// What [`Shared::write`] puts on the wire.
+enum Write<'a> {
+    /// A publish: topic, payload, busrt QoS.
+    Frame(&'a str, &'a Bytes, busrt::QoS),
+    /// A no-op asking for an acknowledgement (closes a group, see [`GroupedPublisher::close`]).
+    Noop,
+}
+
 impl Shared {
     /// `TooLarge` for a payload over the message size limit, before anything is written.
     fn check_size(&self, payload: &Bytes) -> Result<(), ClientError> {
@@ -1046,9 +1041,7 @@ impl Shared {
     /// the write failed (the supervisor is then told the connection may be lost).
     async fn write(
         &self,
-        topic: &str,
-        payload: &Bytes,
-        qos: busrt::QoS,
+        write: Write<'_>,
         hold: impl FnOnce(u64) -> bool,
     ) -> Result<(busrt::OpConfirm, u64), ()> {
         let mut guard = self.conn.lock().await;
@@ -1057,12 +1050,13 @@ impl Shared {
             Some(conn) if !hold(generation) => conn,
             _ => return Err(()),
         };
-        match timeout(
-            self.opts.timeout,
-            conn.publish(topic, payload.as_ref().into(), qos),
-        )
-        .await
-        {
+        let op = match write {
+            Write::Frame(topic, payload, qos) => conn.publish(topic, payload.as_ref().into(), qos),
+            // An unsubscription from a topic never subscribed: the broker acknowledges it
+            // after every frame written before it, and changes nothing.
+            Write::Noop => conn.unsubscribe(KEEPALIVE_TOPIC, busrt::QoS::RealtimeProcessed),
+        };
+        match timeout(self.opts.timeout, op).await {
             Ok(Ok(confirmation)) => Ok((confirmation, generation)),
             _ => {
                 self.lost.notify_one();
