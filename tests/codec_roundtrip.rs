@@ -298,6 +298,32 @@ fn typed_errors_for_bad_input() {
             ..
         })
     ));
+    // So is one header whose kind repeats further on with another value (the probe reads
+    // the first; protobuf's last value wins in the full decode).
+    let env = envelope(process(1));
+    let mut header = busbridge::codec::proto::Header {
+        version: 1,
+        kind: 1,
+        origin: env.origin.clone(),
+        seq: env.seq,
+        ..Default::default()
+    }
+    .encode_to_vec();
+    prost::encoding::uint32::encode(2, &4, &mut header);
+    let record = busbridge::codec::proto::ProcessRecord {
+        pid: 1,
+        ..Default::default()
+    };
+    let mut repeated = Vec::new();
+    prost::encoding::bytes::encode(100, &header, &mut repeated);
+    repeated.extend(record.encode_to_vec());
+    assert!(matches!(
+        codec.decode(&repeated),
+        Err(CodecError::InvalidField {
+            field: "header",
+            ..
+        })
+    ));
     // Truncation anywhere gives an error, never a panic.
     let bytes = proto(&envelope(process(1)));
     for cut in 1..bytes.len() {

@@ -444,11 +444,11 @@ async fn confirm(
     limit: Duration,
 ) -> Result<(), ClientError> {
     if let Some(rx) = confirm {
-        match timeout(limit, rx).await {
-            Err(_) => return Err(ClientError::Timeout(op)),
-            Ok(Err(_)) => return Err(ClientError::Busrt(format!("{op}: connection lost"))),
-            Ok(Ok(Err(e))) => return Err(busrt_err(e)),
-            Ok(Ok(Ok(()))) => {}
+        match within(limit, rx).await {
+            None => return Err(ClientError::Timeout(op)),
+            Some(Err(_)) => return Err(ClientError::Busrt(format!("{op}: connection lost"))),
+            Some(Ok(Err(e))) => return Err(busrt_err(e)),
+            Some(Ok(Ok(()))) => {}
         }
     }
     Ok(())
@@ -1056,8 +1056,8 @@ impl Shared {
             // after every frame written before it, and changes nothing.
             Write::Noop => conn.unsubscribe(KEEPALIVE_TOPIC, busrt::QoS::RealtimeProcessed),
         };
-        match timeout(self.opts.timeout, op).await {
-            Ok(Ok(confirmation)) => Ok((confirmation, generation)),
+        match within(self.opts.timeout, op).await {
+            Some(Ok(confirmation)) => Ok((confirmation, generation)),
             _ => {
                 self.lost.notify_one();
                 Err(())
@@ -1315,6 +1315,18 @@ impl Shared {
                 self.counters.dropped_inbox.fetch_add(1, Relaxed);
             }
         }
+    }
+}
+
+/// [`timeout`] for a future that is usually ready at once (a write into busrt's buffer): the
+/// timer, with its clock read and runtime handle, is only set up if it is not. `None` if
+/// `limit` passed first.
+async fn within<F: std::future::Future>(limit: Duration, fut: F) -> Option<F::Output> {
+    use std::task::Poll;
+    let mut fut = std::pin::pin!(fut);
+    match std::future::poll_fn(|cx| Poll::Ready(fut.as_mut().poll(cx))).await {
+        Poll::Ready(v) => Some(v),
+        Poll::Pending => timeout(limit, fut).await.ok(),
     }
 }
 

@@ -323,11 +323,35 @@ fn probe(mut buf: &[u8]) -> Result<HeaderKind, CodecError> {
             let header = buf
                 .get(..len)
                 .ok_or_else(|| prost::DecodeError::new("header beyond the frame"))?;
-            return Ok(HeaderKind::decode(header)?);
+            return header_kind(header);
         }
         skip_field(wire, tag, &mut buf, DecodeContext::default())?;
     }
     Err(NO_HEADER)
+}
+
+/// Version and kind of a header, read up to where both were seen (busbridge writes them
+/// first) rather than through the whole header. A later repeat of either is caught by the
+/// full decode, which compares.
+fn header_kind(mut buf: &[u8]) -> Result<HeaderKind, CodecError> {
+    use prost::encoding::{decode_key, decode_varint, skip_field, DecodeContext, WireType};
+    let (mut version, mut kind) = (None, None);
+    while !buf.is_empty() {
+        let (tag, wire) = decode_key(&mut buf)?;
+        match (tag, wire) {
+            // As prost reads a uint32: the varint truncated.
+            (1, WireType::Varint) => version = Some(decode_varint(&mut buf)? as u32),
+            (2, WireType::Varint) => kind = Some(decode_varint(&mut buf)? as u32),
+            _ => skip_field(wire, tag, &mut buf, DecodeContext::default())?,
+        }
+        if let (Some(version), Some(kind)) = (version, kind) {
+            return Ok(HeaderKind { version, kind });
+        }
+    }
+    Ok(HeaderKind {
+        version: version.unwrap_or(0),
+        kind: kind.unwrap_or(0),
+    })
 }
 
 /// Decodes a frame holding one envelope or a batch, reading the header once, and hands each
