@@ -481,7 +481,7 @@ impl Core {
         self.persist(&env);
         self.observers.published(&env);
         let Some(up) = self.uplink.get() else {
-            return Ok(self.deliver_direct(&env, false).await);
+            return Ok(self.deliver_last(env).await);
         };
         // Bounded in flight: a publisher faster than the round trip waits here. (The common
         // case is checked without a future: this runs for every event.)
@@ -497,7 +497,7 @@ impl Core {
                     .dispatch_trigger(&env)
                     .await
                     .map_err(BusError::Dispatch)?;
-                return Ok(self.deliver_direct(&env, false).await);
+                return Ok(self.deliver_last(env).await);
             }
         }
         let compare = phase.has_control() && self.observers.comparing();
@@ -523,6 +523,15 @@ impl Core {
             }
         }
         Ok(delivered)
+    }
+
+    /// [`deliver_direct`](Self::deliver_direct) of an envelope not needed afterwards: the
+    /// last subscriber takes it instead of a copy (unless observers need it too).
+    async fn deliver_last(&self, env: Envelope) -> usize {
+        if self.observers.watching_direct(false) {
+            return self.deliver_direct(&env, false).await;
+        }
+        self.router.route_owned(Box::new(env)).await
     }
 
     /// The legacy router delivers now; observers are told who received it.
@@ -554,12 +563,13 @@ impl Core {
     }
 
     /// Another bus's event from busrt, for the local subscribers.
-    pub async fn deliver_remote(&self, env: &Envelope) -> usize {
+    /// It is moved into the last matching subscriber.
+    pub async fn deliver_remote(&self, env: Box<Envelope>) -> usize {
         Stats::add(
             &self.stats.received_by_topic[crate::topic::counted_topic(&env.event)],
             1,
         );
-        self.router.route(env).await
+        self.router.route_owned(env).await
     }
 
     /// Replays persisted events of `correlation_id` to one subscriber (the tokio facade's

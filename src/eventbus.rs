@@ -29,7 +29,7 @@
 use crate::bus::{filter_of, BusError, Core, CoreOptions, Quota};
 use crate::event::CollectionEvent;
 use crate::queue::{self, Receiver};
-use crate::router::QueueSink;
+use crate::router::{MovingQueueSink, QueueSink};
 use crate::subscription::{BackpressureStrategy, BusEvent, EventBusStatistics, EventSubscription};
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
@@ -138,8 +138,13 @@ impl EventBus {
         &self,
         subscription: EventSubscription,
     ) -> Result<Receiver<BusEvent>, BusError> {
-        self.subscribe_as(subscription, |e| BusEvent::from(e), false)
-            .await
+        self.subscribe_as(
+            subscription,
+            |e| BusEvent::from(e),
+            Some(BusEvent::from),
+            false,
+        )
+        .await
     }
 
     /// Subscribes, replacing a subscriber with the same id (whose receiver then disconnects);
@@ -148,24 +153,34 @@ impl EventBus {
         &self,
         subscription: EventSubscription,
     ) -> Result<Receiver<BusEvent>, BusError> {
-        self.subscribe_as(subscription, |e| BusEvent::from(e), true)
-            .await
+        self.subscribe_as(
+            subscription,
+            |e| BusEvent::from(e),
+            Some(BusEvent::from),
+            true,
+        )
+        .await
     }
 
     async fn subscribe_as<T: Send + 'static>(
         &self,
         subscription: EventSubscription,
         convert: fn(&crate::codec::Envelope) -> T,
+        owned: Option<fn(crate::codec::Envelope) -> T>,
         replace: bool,
     ) -> Result<Receiver<T>, BusError> {
         let (tx, rx) = queue::channel(self.config.channel_capacity);
+        let sink: Box<dyn crate::router::Sink> = match owned {
+            Some(owned) => Box::new(MovingQueueSink(QueueSink(tx, convert), owned)),
+            None => Box::new(QueueSink(tx, convert)),
+        };
         self.core
             .subscribe_within(
                 &self.quota,
                 subscription.subscriber_id.clone(),
                 filter_of(&subscription),
                 self.config.backpressure_strategy.into(),
-                Box::new(QueueSink(tx, convert)),
+                sink,
                 replace,
             )
             .await?;
@@ -178,7 +193,8 @@ impl EventBus {
         &self,
         subscription: EventSubscription,
     ) -> Result<Receiver<crate::codec::Envelope>, BusError> {
-        self.subscribe_as(subscription, Clone::clone, false).await
+        self.subscribe_as(subscription, Clone::clone, Some(|e| e), false)
+            .await
     }
 
     /// Subscribes with `convert` applied to each envelope as it is delivered, on the
@@ -200,7 +216,7 @@ impl EventBus {
         subscription: EventSubscription,
         convert: fn(&crate::codec::Envelope) -> T,
     ) -> Result<Receiver<T>, BusError> {
-        self.subscribe_as(subscription, convert, false).await
+        self.subscribe_as(subscription, convert, None, false).await
     }
 
     /// The crossbeam-era statistics of the whole bus.

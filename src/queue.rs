@@ -143,15 +143,26 @@ pub struct Sender<T> {
 impl<T> Sender<T> {
     /// Queues `item` if there is room.
     pub fn try_send(&self, item: T) -> Result<(), TrySendError<T>> {
+        self.try_send_from(item, |item| item)
+    }
+
+    /// Queues what `make` builds from `src` if there is room; builds nothing otherwise and
+    /// hands `src` back (the router moves an envelope's fields into an item only once it is
+    /// sure to be queued).
+    pub(crate) fn try_send_from<S>(
+        &self,
+        src: S,
+        make: impl FnOnce(S) -> T,
+    ) -> Result<(), TrySendError<S>> {
         if self.is_disconnected() {
-            return Err(TrySendError::Disconnected(item));
+            return Err(TrySendError::Disconnected(src));
         }
         {
             let mut q = self.shared.queue.lock();
             if q.len() >= self.shared.capacity {
-                return Err(TrySendError::Full(item));
+                return Err(TrySendError::Full(src));
             }
-            q.push_back(item);
+            q.push_back(make(src));
         }
         self.shared.item.notify_one();
         if self.shared.async_waiting.load(Ordering::Acquire) > 0 {

@@ -211,6 +211,16 @@ pub enum Offer {
 pub trait Sink: Send + Sync + 'static {
     /// Queues the event without waiting.
     fn offer(&self, env: &Envelope) -> Offer;
+    /// Queues the event without waiting, taking it: the last subscriber of a delivery gets
+    /// the envelope's fields, not a copy. The default queues a copy; a sink that can move
+    /// the fields into what its receiver gets overrides it.
+    fn offer_owned(&self, env: Box<Envelope>) -> Result<(), Refused> {
+        match self.offer(&env) {
+            Offer::Sent => Ok(()),
+            Offer::Full => Err(Refused::Full(env)),
+            Offer::Closed => Err(Refused::Closed),
+        }
+    }
     /// Waits until there may be room; false if `limit` passed first.
     async fn ready(&self, limit: Option<Duration>) -> bool;
     /// Discards the oldest queued event; false if it cannot.
@@ -368,17 +378,24 @@ impl Router {
 
     /// Delivers to every matching subscriber; returns how many received it.
     pub async fn route(&self, env: &Envelope) -> usize {
-        self.route_where(env, |_| true, None).await
+        self.route_where(Routed::Ref(env), |_| true, None).await
+    }
+
+    /// Delivers like [`route`](Self::route), moving the envelope into the last matching
+    /// subscriber instead of copying it (for an envelope not needed afterwards).
+    pub async fn route_owned(&self, env: Box<Envelope>) -> usize {
+        self.route_where(Routed::Owned(env), |_| true, None).await
     }
 
     /// Delivers like [`route`](Self::route) and appends the ids that received it (for parity).
     pub async fn route_collect(&self, env: &Envelope, delivered_to: &mut Vec<String>) -> usize {
-        self.route_where(env, |_| true, Some(delivered_to)).await
+        self.route_where(Routed::Ref(env), |_| true, Some(delivered_to))
+            .await
     }
 
     /// Delivers to one subscriber if its filter matches (used by replay).
     pub async fn route_to(&self, env: &Envelope, id: &str) -> usize {
-        self.route_where(env, |s| s == id, None).await
+        self.route_where(Routed::Ref(env), |s| s == id, None).await
     }
 
     /// True if some subscriber's filter matches, without delivering or allocating.
@@ -401,7 +418,7 @@ impl Router {
 
     async fn route_where(
         &self,
-        env: &Envelope,
+        env: Routed<'_>,
         pick: impl Fn(&str) -> bool,
         mut delivered_to: Option<&mut Vec<String>>,
     ) -> usize {
@@ -413,12 +430,21 @@ impl Router {
             .is_multiple_of(16);
         let start = sample.then(Instant::now);
         let subscribers = self.subscribers.read().clone();
+        let wants = |sub: &Subscriber, e: &Envelope| pick(&sub.id) && sub.filter.matches(e);
+        // Found first, so that the last one can be given the envelope itself.
+        let Some(last) = subscribers.iter().rposition(|s| wants(s, env.get())) else {
+            return 0;
+        };
         let mut delivered = 0;
-        for sub in subscribers.iter() {
-            if !pick(&sub.id) || !sub.filter.matches(env) {
-                continue;
-            }
-            if self.deliver(sub, env).await {
+        let mut env = Some(env);
+        for (i, sub) in subscribers[..=last].iter().enumerate() {
+            let this = match env.as_ref() {
+                _ if i == last => env.take(),
+                Some(e) if wants(sub, e.get()) => Some(Routed::Ref(e.get())),
+                _ => None,
+            };
+            let Some(this) = this else { continue };
+            if self.deliver(sub, this).await {
                 delivered += 1;
                 if let Some(start) = start {
                     self.stats.record_latency(start.elapsed());
@@ -432,13 +458,28 @@ impl Router {
         delivered
     }
 
-    async fn deliver(&self, sub: &Arc<Subscriber>, env: &Envelope) -> bool {
+    async fn deliver(&self, sub: &Arc<Subscriber>, mut env: Routed<'_>) -> bool {
         let deadline = match sub.policy {
             Policy::BlockFor(d) => Some(Instant::now() + d),
             _ => None,
         };
         loop {
-            match sub.sink.offer(env) {
+            let offer = match env {
+                Routed::Ref(e) => sub.sink.offer(e),
+                Routed::Owned(e) => match sub.sink.offer_owned(e) {
+                    Ok(()) => return true,
+                    Err(Refused::Full(e)) => {
+                        env = Routed::Owned(e);
+                        Offer::Full
+                    }
+                    // Handled here: the envelope is gone, so the loop must not go on.
+                    Err(Refused::Closed) => {
+                        self.remove_closed(sub);
+                        return false;
+                    }
+                },
+            };
+            match offer {
                 Offer::Sent => return true,
                 Offer::Closed => {
                     self.remove_closed(sub);
@@ -492,6 +533,57 @@ impl Router {
     }
 }
 
+/// Why [`Sink::offer_owned`] did not queue an envelope.
+pub enum Refused {
+    /// No room now: the envelope comes back, to offer again.
+    Full(Box<Envelope>),
+    /// The receiver is gone.
+    Closed,
+}
+
+/// An envelope being delivered: borrowed, or owned and moved into the last subscriber.
+enum Routed<'a> {
+    Ref(&'a Envelope),
+    Owned(Box<Envelope>),
+}
+
+impl Routed<'_> {
+    fn get(&self) -> &Envelope {
+        match self {
+            Routed::Ref(e) => e,
+            Routed::Owned(e) => e,
+        }
+    }
+}
+
+/// A [`QueueSink`] that also builds its item from the envelope itself, moving its fields
+/// (see [`Sink::offer_owned`]).
+pub(crate) struct MovingQueueSink<T>(pub(crate) QueueSink<T>, pub(crate) fn(Envelope) -> T);
+
+#[async_trait]
+impl<T: Send + 'static> Sink for MovingQueueSink<T> {
+    fn offer(&self, env: &Envelope) -> Offer {
+        self.0.offer(env)
+    }
+    fn offer_owned(&self, env: Box<Envelope>) -> Result<(), Refused> {
+        use crate::queue::TrySendError;
+        match self.0 .0.try_send_from(env, |env| (self.1)(*env)) {
+            Ok(()) => Ok(()),
+            Err(TrySendError::Full(env)) => Err(Refused::Full(env)),
+            Err(TrySendError::Disconnected(_)) => Err(Refused::Closed),
+        }
+    }
+    async fn ready(&self, limit: Option<Duration>) -> bool {
+        self.0.ready(limit).await
+    }
+    fn discard_oldest(&self) -> bool {
+        self.0.discard_oldest()
+    }
+    fn queued(&self) -> usize {
+        self.0.queued()
+    }
+}
+
 /// A sink over busbridge's own queue (the phase-4 receiver), which can discard its oldest
 /// item; the function turns an envelope into what the receiver gets.
 pub struct QueueSink<T>(pub crate::queue::Sender<T>, pub fn(&Envelope) -> T);
@@ -517,5 +609,63 @@ impl<T: Send + 'static> Sink for QueueSink<T> {
     }
     fn queued(&self) -> usize {
         self.0.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::{CollectionEvent, PerformanceEvent, SourceCaps};
+
+    fn env(i: u32) -> Envelope {
+        let event = CollectionEvent::Performance(PerformanceEvent {
+            metric_name: format!("m{i}"),
+            value: 0.0,
+            unit: "u".into(),
+            pid: Some(i),
+            component: "c".into(),
+            timestamp: std::time::SystemTime::now(),
+        });
+        Envelope::new(event, format!("c{i}"), "p")
+    }
+
+    fn all() -> Filter {
+        Filter {
+            capabilities: SourceCaps::all(),
+            ..Default::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn the_last_subscriber_takes_the_envelope_and_a_full_one_hands_it_back() {
+        let stats = Arc::new(Stats::default());
+        let router = Router::new(10, stats.clone());
+        let (a_tx, a_rx) = crate::queue::channel(1);
+        let (b_tx, b_rx) = crate::queue::channel(1);
+        let a = QueueSink(a_tx, Clone::clone);
+        let b = MovingQueueSink(QueueSink(b_tx, Clone::clone), |e| e);
+        router
+            .subscribe("a", all(), Policy::DropNewest, Box::new(a))
+            .unwrap();
+        router
+            .subscribe("b", all(), Policy::DropOldest, Box::new(b))
+            .unwrap();
+        let first = env(1);
+        assert_eq!(router.route_owned(Box::new(first.clone())).await, 2);
+        // Both full: `a` drops the new event; `b`, the last, gets it back from its full
+        // queue, discards its oldest and takes it whole.
+        let second = env(2);
+        assert_eq!(router.route_owned(Box::new(second.clone())).await, 1);
+        assert_eq!(a_rx.try_recv().unwrap().event_id, first.event_id);
+        let got = b_rx.try_recv().unwrap();
+        assert_eq!(got.event_id, second.event_id);
+        assert_eq!(got.correlation_id, "c2");
+        assert!(b_rx.try_recv().is_err());
+        assert_eq!(stats.snapshot().dropped_full, 2);
+        // The last subscriber's receiver gone: counted and removed, the other still served.
+        drop(b_rx);
+        assert_eq!(router.route_owned(Box::new(env(3))).await, 1);
+        assert_eq!(stats.snapshot().subscribers_removed, 1);
+        assert!(!router.contains("b"));
     }
 }

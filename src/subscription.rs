@@ -64,6 +64,20 @@ pub struct BusEvent {
     pub priority: u8,
 }
 
+/// Moves the fields (the last subscriber of a delivery gets them without a copy).
+impl From<Envelope> for BusEvent {
+    fn from(env: Envelope) -> Self {
+        Self {
+            event_id: env.event_id,
+            event: env.event,
+            correlation_id: env.correlation_id,
+            publisher_id: env.publisher_id,
+            timestamp: env.timestamp,
+            priority: env.priority,
+        }
+    }
+}
+
 impl From<&Envelope> for BusEvent {
     fn from(env: &Envelope) -> Self {
         Self {

@@ -336,7 +336,7 @@ impl Link {
                                 returned.push(env.seq);
                             }
                             Delivery::Remote(env) => {
-                                core.deliver_remote(&env).await;
+                                core.deliver_remote(env).await;
                             }
                             Delivery::Settle(seq) => returned.push(seq),
                         }

@@ -30,7 +30,7 @@
 
 use crate::bus::{filter_of, Core, CoreOptions, Quota};
 use crate::codec::Envelope;
-use crate::router::{Offer, Sink};
+use crate::router::{Offer, Refused, Sink};
 use async_trait::async_trait;
 use crossbeam_channel::{Receiver, Sender};
 use serde::{Deserialize, Serialize};
@@ -215,6 +215,7 @@ impl HighPerformanceEventBusImpl {
             capacity: self.config.channel_capacity.max(1),
             discard_from: (strategy == BackpressureStrategy::DropOldest).then(|| rx.clone()),
             convert: bus_event,
+            owned: Some(bus_event_owned),
             retry: RETRY,
         };
         self.core
@@ -267,6 +268,9 @@ pub(crate) struct CrossbeamSink<T> {
     pub(crate) discard_from: Option<Receiver<T>>,
     /// What a subscriber of this version receives.
     pub(crate) convert: fn(&Envelope) -> T,
+    /// The same, moving the envelope's fields (see [`Sink::offer_owned`]), where the
+    /// version's item can take them.
+    pub(crate) owned: Option<fn(Envelope) -> T>,
     /// How a blocked publisher polls for room.
     pub(crate) retry: Retry,
 }
@@ -294,6 +298,13 @@ fn bus_event(env: &Envelope) -> BusEvent {
     }
 }
 
+fn bus_event_owned(env: Envelope) -> BusEvent {
+    BusEvent {
+        priority: PRIORITY,
+        ..BusEvent::from(env)
+    }
+}
+
 #[async_trait]
 impl<T: Send + Sync + 'static> Sink for CrossbeamSink<T> {
     fn offer(&self, env: &Envelope) -> Offer {
@@ -304,6 +315,19 @@ impl<T: Send + Sync + 'static> Sink for CrossbeamSink<T> {
             Ok(()) => Offer::Sent,
             Err(_) => Offer::Closed,
         }
+    }
+
+    fn offer_owned(&self, env: Box<Envelope>) -> Result<(), Refused> {
+        if self.tx.len() >= self.capacity {
+            return Err(Refused::Full(env));
+        }
+        // The capacity is the facade's own bound over an unbounded channel: with room, a
+        // send only fails with the receiver gone.
+        let item = match self.owned {
+            Some(owned) => owned(*env),
+            None => (self.convert)(&env),
+        };
+        self.tx.send(item).map_err(|_| Refused::Closed)
     }
 
     async fn ready(&self, limit: Option<Duration>) -> bool {

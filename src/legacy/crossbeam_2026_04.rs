@@ -441,6 +441,7 @@ impl HighPerformanceEventBusImpl {
             capacity: capacity.unwrap_or(c.per_subscriber_channel_capacity).max(1),
             discard_from: matches!(policy, Policy::DropOldest).then(|| rx.clone()),
             convert: bus_event,
+            owned: None,
             retry: Retry {
                 first: Duration::from_millis(1),
                 // The publish bounds the whole wait (`blocking_limit`).

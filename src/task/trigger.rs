@@ -156,7 +156,7 @@ impl TaskServerBuilder {
                             "not a trigger request".into(),
                         ));
                     }
-                    let delivered = core.deliver_remote(&env).await;
+                    let delivered = core.deliver_remote(Box::new(env)).await;
                     Ok(serde_json::json!({ "delivered": delivered }))
                 }
             })
