@@ -261,6 +261,18 @@ fn bus_event(env: &Envelope) -> Arc<BusEvent> {
     })
 }
 
+/// The same, moving the envelope's fields (the last subscriber of a delivery).
+fn bus_event_owned(env: Envelope) -> Arc<BusEvent> {
+    Arc::new(BusEvent {
+        event_id: env.event_id,
+        event: CollectionEvent::from_core(env.event, &env.extra),
+        correlation_id: env.correlation_id,
+        publisher_id: env.publisher_id,
+        timestamp: env.timestamp,
+        priority: PRIORITY,
+    })
+}
+
 /// The crossbeam bus, as 2026-04 code knows it.
 #[async_trait]
 pub trait HighPerformanceEventBus: Send + Sync {
@@ -441,7 +453,7 @@ impl HighPerformanceEventBusImpl {
             capacity: capacity.unwrap_or(c.per_subscriber_channel_capacity).max(1),
             discard_from: matches!(policy, Policy::DropOldest).then(|| rx.clone()),
             convert: bus_event,
-            owned: None,
+            owned: Some(bus_event_owned),
             retry: Retry {
                 first: Duration::from_millis(1),
                 // The publish bounds the whole wait (`blocking_limit`).

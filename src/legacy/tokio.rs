@@ -26,7 +26,7 @@
 
 use crate::bus::{Core, CoreOptions, Quota};
 use crate::codec::Envelope;
-use crate::router::{Filter, Offer, Policy, Sink};
+use crate::router::{Filter, Offer, Policy, Refused, Sink};
 use crate::subscription::BackpressureStrategy;
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
@@ -167,6 +167,20 @@ pub struct BusEvent {
     pub publisher_id: String,
     /// Routing metadata (`replay = true` on replayed events).
     pub routing_metadata: HashMap<String, String>,
+}
+
+/// Moves the fields (the last subscriber of a delivery gets them without a copy).
+impl From<Envelope> for BusEvent {
+    fn from(env: Envelope) -> Self {
+        Self {
+            event_id: env.event_id,
+            event: env.event,
+            correlation_id: env.correlation_id,
+            bus_timestamp: env.timestamp,
+            publisher_id: env.publisher_id,
+            routing_metadata: env.routing_metadata,
+        }
+    }
 }
 
 impl From<&Envelope> for BusEvent {
@@ -467,6 +481,17 @@ impl Sink for TokioSink {
             }
             Err(mpsc::error::TrySendError::Full(())) => Offer::Full,
             Err(mpsc::error::TrySendError::Closed(())) => Offer::Closed,
+        }
+    }
+
+    fn offer_owned(&self, env: Box<Envelope>) -> Result<(), Refused> {
+        match self.0.try_reserve() {
+            Ok(permit) => {
+                permit.send(BusEvent::from(*env));
+                Ok(())
+            }
+            Err(mpsc::error::TrySendError::Full(())) => Err(Refused::Full(env)),
+            Err(mpsc::error::TrySendError::Closed(())) => Err(Refused::Closed),
         }
     }
 

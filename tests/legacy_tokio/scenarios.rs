@@ -36,6 +36,23 @@ async fn every_kind_arrives_with_every_field() {
     assert!(rx.try_recv().is_err());
 }
 
+/// Every subscriber but the last gets a copy, the last the published event's own fields:
+/// both must read the same.
+#[tokio::test]
+async fn every_subscriber_gets_the_same_event() {
+    let mut bus = started(EventBusConfig::default()).await;
+    let mut first = bus.subscribe(sub("first")).await.unwrap();
+    let mut last = bus.subscribe(sub("last")).await.unwrap();
+    for e in every_kind() {
+        bus.publish(e, "c".into()).await.unwrap();
+    }
+    for e in every_kind() {
+        let (a, b) = (recv(&mut first).await, recv(&mut last).await);
+        assert_eq!(a.event, e);
+        assert_eq!(a, b);
+    }
+}
+
 #[tokio::test]
 // `..Default::default()` fills the 2025-10 fields; the 2025-09 filter has none left.
 #[allow(clippy::needless_update)]
