@@ -471,8 +471,11 @@ impl Core {
 
     /// Accepts an envelope: counts it, persists it, routes it by the phase. Returns how many
     /// local subscribers received it now.
-    pub async fn publish(&self, mut env: Envelope) -> Result<usize, BusError> {
+    pub async fn publish(&self, env: Envelope) -> Result<usize, BusError> {
         self.check_running()?;
+        // Boxed once: this future (and every facade's around it) holds a pointer, not the
+        // envelope, across its awaits; the last subscriber takes the box.
+        let mut env = Box::new(env);
         Stats::add(&self.stats.published, 1);
         Stats::add(
             &self.stats.published_by_topic[crate::topic::counted_topic(&env.event)],
@@ -486,15 +489,14 @@ impl Core {
         // Bounded in flight: a publisher faster than the round trip waits here. (The common
         // case is checked without a future: this runs for every event.)
         if !up.has_room() {
-            up.wait_room().await;
+            Box::pin(up.wait_room()).await;
         }
         let phase = self.phase();
         if phase.dispatches_triggers() && matches!(env.event, CollectionEvent::TriggerRequest(_)) {
             // Phase 5: one collector instance gets it as a task, not every subscriber of
             // its topic; this process's own subscribers still see what it publishes.
             if let Some(tasks) = self.tasks.get() {
-                tasks
-                    .dispatch_trigger(&env)
+                Box::pin(tasks.dispatch_trigger(&env))
                     .await
                     .map_err(BusError::Dispatch)?;
                 return Ok(self.deliver_last(env).await);
@@ -519,7 +521,7 @@ impl Core {
         };
         if let Some(frame) = frame {
             if let Err(frame) = up.try_send(&env, frame)? {
-                up.send(&env, frame).await?;
+                Box::pin(up.send(&env, frame)).await?;
             }
         }
         Ok(delivered)
@@ -527,11 +529,11 @@ impl Core {
 
     /// [`deliver_direct`](Self::deliver_direct) of an envelope not needed afterwards: the
     /// last subscriber takes it instead of a copy (unless observers need it too).
-    async fn deliver_last(&self, env: Envelope) -> usize {
+    async fn deliver_last(&self, env: Box<Envelope>) -> usize {
         if self.observers.watching_direct(false) {
             return self.deliver_direct(&env, false).await;
         }
-        self.router.route_owned(Box::new(env)).await
+        self.router.route_owned(env).await
     }
 
     /// The legacy router delivers now; observers are told who received it.
@@ -539,6 +541,11 @@ impl Core {
         if !self.observers.watching_direct(compare) {
             return self.router.route(env).await;
         }
+        // Boxed: the rare path would otherwise size every publish's future.
+        Box::pin(self.deliver_observed(env, compare)).await
+    }
+
+    async fn deliver_observed(&self, env: &Envelope, compare: bool) -> usize {
         let mut ids = Vec::new();
         let n = self.router.route_collect(env, &mut ids).await;
         self.observers
@@ -691,5 +698,35 @@ impl From<BackpressureStrategy> for Policy {
             BackpressureStrategy::DropOldest => Policy::DropOldest,
             BackpressureStrategy::DropNewest => Policy::DropNewest,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::PerformanceEvent;
+
+    /// Every facade's publish future (boxed per call by `async_trait`) holds this one: it was
+    /// 2,208 bytes, copied on every publish, before the envelope and the rare paths (trigger
+    /// dispatch, a full uplink, observers) were boxed.
+    #[test]
+    fn a_publish_future_stays_small() {
+        let core = Core::new(CoreOptions::default());
+        let event = CollectionEvent::Performance(PerformanceEvent {
+            metric_name: "m".into(),
+            value: 1.0,
+            unit: "u".into(),
+            pid: None,
+            component: "c".into(),
+            timestamp: SystemTime::now(),
+        });
+        let envelope = core.envelope(event, String::new());
+        assert!(std::mem::size_of_val(&envelope) > 400);
+        let publish = core.publish(envelope);
+        assert!(
+            std::mem::size_of_val(&publish) <= 1024,
+            "{} bytes",
+            std::mem::size_of_val(&publish)
+        );
     }
 }
