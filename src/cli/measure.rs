@@ -205,6 +205,21 @@ fn mark(end: usize) {
     }
 }
 
+/// Forgets the last run's marks.
+fn window_reset() {
+    if let Ok(mut w) = WINDOW.lock() {
+        *w = [None; 2];
+    }
+}
+
+/// The marked window: its start and end, each (wall clock, process CPU seconds).
+fn window_marked() -> Option<((Instant, f64), (Instant, f64))> {
+    match WINDOW.lock().map(|w| *w) {
+        Ok([Some(open), Some(close)]) => Some((open, close)),
+        _ => None,
+    }
+}
+
 /// The measured part of a run starts: right before its first event is sent.
 fn window_open() {
     mark(0);
@@ -221,17 +236,11 @@ where
     F: FnOnce() -> Fut,
     Fut: std::future::Future<Output = Vec<f64>>,
 {
-    if let Ok(mut w) = WINDOW.lock() {
-        *w = [None; 2];
-    }
+    window_reset();
     let whole = (Instant::now(), rusage().0);
     let mut lat = f().await;
     let (cpu_end, rss) = rusage();
-    let marked = WINDOW.lock().map(|w| *w).unwrap_or([None; 2]);
-    let ((t0, cpu0), (t1, cpu1)) = match marked {
-        [Some(open), Some(close)] => (open, close),
-        _ => (whole, (Instant::now(), cpu_end)),
-    };
+    let ((t0, cpu0), (t1, cpu1)) = window_marked().unwrap_or((whole, (Instant::now(), cpu_end)));
     let seconds = t1.duration_since(t0).as_secs_f64();
     lat.sort_by(|a, b| a.total_cmp(b));
     let m = Measurement {
@@ -578,12 +587,12 @@ pub async fn raw_busrt_with(
 }
 
 /// Reads `n` events in a task, as the raw busrt runs read theirs (each wait bounded by
-/// 30 s), and returns their publish-to-delivery latencies. A blocking reader would spin
-/// between events, CPU the raw runs do not spend.
+/// 30 s), and returns their publish-to-delivery latencies with the receiver (to read on).
+/// A blocking reader would spin between events, CPU the raw runs do not spend.
 fn read_latencies(
     rx: busbridge::queue::Receiver<BusEvent>,
     n: usize,
-) -> tokio::task::JoinHandle<Vec<f64>> {
+) -> tokio::task::JoinHandle<(Vec<f64>, busbridge::queue::Receiver<BusEvent>)> {
     tokio::spawn(async move {
         let mut lat = Vec::with_capacity(n);
         while lat.len() < n {
@@ -592,7 +601,7 @@ fn read_latencies(
                 _ => break,
             }
         }
-        lat
+        (lat, rx)
     })
 }
 
@@ -654,7 +663,7 @@ pub async fn phase2(events: usize, transport: Transport, batch: bool, qos: QoS) 
     for i in 0..events {
         let _ = pub_bus.publish(bench_event(i), String::new()).await;
     }
-    let lat = reader.await.unwrap_or_default();
+    let lat = reader.await.map(|(lat, _)| lat).unwrap_or_default();
     window_close();
     publisher.shutdown().await;
     subscriber.shutdown().await;
@@ -910,16 +919,7 @@ pub async fn steady(secs: u64, segments: usize) -> Steady {
     let per = (secs.max(1) as usize * 10_000 / segments).max(10);
     let (mut lat, mut bridged, mut raw) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..segments {
-        let reader = tokio::spawn(async move {
-            let mut lat = Vec::with_capacity(per);
-            while lat.len() < per {
-                match tokio::time::timeout(Duration::from_secs(30), rx.recv_async()).await {
-                    Ok(Some(e)) => lat.push(latency_us(&e)),
-                    _ => break,
-                }
-            }
-            (lat, rx)
-        });
+        let reader = read_latencies(rx, per);
         let (cpu0, _) = rusage();
         let start = Instant::now();
         // 10 events each millisecond: the timer is the pace of the load, not a
@@ -939,11 +939,9 @@ pub async fn steady(secs: u64, segments: usize) -> Steady {
         bridged.push((rusage().0 - cpu0) / start.elapsed().as_secs_f64());
         lat.extend(got);
         rx = back;
-        if let Ok(mut w) = WINDOW.lock() {
-            *w = [None; 2];
-        }
+        window_reset();
         raw_busrt(per, true, 256, Some(10)).await;
-        if let Ok([Some((t0, c0)), Some((t1, c1))]) = WINDOW.lock().map(|w| *w) {
+        if let Some(((t0, c0), (t1, c1))) = window_marked() {
             raw.push((c1 - c0) / t1.duration_since(t0).as_secs_f64());
         }
     }
