@@ -17,9 +17,13 @@
 //! # Ok(()) }
 //! ```
 //!
-//! Every external connection is accepted here, checked, counted, and relayed to busrt through
-//! a socket pair (`spawn_server_connection`): that is what makes the connection limit and the
-//! peer checks enforceable, and what lets a TLS listener hand authenticated streams to busrt.
+//! Every external connection is accepted here, checked and counted: that is what makes the
+//! connection limit and the peer checks enforceable. A checked Unix connection is then handed
+//! to busrt itself (`spawn_server_connection`), busbridge keeping only a duplicate descriptor
+//! that wakes for the hang-up (to free its slot) or to force it closed on shutdown; no byte
+//! passes through busbridge. TCP and TLS connections are relayed to busrt through a socket
+//! pair (busrt takes only Unix streams), which is also what lets a TLS listener check the
+//! busrt name against the certificate.
 
 use crate::config::{AccessRule, Config};
 use crate::endpoint::{self, EndpointError, SocketAccess};
@@ -186,9 +190,9 @@ pub struct BrokerStats {
     pub frames_received: u64,
     /// Frames the broker sent to clients.
     pub frames_sent: u64,
-    /// Bytes relayed from clients to busrt.
+    /// Bytes busrt received from clients.
     pub bytes_received: u64,
-    /// Bytes relayed from busrt to clients.
+    /// Bytes busrt sent to clients.
     pub bytes_sent: u64,
     /// Seconds since the broker started.
     pub uptime_secs: u64,
@@ -233,7 +237,7 @@ pub(crate) struct Running {
     busrt: tokio::sync::Mutex<busrt::broker::Broker>,
     server_config: ServerConfig,
     counters: Counters,
-    /// Set to force-close every relayed connection.
+    /// Set to force-close every connection (handed over or relayed).
     closing: watch::Sender<bool>,
     /// Signalled whenever a connection ends.
     released: tokio::sync::Notify,
@@ -745,7 +749,7 @@ impl Drop for Slot {
     }
 }
 
-/// Hands a checked external stream to busrt through a socket pair and relays bytes both ways.
+/// Hands a checked TCP or TLS stream to busrt through a socket pair and relays bytes both ways.
 pub(crate) async fn relay<S>(
     running: &Arc<Running>,
     mut external: S,
@@ -815,10 +819,61 @@ async fn serve_unix(running: Arc<Running>, listener: UnixListener, max: u32, uid
             tracing::warn!(max, "connection refused: connection limit reached");
             continue;
         };
-        if let Err(e) = relay(&running, stream, slot).await {
+        if let Err(e) = hand_over(&running, stream, slot).await {
             tracing::error!("cannot serve connection: {e}");
         }
     }
+}
+
+/// Hands a checked Unix connection to busrt itself, so no byte passes through busbridge, and
+/// keeps a duplicate of its descriptor that only watches for the hang-up: the slot is freed
+/// once the connection is gone, and a broker shutdown can force it closed.
+///
+/// The duplicate does not hold a connection open that busrt has closed: busrt's write half
+/// shuts the socket down for writing when dropped, so the client reads the end of stream,
+/// closes, and the hang-up follows.
+async fn hand_over(
+    running: &Arc<Running>,
+    stream: UnixStream,
+    slot: Slot,
+) -> Result<(), BrokerError> {
+    use tokio::io::{unix::AsyncFd, Interest};
+    let stream = stream.into_std()?;
+    let watched = stream.try_clone()?;
+    running
+        .busrt
+        .lock()
+        .await
+        .spawn_server_connection(UnixStream::from_std(stream)?, running.server_config.clone())?;
+    // Priority interest (EPOLLPRI) is never raised by data or write space on a Unix stream,
+    // so this task sleeps through the traffic and wakes for the hang-up (always reported).
+    // SAFETY: the std stream owns its descriptor, which stays open, the same description,
+    // for as long as the `AsyncFd` owns the stream.
+    let watched = unsafe { AsyncFd::register_with_interest(watched, Interest::PRIORITY) }
+        .map_err(std::io::Error::from)?;
+    let mut closing = running.closing.subscribe();
+    tokio::spawn(async move {
+        let _slot = slot;
+        let hung_up = async {
+            loop {
+                let Ok(mut ready) = watched.ready(Interest::PRIORITY).await else {
+                    return;
+                };
+                if ready.ready().is_read_closed() {
+                    return;
+                }
+                // Out-of-band data, not a hang-up: wait for the next event.
+                ready.clear_ready();
+            }
+        };
+        tokio::select! {
+            () = hung_up => {}
+            _ = closing.wait_for(|c| *c) => {
+                let _ = watched.get_ref().shutdown(std::net::Shutdown::Both);
+            }
+        }
+    });
+    Ok(())
 }
 
 /// Waits for the next TCP connection that gets a slot under the connection limit.

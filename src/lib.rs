@@ -104,10 +104,12 @@
 //!   remembers which of its own events are owed a delivery by their echo; that is what makes
 //!   phase switches lossless and order-preserving. A bridge subscribes to the event topics
 //!   only once it has a local subscriber, so a bus that only publishes gets no echoes.
-//! - **Every external connection goes through busbridge's own accept loop** and is relayed to
-//!   busrt over a socket pair (`spawn_server_connection`). busrt has no connection limit, no
-//!   peer-credential check and no TLS on TCP; owning the accept is the only way to add them
-//!   without forking busrt. The relay costs one extra local copy per byte.
+//! - **Every external connection goes through busbridge's own accept loop.** busrt has no
+//!   connection limit, no peer-credential check and no TLS on TCP; owning the accept is the
+//!   only way to add them without forking busrt. A checked Unix connection is then busrt's
+//!   own (`spawn_server_connection`), watched through a duplicate descriptor for its hang-up
+//!   (the count) and for a forced close; TCP and TLS connections are relayed over a socket
+//!   pair, one extra local copy per byte (busrt serves only Unix streams it did not accept).
 //! - **`QoS::Processed` maps to busrt `RealtimeProcessed`**, not `Processed`: an acknowledged
 //!   publish should not wait for busrt's flush timer.
 //! - **The protobuf messages are the legacy records themselves**, with busbridge's additions

@@ -545,3 +545,73 @@ async fn another_uid_is_refused() {
     // The broker's own uid still gets in.
     AsyncClient::connect(&uri(&socket)).await.unwrap();
 }
+
+/// Waits (bounded) until the broker counts `n` open connections.
+async fn wait_active(broker: &Broker, n: usize) {
+    let deadline = tokio::time::Instant::now() + LIMIT;
+    while broker.stats().await.connections_active != n {
+        assert!(tokio::time::Instant::now() < deadline, "{n} connections");
+        tokio::time::sleep(Duration::from_millis(5)).await; // polling a counter, bounded
+    }
+}
+
+/// Unix connections go to busrt itself, with a watching duplicate on our side: when busrt
+/// closes one (here: a bad greeting), the client still reads the end of the stream, and the
+/// slot is freed once the client lets go.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_busrt_closes_ends_for_the_client_and_frees_its_slot() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = procs::sock_dir();
+    let socket = procs::sock_path(&dir, "b.sock");
+    let broker = embedded(&socket, |_| {}).await;
+    let mut raw = tokio::net::UnixStream::connect(&socket).await.unwrap();
+    let mut greeting = [0u8; 3];
+    timeout(LIMIT, raw.read_exact(&mut greeting))
+        .await
+        .unwrap()
+        .unwrap();
+    wait_active(&broker, 1).await;
+    raw.write_all(&[0, 0, 0]).await.unwrap(); // not busrt's greeting
+    let mut rest = Vec::new();
+    timeout(LIMIT, raw.read_to_end(&mut rest))
+        .await
+        .expect("busrt's close reaches the client")
+        .unwrap();
+    assert_eq!(
+        rest.len(),
+        1,
+        "busrt's one-byte refusal, then the end: {rest:?}"
+    );
+    assert_eq!(
+        broker.stats().await.connections_active,
+        1,
+        "the client still holds it"
+    );
+    drop(raw);
+    wait_active(&broker, 0).await;
+}
+
+/// Shutdown closes the connections that did not leave within the drain, handed to busrt or
+/// not: the clients see the connection lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_force_closes_connections_left_open() {
+    use tokio::io::AsyncReadExt;
+    let dir = procs::sock_dir();
+    let socket = procs::sock_path(&dir, "b.sock");
+    let mut broker = embedded(&socket, |b| b.set_timeout(Duration::from_secs(600))).await;
+    let client = AsyncClient::connect_with(&uri(&socket), fast())
+        .await
+        .unwrap();
+    // Half-way through busrt's handshake: busrt itself would wait its 600 s timeout.
+    let mut raw = tokio::net::UnixStream::connect(&socket).await.unwrap();
+    let mut greeting = [0u8; 3];
+    raw.read_exact(&mut greeting).await.unwrap();
+    wait_active(&broker, 2).await;
+    broker.shutdown_within(Duration::ZERO).await;
+    let mut rest = Vec::new();
+    timeout(LIMIT, raw.read_to_end(&mut rest))
+        .await
+        .expect("force-closed")
+        .unwrap();
+    wait_state(&client, |s| s != ConnectionState::Connected).await;
+}

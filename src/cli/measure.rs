@@ -454,7 +454,7 @@ pub enum Via {
     InProcess,
     /// busrt's own Unix socket server.
     Unix,
-    /// busbridge's broker: its Unix socket, whose checked connections are relayed to busrt.
+    /// busbridge's broker: its Unix socket, whose checked connections are handed to busrt.
     Relay,
 }
 
@@ -688,8 +688,11 @@ async fn unix_broker(tag: &str, connections: u32) -> (tempfile::TempDir, Broker,
 
 /// (e) RPC calls: `concurrency` callers sharing `calls`.
 pub async fn rpc_calls(calls: usize, concurrency: usize) -> Vec<f64> {
-    let (_dir, _broker, uri) = unix_broker("rpc", 100).await;
-    rpc_calls_at(&uri, calls, concurrency).await
+    let (_dir, mut broker, uri) = unix_broker("rpc", 100).await;
+    let lat = rpc_calls_at(&uri, calls, concurrency).await;
+    // Clients close asynchronously once dropped; closed under them, busrt's readers log it.
+    broker.shutdown_within(Duration::from_secs(1)).await;
+    lat
 }
 
 /// A busrt broker of its own (no busbridge in front) on a Unix socket in a fresh temp dir
@@ -706,7 +709,7 @@ async fn raw_unix_broker() -> (tempfile::TempDir, busrt::broker::Broker, String)
 }
 
 /// (e'') [`rpc_calls`] on busrt's own Unix socket, without busbridge's broker in front: what
-/// the relay adds to a round trip.
+/// busbridge's accept loop adds to a round trip.
 pub async fn rpc_calls_direct(calls: usize, concurrency: usize) -> Vec<f64> {
     let (_dir, broker, path) = raw_unix_broker().await;
     let lat = rpc_calls_at(&format!("ipc://{path}"), calls, concurrency).await;
@@ -897,7 +900,7 @@ pub async fn task_round_trips(count: usize, in_flight: usize, pace: Option<usize
 /// (a shared machine's drift then hits both alike); CPU figures are medians of the parts,
 /// latencies are over every bridged event.
 pub async fn steady(secs: u64, segments: usize) -> Steady {
-    let (_dir, _broker, uri) = unix_broker("steady", 10).await;
+    let (_dir, mut broker, uri) = unix_broker("steady", 10).await;
     let build = |n: &str| {
         BridgeBuilder::new()
             .phase(Phase::BusrtOnly)
@@ -947,6 +950,7 @@ pub async fn steady(secs: u64, segments: usize) -> Steady {
     }
     p.shutdown().await;
     s.shutdown().await;
+    broker.shutdown_within(Duration::from_secs(1)).await;
     lat.sort_by(|a, b| a.total_cmp(b));
     let adds = bridged
         .iter()
@@ -1016,7 +1020,7 @@ enum Path {
     Rpc(usize),
     /// busrt's own RPC, calls in flight.
     RawRpc(usize),
-    /// busbridge's RPC on busrt's own socket (no relay), calls in flight.
+    /// busbridge's RPC on busrt's own socket (not busbridge's broker), calls in flight.
     DirectRpc(usize),
     /// Phase-5 tasks in flight, and a pace in tasks per second.
     Tasks(usize, Option<usize>),
@@ -1106,7 +1110,7 @@ const TARGETS: &[(&str, &str, &str, Compare, Bound, f64)] = &[
         1.5,
     ),
     (
-        "relay: raw busrt unix through busbridge's broker / direct",
+        "broker: raw busrt unix through busbridge's broker / busrt's own socket",
         "raw busrt unix through busbridge's broker, QoS::No",
         "raw busrt unix, QoS::No",
         Compare::Rate,

@@ -654,6 +654,13 @@ impl Drop for AsyncClient {
         // shuts down later would otherwise close it under busrt's reader, which logs an error.
         if let Ok(mut conn) = self.shared.conn.try_lock() {
             conn.take();
+        } else if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            // Held by a call in flight: close as soon as it lets go, not when the last
+            // handle to the shared state happens to go.
+            let shared = self.shared.clone();
+            runtime.spawn(async move {
+                shared.conn.lock().await.take();
+            });
         }
     }
 }
