@@ -230,12 +230,21 @@ fn window_close() {
     mark(1);
 }
 
+/// Returns the memory the previous run freed to the system now, not later: the allocator
+/// gives back freed pages after a delay (mimalloc: 1 s), and that work (hundreds of MiB
+/// after a full run's queues) fell into whichever run came next, a short one most.
+fn settle() {
+    // SAFETY: mi_collect has no preconditions; it only walks the allocator's own heaps.
+    unsafe { libmimalloc_sys::mi_collect(true) };
+}
+
 /// Runs `f` and turns its latencies into a measurement.
 async fn measure<F, Fut>(name: &str, events: usize, f: F) -> Measurement
 where
     F: FnOnce() -> Fut,
     Fut: std::future::Future<Output = Vec<f64>>,
 {
+    settle();
     window_reset();
     let whole = (Instant::now(), rusage().0);
     let mut lat = f().await;
