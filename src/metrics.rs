@@ -3,7 +3,7 @@
 //!
 //! Every value comes from the same snapshots `busbridge stats` reads ([`bridge::Status`],
 //! [`broker::BrokerStatus`]), encoded with `prometheus-client` at each scrape and served by
-//! hyper. Labels are bounded: the bus or broker name, a drop `reason`, a gap `outcome`, a
+//! hyper. Labels are bounded: the bus or broker name, an uplink's host, a drop `reason`, a gap `outcome`, a
 //! refusal `reason`, a frame `direction`, an RPC method (at most 64 names) and outcome; never an
 //! event, a pid or a topic.
 //!
@@ -29,6 +29,12 @@
 //! | `busbridge_broker_connections_accepted_total` | counter | `broker` |
 //! | `busbridge_broker_refused_total` | counter | `broker`, `reason` (`limit`, `peer_credentials`, `tls`) |
 //! | `busbridge_broker_frames_total` | counter | `broker`, `direction` (`in`, `out`) |
+//! | `busbridge_uplink_events_received_total`, `_filtered_total`, `_spooled_total`, `_recovered_total` | counter | `host`; `busbridge uplink` only (through [`Families`]), as the rest of this table |
+//! | `busbridge_uplink_events_dropped_total` | counter | `host`, `reason` (`spool_full`) |
+//! | `busbridge_uplink_publishes_total`, `busbridge_uplink_acked_total`, `busbridge_uplink_duplicates_total`, `busbridge_uplink_publish_failures_total` | counter | `host` |
+//! | `busbridge_uplink_spool` | gauge | `host`, `what` (`bytes`, `pending`: events not yet acknowledged) |
+//! | `busbridge_uplink_nats_connected` | gauge | `host` (1 connected, 0 not) |
+//! | `busbridge_uplink_tasks_total` | counter | `host`, `outcome` (`received`, `refused`, `malformed`) |
 //!
 //! [`bridge::Status`]: crate::stats::Status
 //! [`broker::BrokerStatus`]: crate::broker::BrokerStatus
@@ -57,6 +63,15 @@ pub struct Snapshot {
     /// RPC calls this process made and served ([`crate::rpc::call_counts`]; the endpoint
     /// fills it at each scrape).
     pub rpc: Vec<crate::rpc::CallCount>,
+    /// Families another part of the crate adds (the fleet uplink's counters).
+    pub extra: Vec<Arc<dyn Families>>,
+}
+
+/// Metric families a part of the crate adds to a scrape, with their values now (the fleet
+/// uplink's: `Vec<fleet::UplinkStats>`). Each registers names of its own, once per scrape.
+pub trait Families: std::fmt::Debug + Send + Sync {
+    /// Registers the families and their values.
+    fn register(&self, registry: &mut Registry);
 }
 
 /// Produces a snapshot for each scrape.
@@ -75,25 +90,25 @@ pub enum MetricsError {
     },
 }
 
-type Labels = Vec<(String, String)>;
+pub(crate) type Labels = Vec<(String, String)>;
 
-fn label(key: &str, value: &str) -> Labels {
+pub(crate) fn label(key: &str, value: &str) -> Labels {
     vec![(key.to_owned(), value.to_owned())]
 }
 
-fn with(mut labels: Labels, key: &str, value: &str) -> Labels {
+pub(crate) fn with(mut labels: Labels, key: &str, value: &str) -> Labels {
     labels.push((key.to_owned(), value.to_owned()));
     labels
 }
 
 /// A counter family registered under `name` (`_total` is added by the encoder).
-fn counters(registry: &mut Registry, name: &str, help: &str) -> Family<Labels, Counter> {
+pub(crate) fn counters(registry: &mut Registry, name: &str, help: &str) -> Family<Labels, Counter> {
     let f = Family::<Labels, Counter>::default();
     registry.register(name, help, f.clone());
     f
 }
 
-fn gauges(registry: &mut Registry, name: &str, help: &str) -> Family<Labels, Gauge> {
+pub(crate) fn gauges(registry: &mut Registry, name: &str, help: &str) -> Family<Labels, Gauge> {
     let f = Family::<Labels, Gauge>::default();
     registry.register(name, help, f.clone());
     f
@@ -265,6 +280,9 @@ pub fn render(s: &Snapshot) -> String {
             );
             calls.get_or_create(&labels).inc_by(c.calls);
         }
+    }
+    for families in &s.extra {
+        families.register(&mut r);
     }
     let mut out = String::new();
     encode(&mut out, &r).expect("writing to a String cannot fail");

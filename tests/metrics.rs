@@ -303,3 +303,96 @@ fn stats_watch_repeats_until_interrupted() {
     watch.signal(libc::SIGINT);
     assert_eq!(watch.wait_exit(), 0);
 }
+
+/// `busbridge uplink` with `[metrics] listen` serves its counters (and its bus's) while it
+/// forwards a host's events into JetStream.
+#[cfg(feature = "nats")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_uplink_serves_its_counters() {
+    use std::time::{Duration, Instant};
+    const N: u64 = 40;
+    let nats = common::nats::NatsServer::start("");
+    let dir = common::procs::sock_dir();
+    let socket = common::procs::sock_path(&dir, "b.sock");
+    let _broker = common::procs::broker(&socket, &[]);
+    let config = dir.path().join("uplink.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[uplink]\nnats = {:?}\nhost = \"web-01\"\nspool_dir = {:?}\n[metrics]\nlisten = \"127.0.0.1:0\"\n",
+            nats.url(),
+            dir.path().join("spool")
+        ),
+    )
+    .unwrap();
+    let connect = format!("ipc://{}", socket.display());
+    let uplink = common::procs::spawn(
+        &[
+            "uplink",
+            "--config",
+            config.to_str().unwrap(),
+            "--connect",
+            &connect,
+        ],
+        &[],
+    );
+    let line = uplink.wait_line("metrics on http://");
+    let addr: SocketAddr = line
+        .trim_start_matches("metrics on http://")
+        .trim_end_matches("/metrics")
+        .parse()
+        .unwrap();
+    let publisher = busbridge::bridge::BridgeBuilder::new()
+        .phase(Phase::BusrtOnly)
+        .connect(&connect)
+        .build()
+        .await
+        .unwrap();
+    let bus = publisher.event_bus(Default::default());
+    for i in 0..N {
+        bus.publish(common::process(i as u32), i.to_string())
+            .await
+            .unwrap();
+    }
+    let host =
+        |scrape: &prometheus_parse::Scrape, name: &str| value(scrape, name, "host", "web-01");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let (scrape, text) = loop {
+        let (status, text) = get(addr, "/metrics").await;
+        assert_eq!(status, 200);
+        let scrape = parse(&text);
+        // The spool's gauges follow the acknowledgements a moment later.
+        if host(&scrape, "busbridge_uplink_acked_total") >= N as f64
+            && value(&scrape, "busbridge_uplink_spool", "what", "pending") == 0.0
+        {
+            break (scrape, text);
+        }
+        assert!(Instant::now() < deadline, "never acknowledged:\n{text}");
+        tokio::time::sleep(Duration::from_millis(20)).await; // polling a counter, bounded
+    };
+    assert_eq!(host(&scrape, "busbridge_uplink_acked_total"), N as f64);
+    assert_eq!(
+        host(&scrape, "busbridge_uplink_events_received_total"),
+        N as f64
+    );
+    assert_eq!(
+        host(&scrape, "busbridge_uplink_events_spooled_total"),
+        N as f64
+    );
+    assert_eq!(host(&scrape, "busbridge_uplink_nats_connected"), 1.0);
+    assert_eq!(
+        value(
+            &scrape,
+            "busbridge_uplink_events_dropped_total",
+            "reason",
+            "spool_full"
+        ),
+        0.0
+    );
+    // The uplink's own bus is on the same page.
+    assert!(scrape
+        .samples
+        .iter()
+        .any(|s| s.metric == "busbridge_bridge_frames_total"));
+    promtool_accepts(&text);
+}

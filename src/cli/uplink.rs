@@ -51,7 +51,30 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
             }));
         }
     };
+    // `[metrics] listen`: the uplink's counters and its bus's on /metrics.
+    let metrics = match config.metrics.addr()? {
+        Some(addr) => {
+            let read = uplink.stats_reader();
+            let (link, core) = (
+                uplink.bridged().link().clone(),
+                uplink.bridged().core().clone(),
+            );
+            let source: busbridge::metrics::Source = std::sync::Arc::new(move || {
+                let snapshot = busbridge::metrics::Snapshot {
+                    buses: vec![link.status(&core)],
+                    extra: vec![std::sync::Arc::new(vec![read()])],
+                    ..Default::default()
+                };
+                Box::pin(std::future::ready(snapshot))
+            });
+            Some(busbridge::metrics::MetricsServer::start(addr, source).await?)
+        }
+        None => None,
+    };
     announce(&uplink_config);
+    if let Some(m) = &metrics {
+        println!("metrics on http://{}/metrics", m.addr());
+    }
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut every = tokio::time::interval(a.stats_every.unwrap_or(Duration::from_secs(3600)));
     every.tick().await;
@@ -62,6 +85,7 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
             _ = every.tick(), if a.stats_every.is_some() => print_stats(&uplink.stats()),
         }
     }
+    drop(metrics);
     let stats = uplink.shutdown().await?;
     print_stats(&stats);
     Ok(ExitCode::SUCCESS)

@@ -8,6 +8,7 @@ use crate::client::{Backoff, ClientOptions};
 use crate::codec::{Codec, CodecError, CodecKind, Envelope, DEFAULT_MAX_MESSAGE_SIZE};
 use crate::config::UplinkConfig;
 use crate::eventbus::EventBusConfig;
+use crate::metrics::{counters, gauges, label, with, Families};
 use crate::phase::Phase;
 use crate::queue::Receiver;
 use crate::subscription::EventSubscription;
@@ -16,6 +17,7 @@ use crate::topic::{topic_for_event, Pattern, Topic};
 use async_nats::jetstream::{self, message::PublishMessage};
 use futures_util::{FutureExt, StreamExt};
 use parking_lot::Mutex;
+use prometheus_client::registry::Registry;
 use serde::Serialize;
 use std::collections::VecDeque;
 use std::future::{Future, IntoFuture};
@@ -30,7 +32,8 @@ const INTAKE_BATCH: usize = 1024;
 /// How often acknowledged positions are written while events flow.
 const CHECKPOINT_EVERY: Duration = Duration::from_millis(500);
 
-/// The uplink's counters (`busbridge uplink` prints them as JSON on exit and on `SIGUSR1`).
+/// The uplink's counters (`busbridge uplink` prints them as JSON on exit and every
+/// `--stats-every`, and serves them on `/metrics` with `[metrics] listen`).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct UplinkStats {
     /// The host's name in subjects.
@@ -65,6 +68,102 @@ pub struct UplinkStats {
     pub tasks_refused: u64,
     /// Task messages that did not parse or had no reply subject.
     pub tasks_malformed: u64,
+}
+
+fn read_stats(stats: &Mutex<UplinkStats>, nats: &async_nats::Client) -> UplinkStats {
+    let mut s = stats.lock().clone();
+    s.nats_connected = nats.connection_state() == async_nats::connection::State::Connected;
+    s
+}
+
+/// The uplinks' counters on `/metrics` (`busbridge_uplink_*`, labelled by host).
+impl Families for Vec<UplinkStats> {
+    fn register(&self, r: &mut Registry) {
+        type Count = fn(&UplinkStats) -> u64;
+        let plain: [(&str, &str, Count); 8] = [
+            (
+                "uplink_events_received",
+                "Events the uplink took from the host's bus",
+                |u| u.received,
+            ),
+            (
+                "uplink_events_filtered",
+                "Events no `subjects` pattern matches (not forwarded)",
+                |u| u.filtered,
+            ),
+            (
+                "uplink_events_spooled",
+                "Events written to the spool",
+                |u| u.spooled,
+            ),
+            (
+                "uplink_events_recovered",
+                "Events read back from the spool at start",
+                |u| u.spool_recovered,
+            ),
+            (
+                "uplink_publishes",
+                "Publishes sent to JetStream, resends included",
+                |u| u.published,
+            ),
+            ("uplink_acked", "Events JetStream acknowledged", |u| u.acked),
+            (
+                "uplink_duplicates",
+                "Acknowledged events JetStream already had",
+                |u| u.duplicates,
+            ),
+            (
+                "uplink_publish_failures",
+                "Publishes or acknowledgements that failed (retried)",
+                |u| u.publish_failures,
+            ),
+        ];
+        for (name, help, count) in plain {
+            let family = counters(r, name, help);
+            for u in self {
+                family
+                    .get_or_create(&label("host", &u.host))
+                    .inc_by(count(u));
+            }
+        }
+        let dropped = counters(
+            r,
+            "uplink_events_dropped",
+            "Events not forwarded, by reason",
+        );
+        let tasks = counters(r, "uplink_tasks", "Fleet tasks, by outcome");
+        let spool = gauges(
+            r,
+            "uplink_spool",
+            "The spool now: bytes, events not yet acknowledged",
+        );
+        let nats = gauges(
+            r,
+            "uplink_nats_connected",
+            "1 if the uplink is connected to NATS",
+        );
+        for u in self {
+            let host = label("host", &u.host);
+            dropped
+                .get_or_create(&with(host.clone(), "reason", "spool_full"))
+                .inc_by(u.spool_overflow);
+            for (outcome, n) in [
+                ("received", u.tasks_received),
+                ("refused", u.tasks_refused),
+                ("malformed", u.tasks_malformed),
+            ] {
+                tasks
+                    .get_or_create(&with(host.clone(), "outcome", outcome))
+                    .inc_by(n);
+            }
+            for (what, n) in [("bytes", u.spool_bytes), ("pending", u.spool_pending)] {
+                spool
+                    .get_or_create(&with(host.clone(), "what", what))
+                    .set(n as i64);
+            }
+            nats.get_or_create(&host).set(i64::from(u.nats_connected));
+        }
+    }
 }
 
 type AckFuture =
@@ -197,9 +296,14 @@ impl NatsUplink {
 
     /// The counters now.
     pub fn stats(&self) -> UplinkStats {
-        let mut s = self.stats.lock().clone();
-        s.nats_connected = self.nats.connection_state() == async_nats::connection::State::Connected;
-        s
+        read_stats(&self.stats, &self.nats)
+    }
+
+    /// Reads [`stats`](Self::stats) without borrowing the uplink: what a `/metrics`
+    /// endpoint's source holds.
+    pub fn stats_reader(&self) -> impl Fn() -> UplinkStats + Send + Sync + 'static {
+        let (stats, nats) = (self.stats.clone(), self.nats.clone());
+        move || read_stats(&stats, &nats)
     }
 
     /// The bridged bus the uplink reads from (its statistics, its link).
