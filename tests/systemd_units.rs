@@ -1,6 +1,7 @@
 //! The systemd units in `migration/systemd/`: each runs a real subcommand on a configuration
 //! that is in the repository and valid, keeps its socket in the unit's `RuntimeDirectory=`,
-//! restarts on failure and is ordered as documented; `systemd-analyze verify` accepts them
+//! restarts on failure and is ordered as documented (the uplink's spool in its state
+//! directory); `systemd-analyze verify` accepts them
 //! where it is installed.
 #![cfg(feature = "cli")]
 
@@ -162,6 +163,36 @@ fn collector_unit_connects_where_the_agent_listens_and_is_ordered_after_it() {
     );
 }
 
+#[cfg(feature = "nats")]
+#[test]
+fn uplink_unit_spools_in_its_state_directory_and_reaches_the_broker() {
+    let u = load("busbridge-uplink.service");
+    let after = one(&u, "Unit", "After");
+    assert!(
+        after.contains("busbridge-broker.service") && after.contains("daemoneye-agent.service")
+    );
+    assert_eq!(one(&u, "Service", "Restart"), "on-failure");
+    let (sub, config, args) = exec(&u);
+    assert_eq!(sub, "uplink");
+    flags_exist(&args);
+    let config = config.expect("--config");
+    let uplink = config.uplink.expect("[uplink]");
+    // The spool outlives restarts and reboots: systemd keeps the state directory.
+    assert_eq!(
+        uplink.spool_path(),
+        Path::new("/var/lib").join(one(&u, "Service", "StateDirectory"))
+    );
+    // It connects where the broker unit listens, as the user that broker lets in.
+    let b = load("busbridge-broker.service");
+    let (_, broker, _) = exec(&b);
+    let broker = broker.unwrap();
+    assert_eq!(
+        config.client.connect,
+        Some(format!("ipc://{}", broker.transport.socket_path.display()))
+    );
+    assert_eq!(one(&u, "Service", "User"), one(&b, "Service", "User"));
+}
+
 #[test]
 fn systemd_analyze_verify_accepts_every_unit() {
     let Ok(probe) = std::process::Command::new("systemd-analyze")
@@ -186,7 +217,7 @@ fn systemd_analyze_verify_accepts_every_unit() {
             files.push(copy);
         }
     }
-    assert_eq!(files.len(), 3);
+    assert_eq!(files.len(), 4);
     let out = std::process::Command::new("systemd-analyze")
         .arg("verify")
         .args(&files)
