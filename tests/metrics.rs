@@ -28,6 +28,15 @@ async fn get(addr: SocketAddr, path: &str) -> (u16, String) {
     (status, String::from_utf8(body.to_vec()).unwrap())
 }
 
+/// Where a `busbridge` process serves `/metrics`, from its `metrics on http://…` line.
+fn metrics_addr(p: &common::procs::Proc) -> SocketAddr {
+    p.wait_line("metrics on http://")
+        .trim_start_matches("metrics on http://")
+        .trim_end_matches("/metrics")
+        .parse()
+        .unwrap()
+}
+
 fn parse(text: &str) -> prometheus_parse::Scrape {
     prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_owned()))).unwrap()
 }
@@ -224,12 +233,7 @@ async fn the_standalone_broker_serves_its_counters() {
     )
     .unwrap();
     let broker = common::procs::spawn(&["broker", "--config", file.to_str().unwrap()], &[]);
-    let line = broker.wait_line("metrics on http://");
-    let addr: SocketAddr = line
-        .trim_start_matches("metrics on http://")
-        .trim_end_matches("/metrics")
-        .parse()
-        .unwrap();
+    let addr = metrics_addr(&broker);
     let (status, text) = get(addr, "/metrics").await;
     assert_eq!(status, 200);
     let scrape = parse(&text);
@@ -336,12 +340,7 @@ async fn the_uplink_serves_its_counters() {
         ],
         &[],
     );
-    let line = uplink.wait_line("metrics on http://");
-    let addr: SocketAddr = line
-        .trim_start_matches("metrics on http://")
-        .trim_end_matches("/metrics")
-        .parse()
-        .unwrap();
+    let addr = metrics_addr(&uplink);
     let publisher = busbridge::bridge::BridgeBuilder::new()
         .phase(Phase::BusrtOnly)
         .connect(&connect)
