@@ -839,18 +839,19 @@ async fn hand_over(
 ) -> Result<(), BrokerError> {
     use tokio::io::{unix::AsyncFd, Interest};
     let stream = stream.into_std()?;
-    let watched = stream.try_clone()?;
+    // Priority interest (EPOLLPRI) is never raised by data or write space on a Unix stream,
+    // so the watcher sleeps through the traffic and wakes for the hang-up (always reported).
+    // Set up before busrt gets the stream: once it has it, nothing may fail and free the slot.
+    // SAFETY: the std stream owns its descriptor, which stays open, the same description,
+    // for as long as the `AsyncFd` owns the stream.
+    let watched =
+        unsafe { AsyncFd::register_with_interest(stream.try_clone()?, Interest::PRIORITY) }
+            .map_err(std::io::Error::from)?;
     running
         .busrt
         .lock()
         .await
         .spawn_server_connection(UnixStream::from_std(stream)?, running.server_config.clone())?;
-    // Priority interest (EPOLLPRI) is never raised by data or write space on a Unix stream,
-    // so this task sleeps through the traffic and wakes for the hang-up (always reported).
-    // SAFETY: the std stream owns its descriptor, which stays open, the same description,
-    // for as long as the `AsyncFd` owns the stream.
-    let watched = unsafe { AsyncFd::register_with_interest(watched, Interest::PRIORITY) }
-        .map_err(std::io::Error::from)?;
     let mut closing = running.closing.subscribe();
     tokio::spawn(async move {
         let _slot = slot;
