@@ -96,9 +96,37 @@ pub(crate) fn label(key: &str, value: &str) -> Labels {
     vec![(key.to_owned(), value.to_owned())]
 }
 
-pub(crate) fn with(mut labels: Labels, key: &str, value: &str) -> Labels {
+fn with(mut labels: Labels, key: &str, value: &str) -> Labels {
     labels.push((key.to_owned(), value.to_owned()));
     labels
+}
+
+/// Adds each `(value, n)` to `family`, labelled `labels` and `key = value`.
+pub(crate) fn count_each<const N: usize>(
+    family: &Family<Labels, Counter>,
+    labels: &Labels,
+    key: &str,
+    counts: [(&str, u64); N],
+) {
+    for (value, n) in counts {
+        family
+            .get_or_create(&with(labels.clone(), key, value))
+            .inc_by(n);
+    }
+}
+
+/// Sets each `(value, n)` of a gauge `family`, labelled `labels` and `key = value`.
+pub(crate) fn set_each<const N: usize>(
+    family: &Family<Labels, Gauge>,
+    labels: &Labels,
+    key: &str,
+    values: [(&str, i64); N],
+) {
+    for (value, n) in values {
+        family
+            .get_or_create(&with(labels.clone(), key, value))
+            .set(n);
+    }
 }
 
 /// A counter family registered under `name` (`_total` is added by the encoder).
@@ -169,41 +197,46 @@ pub fn render(s: &Snapshot) -> String {
         let st = &b.stats;
         published.get_or_create(&bus).inc_by(st.events_published);
         delivered.get_or_create(&bus).inc_by(st.events_delivered);
-        for (reason, n) in [
-            ("full", st.dropped_full),
-            ("timeout", st.dropped_timeout),
-            ("disconnected", st.dropped_disconnected),
-        ] {
-            dropped
-                .get_or_create(&with(bus.clone(), "reason", reason))
-                .inc_by(n);
-        }
-        for (direction, n) in [("sent", st.bridge_sent), ("received", st.bridge_received)] {
-            frames
-                .get_or_create(&with(bus.clone(), "direction", direction))
-                .inc_by(n);
-        }
-        for (outcome, n) in [
-            ("found", st.bridge_gaps),
-            ("filled", st.bridge_gaps_filled),
-            ("lost", st.bridge_gaps_lost),
-        ] {
-            gaps.get_or_create(&with(bus.clone(), "outcome", outcome))
-                .inc_by(n);
-        }
+        count_each(
+            &dropped,
+            &bus,
+            "reason",
+            [
+                ("full", st.dropped_full),
+                ("timeout", st.dropped_timeout),
+                ("disconnected", st.dropped_disconnected),
+            ],
+        );
+        count_each(
+            &frames,
+            &bus,
+            "direction",
+            [("sent", st.bridge_sent), ("received", st.bridge_received)],
+        );
+        count_each(
+            &gaps,
+            &bus,
+            "outcome",
+            [
+                ("found", st.bridge_gaps),
+                ("filled", st.bridge_gaps_filled),
+                ("lost", st.bridge_gaps_lost),
+            ],
+        );
         resent.get_or_create(&bus).inc_by(st.bridge_resent);
         undecoded
             .get_or_create(&bus)
             .inc_by(st.bridge_returns_undecoded);
-        for (reason, n) in [
-            ("send", st.bridge_send_errors),
-            ("decode", st.bridge_decode_errors),
-            ("hop_limit", st.bridge_hop_limited),
-        ] {
-            errors
-                .get_or_create(&with(bus.clone(), "reason", reason))
-                .inc_by(n);
-        }
+        count_each(
+            &errors,
+            &bus,
+            "reason",
+            [
+                ("send", st.bridge_send_errors),
+                ("decode", st.bridge_decode_errors),
+                ("hop_limit", st.bridge_hop_limited),
+            ],
+        );
         compared.get_or_create(&bus).inc_by(b.parity.compared);
         mismatches
             .get_or_create(&bus)
@@ -212,22 +245,27 @@ pub fn render(s: &Snapshot) -> String {
         connected
             .get_or_create(&bus)
             .set(i64::from(b.connection == "Connected"));
-        for (queue, n) in [("subscribers", b.queued), ("in_flight", b.in_flight)] {
-            depth
-                .get_or_create(&with(bus.clone(), "queue", queue))
-                .set(n as i64);
-        }
+        set_each(
+            &depth,
+            &bus,
+            "queue",
+            [
+                ("subscribers", b.queued as i64),
+                ("in_flight", b.in_flight as i64),
+            ],
+        );
         subscribers.get_or_create(&bus).set(b.subscribers as i64);
         if let Some(t) = b.triggers {
-            for (outcome, n) in [
-                ("dispatched", t.dispatched),
-                ("completed", t.completed),
-                ("failed", t.failed),
-            ] {
-                triggers
-                    .get_or_create(&with(bus.clone(), "outcome", outcome))
-                    .inc_by(n);
-            }
+            count_each(
+                &triggers,
+                &bus,
+                "outcome",
+                [
+                    ("dispatched", t.dispatched),
+                    ("completed", t.completed),
+                    ("failed", t.failed),
+                ],
+            );
         }
     }
     let conns = gauges(&mut r, "broker_connections", "Connections open now");
@@ -251,20 +289,22 @@ pub fn render(s: &Snapshot) -> String {
         accepted
             .get_or_create(&broker)
             .inc_by(st.connections_accepted);
-        for (reason, n) in [
-            ("limit", st.refused_connection_limit),
-            ("peer_credentials", st.refused_peer_credentials),
-            ("tls", st.refused_tls),
-        ] {
-            refused
-                .get_or_create(&with(broker.clone(), "reason", reason))
-                .inc_by(n);
-        }
-        for (direction, n) in [("in", st.frames_received), ("out", st.frames_sent)] {
-            bframes
-                .get_or_create(&with(broker.clone(), "direction", direction))
-                .inc_by(n);
-        }
+        count_each(
+            &refused,
+            &broker,
+            "reason",
+            [
+                ("limit", st.refused_connection_limit),
+                ("peer_credentials", st.refused_peer_credentials),
+                ("tls", st.refused_tls),
+            ],
+        );
+        count_each(
+            &bframes,
+            &broker,
+            "direction",
+            [("in", st.frames_received), ("out", st.frames_sent)],
+        );
     }
     if !s.rpc.is_empty() {
         let calls = counters(

@@ -8,7 +8,7 @@ use crate::client::{Backoff, ClientOptions};
 use crate::codec::{Codec, CodecError, CodecKind, Envelope, DEFAULT_MAX_MESSAGE_SIZE};
 use crate::config::UplinkConfig;
 use crate::eventbus::EventBusConfig;
-use crate::metrics::{counters, gauges, label, with, Families};
+use crate::metrics::{count_each, counters, gauges, label, set_each, Families};
 use crate::phase::Phase;
 use crate::queue::Receiver;
 use crate::subscription::EventSubscription;
@@ -144,23 +144,31 @@ impl Families for Vec<UplinkStats> {
         );
         for u in self {
             let host = label("host", &u.host);
-            dropped
-                .get_or_create(&with(host.clone(), "reason", "spool_full"))
-                .inc_by(u.spool_overflow);
-            for (outcome, n) in [
-                ("received", u.tasks_received),
-                ("refused", u.tasks_refused),
-                ("malformed", u.tasks_malformed),
-            ] {
-                tasks
-                    .get_or_create(&with(host.clone(), "outcome", outcome))
-                    .inc_by(n);
-            }
-            for (what, n) in [("bytes", u.spool_bytes), ("pending", u.spool_pending)] {
-                spool
-                    .get_or_create(&with(host.clone(), "what", what))
-                    .set(n as i64);
-            }
+            count_each(
+                &dropped,
+                &host,
+                "reason",
+                [("spool_full", u.spool_overflow)],
+            );
+            count_each(
+                &tasks,
+                &host,
+                "outcome",
+                [
+                    ("received", u.tasks_received),
+                    ("refused", u.tasks_refused),
+                    ("malformed", u.tasks_malformed),
+                ],
+            );
+            set_each(
+                &spool,
+                &host,
+                "what",
+                [
+                    ("bytes", u.spool_bytes as i64),
+                    ("pending", u.spool_pending as i64),
+                ],
+            );
             nats.get_or_create(&host).set(i64::from(u.nats_connected));
         }
     }
