@@ -9,10 +9,8 @@
 
 mod common;
 
-use busbridge::bridge::BridgeBuilder;
 use busbridge::config::{TlsConfig, UplinkConfig};
 use busbridge::fleet::{FleetSubscriber, FleetTask, FleetTasks, NatsUplink, UplinkStats};
-use busbridge::phase::Phase;
 use busbridge::task::{Mode, Status, TaskSpec};
 use common::nats::NatsServer;
 use common::procs::{self, Proc};
@@ -270,18 +268,7 @@ async fn a_full_spool_drops_and_counts_exactly_what_did_not_fit() {
     )
     .await
     .unwrap();
-    let publisher = BridgeBuilder::new()
-        .phase(Phase::BusrtOnly)
-        .connect(&connect)
-        .build()
-        .await
-        .unwrap();
-    let bus = publisher.event_bus(Default::default());
-    for i in 0..N {
-        bus.publish(common::process(i as u32), i.to_string())
-            .await
-            .unwrap();
-    }
+    let _publisher = common::publish_processes(&connect, N).await;
     let deadline = Instant::now() + LIMIT;
     while uplink.stats().received < N {
         assert!(Instant::now() < deadline, "{:?}", uplink.stats());

@@ -341,18 +341,7 @@ async fn the_uplink_serves_its_counters() {
         &[],
     );
     let addr = metrics_addr(&uplink);
-    let publisher = busbridge::bridge::BridgeBuilder::new()
-        .phase(Phase::BusrtOnly)
-        .connect(&connect)
-        .build()
-        .await
-        .unwrap();
-    let bus = publisher.event_bus(Default::default());
-    for i in 0..N {
-        bus.publish(common::process(i as u32), i.to_string())
-            .await
-            .unwrap();
-    }
+    let _publisher = common::publish_processes(&connect, N).await;
     let host =
         |scrape: &prometheus_parse::Scrape, name: &str| value(scrape, name, "host", "web-01");
     let deadline = Instant::now() + Duration::from_secs(60);

@@ -278,6 +278,22 @@ pub fn fast_client(name: &str) -> busbridge::client::ClientOptions {
     }
 }
 
+/// A phase-2 bridged publisher at `connect` that has published process events 0..`n`, each
+/// with its number as correlation id; kept alive by the caller (it answers resend requests).
+pub async fn publish_processes(connect: &str, n: u64) -> busbridge::bridge::Bridged {
+    let publisher = busbridge::bridge::BridgeBuilder::new()
+        .phase(busbridge::phase::Phase::BusrtOnly)
+        .connect(connect)
+        .build()
+        .await
+        .unwrap();
+    let bus = publisher.event_bus(Default::default());
+    for i in 0..n {
+        bus.publish(process(i as u32), i.to_string()).await.unwrap();
+    }
+    publisher
+}
+
 /// A subscription to every event.
 pub fn sub_all(id: &str) -> busbridge::EventSubscription {
     busbridge::EventSubscription {
