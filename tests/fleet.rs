@@ -3,7 +3,8 @@
 //! into one stream with the server and an uplink SIGKILLed mid-stream, every event once per
 //! origin at the centre; a spool overflow counted, exactly; a task scattered to collectors
 //! on three hosts, complete, then partial with one uplink frozen; mutual TLS with each host
-//! allowed to publish only under its own subject.
+//! allowed to publish only under its own subject; a NATS credentials file against a server in
+//! operator mode.
 
 #![cfg(all(feature = "nats", feature = "cli"))]
 
@@ -506,4 +507,53 @@ async fn mutual_tls_and_each_host_publishes_only_under_its_own_subject() {
     seqs.sort_unstable();
     assert_eq!(seqs, (1..=N).collect::<Vec<_>>());
     assert_eq!(stream_messages(&centre).await, N, "nothing stored under h2");
+}
+
+/// A host signs in with a NATS credentials file (`uplink.credentials`: user JWT and nkey
+/// seed) to a server in operator mode: its events are stored and read back by a centre with
+/// credentials of its own. A user of an account the operator never signed, no credentials
+/// at all, and a credentials file that is not there are each refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_credentials_file_signs_in_and_others_are_refused() {
+    use common::nats::Operator;
+    const N: u64 = 20;
+    let op = Operator::new();
+    let nats = NatsServer::start(&op.config());
+    let dir = tempfile::tempdir().unwrap();
+    let creds = |file: &str, account: &nkeys::KeyPair| {
+        let path = dir.path().join(file);
+        std::fs::write(&path, Operator::creds(account, file)).unwrap();
+        path
+    };
+    let host = creds("h1.creds", &op.account);
+    let mut h1 = Host::start("h1", &nats.url(), &format!("credentials = {host:?}"));
+    h1.publisher(N, 1000);
+    h1.wait_stats("every event acknowledged", |s| s.acked == N);
+    let centre = UplinkConfig {
+        nats: nats.url(),
+        credentials: Some(creds("centre.creds", &op.account)),
+        ..UplinkConfig::default()
+    };
+    assert_eq!(stream_messages(&centre).await, N);
+
+    let refused = |credentials: Option<PathBuf>| UplinkConfig {
+        nats: nats.url(),
+        credentials,
+        ..UplinkConfig::default()
+    };
+    let stranger = creds("stranger.creds", &nkeys::KeyPair::new_account());
+    for (what, config) in [
+        ("an unknown account's user", refused(Some(stranger))),
+        ("no credentials", refused(None)),
+    ] {
+        match busbridge::fleet::connect(&config, "test", true).await {
+            Err(busbridge::fleet::FleetError::Connect { .. }) => {}
+            other => panic!("{what}: {:?}", other.map(|_| ())),
+        }
+    }
+    let missing = refused(Some(dir.path().join("missing.creds")));
+    assert!(matches!(
+        busbridge::fleet::connect(&missing, "test", true).await,
+        Err(busbridge::fleet::FleetError::Config(_))
+    ));
 }

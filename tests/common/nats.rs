@@ -154,3 +154,104 @@ impl Drop for NatsServer {
         self.kill();
     }
 }
+
+/// A NATS operator with a system account and one host account, signed with nkeys as
+/// `nsc` signs them: [`config`](Self::config) runs a server in operator mode (accounts
+/// resolved from memory), [`creds`](Self::creds) writes a user's `.creds` file.
+pub struct Operator {
+    operator: nkeys::KeyPair,
+    system: nkeys::KeyPair,
+    /// The account the hosts' users belong to (JetStream enabled).
+    pub account: nkeys::KeyPair,
+}
+
+/// A NATS JWT (v2): `claims` under `nats`, signed by `issuer`.
+fn jwt(issuer: &nkeys::KeyPair, subject: &str, name: &str, claims: serde_json::Value) -> String {
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+    use base64::Engine;
+    let header = B64.encode(r#"{"typ":"JWT","alg":"ed25519-nkey"}"#);
+    let iat = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let body = serde_json::json!({
+        "jti": format!("{name}-{iat}").to_uppercase(),
+        "iat": iat,
+        "iss": issuer.public_key(),
+        "name": name,
+        "sub": subject,
+        "nats": claims,
+    });
+    let signed = format!("{header}.{}", B64.encode(body.to_string()));
+    let sig = B64.encode(issuer.sign(signed.as_bytes()).unwrap());
+    format!("{signed}.{sig}")
+}
+
+impl Operator {
+    pub fn new() -> Self {
+        Self {
+            operator: nkeys::KeyPair::new_operator(),
+            system: nkeys::KeyPair::new_account(),
+            account: nkeys::KeyPair::new_account(),
+        }
+    }
+
+    /// An account's JWT; JetStream for the hosts' account only (the system account may not
+    /// have it).
+    fn account_jwt(&self, account: &nkeys::KeyPair, name: &str, jetstream: bool) -> String {
+        let js = if jetstream { -1 } else { 0 };
+        let unlimited = serde_json::json!({
+            "subs": -1, "data": -1, "payload": -1, "imports": -1, "exports": -1,
+            "wildcards": true, "conn": -1, "leaf": -1,
+            "mem_storage": js, "disk_storage": js, "streams": js, "consumer": js,
+        });
+        jwt(
+            &self.operator,
+            &account.public_key(),
+            name,
+            serde_json::json!({ "limits": unlimited, "type": "account", "version": 2 }),
+        )
+    }
+
+    /// The server configuration: trust this operator, resolve its two accounts from memory.
+    pub fn config(&self) -> String {
+        let op = jwt(
+            &self.operator,
+            &self.operator.public_key(),
+            "operator",
+            serde_json::json!({
+                "system_account": self.system.public_key(),
+                "type": "operator",
+                "version": 2,
+            }),
+        );
+        format!(
+            "operator: {op:?}\nsystem_account: {:?}\nresolver: MEMORY\n\
+             resolver_preload: {{\n  {}: {:?}\n  {}: {:?}\n}}\n",
+            self.system.public_key(),
+            self.system.public_key(),
+            self.account_jwt(&self.system, "SYS", false),
+            self.account.public_key(),
+            self.account_jwt(&self.account, "hosts", true),
+        )
+    }
+
+    /// A `.creds` file's contents for a new user `name` of `account` (signed by it).
+    pub fn creds(account: &nkeys::KeyPair, name: &str) -> String {
+        let user = nkeys::KeyPair::new_user();
+        let token = jwt(
+            account,
+            &user.public_key(),
+            name,
+            serde_json::json!({
+                "pub": {}, "sub": {}, "subs": -1, "data": -1, "payload": -1,
+                "type": "user", "version": 2,
+            }),
+        );
+        format!(
+            "-----BEGIN NATS USER JWT-----\n{token}\n------END NATS USER JWT------\n\n\
+             -----BEGIN USER NKEY SEED-----\n{}\n------END USER NKEY SEED------\n",
+            user.seed().unwrap()
+        )
+    }
+}
