@@ -435,12 +435,17 @@ impl Forward {
         Ok(())
     }
 
-    /// An event from the host's bus into the spool, if a pattern wants it.
+    /// An event from the host's bus into the spool, if a pattern wants it. It is counted
+    /// received together with its outcome, so a reading of the counters never shows an event
+    /// received but neither filtered, spooled nor dropped.
     fn take(&mut self, taken: Taken) -> Result<(), FleetError> {
-        let mut stats = self.stats.lock();
-        stats.received += 1;
-        if !self.patterns.iter().any(|p| p.matches(&taken.topic)) {
+        let filtered = || {
+            let mut stats = self.stats.lock();
+            stats.received += 1;
             stats.filtered += 1;
+        };
+        if !self.patterns.iter().any(|p| p.matches(&taken.topic)) {
+            filtered();
             return Ok(());
         }
         let payload = match taken.payload {
@@ -448,25 +453,28 @@ impl Forward {
             Err(e) => {
                 // It came off the bus, so it encoded once; a size limit is the only way here.
                 tracing::warn!(origin = %taken.origin, seq = taken.seq, error = %e, "uplink: event not forwarded");
-                stats.filtered += 1;
+                filtered();
                 return Ok(());
             }
         };
-        drop(stats);
         let record = Record {
             subject: format!("{}{}", self.subject_prefix, taken.topic.as_str()),
             origin: taken.origin,
             seq: taken.seq,
             payload: payload.into(),
         };
-        if self.spool.push(record)? {
-            self.stats.lock().spooled += 1;
+        let pushed = self.spool.push(record);
+        let mut stats = self.stats.lock();
+        stats.received += 1;
+        if pushed? {
+            stats.spooled += 1;
         } else {
-            let overflow = self.spool.stats().overflow;
-            if overflow.is_power_of_two() {
+            let spool = self.spool.stats();
+            stats.spool_overflow = spool.overflow;
+            if spool.overflow.is_power_of_two() {
                 tracing::warn!(
-                    overflow,
-                    bytes = self.spool.stats().bytes,
+                    overflow = spool.overflow,
+                    bytes = spool.bytes,
                     "uplink: the spool is full; events are dropped until JetStream acknowledges"
                 );
             }

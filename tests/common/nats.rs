@@ -54,13 +54,23 @@ pub fn binary() -> &'static Path {
     })
 }
 
-/// A free loopback port (bound, then released for the server to take).
+/// A free loopback port (bound, then released for the server to take), never one this
+/// process handed out before: the kernel offers a released port again, and a test that
+/// holds a port for a server it starts later would share it with another test's server.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    static TAKEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut taken = TAKEN.lock().unwrap();
+    // Holding each candidate until one is new keeps the kernel from offering it again.
+    let mut held = Vec::new();
+    loop {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        if !taken.contains(&port) {
+            taken.push(port);
+            return port;
+        }
+        held.push(l);
+    }
 }
 
 /// A running nats-server; killed when dropped.
