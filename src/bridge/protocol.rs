@@ -651,7 +651,7 @@ impl Protocol {
         }
         let codec = self.s.codec;
         if let Err(e) = codec.decode_frame_each(payload, |env| {
-            self.on_envelope(primary_sender, Box::new(env), phase, now)
+            self.on_envelope(primary_sender, env, phase, now)
         }) {
             self.decode_error();
             tracing::debug!(sender = primary_sender, "dropped frame: {e}");

@@ -228,30 +228,33 @@ impl Codec {
     /// Decodes a frame that holds one envelope or a batch of them (in order).
     pub fn decode_frame(&self, bytes: &[u8]) -> Result<Vec<Envelope>, CodecError> {
         let mut out = Vec::new();
-        self.decode_frame_each(bytes, |e| out.push(e))?;
+        self.decode_frame_each(bytes, |e| out.push(*e))?;
         Ok(out)
     }
 
-    /// Like [`decode_frame`](Self::decode_frame), handing each envelope to `each` in order
-    /// instead of collecting them (a frame of one envelope allocates no list). A batch with
-    /// one bad item hands on nothing.
+    /// Like [`decode_frame`](Self::decode_frame), handing each envelope to `each` in order,
+    /// boxed, instead of collecting them (a frame of one envelope allocates no list). A batch
+    /// with one bad item hands on nothing. Boxed because a batch is decoded whole before any
+    /// is handed on: a list of 500 envelopes by value is a fresh allocation of about 220 KB
+    /// per frame (the allocator takes such sizes from the system and gives them back), a list
+    /// of boxes 4 KB.
     pub fn decode_frame_each(
         &self,
         bytes: &[u8],
-        mut each: impl FnMut(Envelope),
+        mut each: impl FnMut(Box<Envelope>),
     ) -> Result<(), CodecError> {
         self.check_size(bytes.len())?;
         match bytes.first() {
             None => Err(CodecError::Empty),
             Some(b'{') => match json::unbatch(bytes)? {
                 None => {
-                    each(json::decode(bytes)?);
+                    each(Box::new(json::decode(bytes)?));
                     Ok(())
                 }
                 Some(items) => {
                     let envs = items
                         .iter()
-                        .map(|i| self.decode(i))
+                        .map(|i| self.decode(i).map(Box::new))
                         .collect::<Result<Vec<_>, _>>()?;
                     envs.into_iter().for_each(each);
                     Ok(())

@@ -358,11 +358,11 @@ fn header_kind(mut buf: &[u8]) -> Result<HeaderKind, CodecError> {
 /// envelope to `each` in order. A batch with one bad item hands on nothing.
 pub(super) fn decode_frame_each(
     bytes: &[u8],
-    mut each: impl FnMut(Envelope),
+    mut each: impl FnMut(Box<Envelope>),
 ) -> Result<(), CodecError> {
     let h = probe(bytes)?;
     if h.kind != KIND_BATCH {
-        each(decode_with(bytes, h)?);
+        each(Box::new(decode_with(bytes, h)?));
         return Ok(());
     }
     if h.version != ENVELOPE_VERSION {
@@ -370,7 +370,7 @@ pub(super) fn decode_frame_each(
     }
     let items = batch_items(bytes)?
         .into_iter()
-        .map(decode)
+        .map(|item| decode(item).map(Box::new))
         .collect::<Result<Vec<_>, _>>()?;
     items.into_iter().for_each(each);
     Ok(())
