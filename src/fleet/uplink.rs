@@ -463,21 +463,22 @@ impl Forward {
             seq: taken.seq,
             payload: payload.into(),
         };
-        let pushed = self.spool.push(record);
+        let pushed = self.spool.push(record)?;
         let mut stats = self.stats.lock();
         stats.received += 1;
-        if pushed? {
+        if pushed {
             stats.spooled += 1;
-        } else {
-            let spool = self.spool.stats();
-            stats.spool_overflow = spool.overflow;
-            if spool.overflow.is_power_of_two() {
-                tracing::warn!(
-                    overflow = spool.overflow,
-                    bytes = spool.bytes,
-                    "uplink: the spool is full; events are dropped until JetStream acknowledges"
-                );
-            }
+            return Ok(());
+        }
+        let spool = self.spool.stats();
+        stats.spool_overflow = spool.overflow;
+        drop(stats);
+        if spool.overflow.is_power_of_two() {
+            tracing::warn!(
+                overflow = spool.overflow,
+                bytes = spool.bytes,
+                "uplink: the spool is full; events are dropped until JetStream acknowledges"
+            );
         }
         Ok(())
     }
