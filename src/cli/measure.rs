@@ -119,6 +119,10 @@ pub struct Steady {
     pub p50_us: f64,
     pub p99_us: f64,
     pub p999_us: f64,
+    /// Publish-to-delivery latency of raw busrt clients carrying the same stream: how much
+    /// of the bridged latency is the machine's (its wake-ups, its other load).
+    pub raw_busrt_p50_us: f64,
+    pub raw_busrt_p99_us: f64,
     /// CPU of the whole process (publisher bridge, subscriber bridge, broker) over wall time.
     pub cpu_fraction_of_core: f64,
     /// The same for raw busrt clients carrying the same stream (same rate, bytes, QoS).
@@ -930,6 +934,7 @@ pub async fn steady(secs: u64, segments: usize) -> Steady {
     let segments = segments.max(1);
     let per = (secs.max(1) as usize * 10_000 / segments).max(10);
     let (mut lat, mut bridged, mut raw) = (Vec::new(), Vec::new(), Vec::new());
+    let mut raw_lat = Vec::new();
     for _ in 0..segments {
         let reader = read_latencies(rx, per);
         let (cpu0, _) = rusage();
@@ -952,7 +957,7 @@ pub async fn steady(secs: u64, segments: usize) -> Steady {
         lat.extend(got);
         rx = back;
         window_reset();
-        raw_busrt(per, true, 256, Some(10)).await;
+        raw_lat.extend(raw_busrt(per, true, 256, Some(10)).await);
         if let Some(((t0, c0), (t1, c1))) = window_marked() {
             raw.push((c1 - c0) / t1.duration_since(t0).as_secs_f64());
         }
@@ -961,6 +966,7 @@ pub async fn steady(secs: u64, segments: usize) -> Steady {
     s.shutdown().await;
     broker.shutdown_within(Duration::from_secs(1)).await;
     lat.sort_by(|a, b| a.total_cmp(b));
+    raw_lat.sort_by(|a, b| a.total_cmp(b));
     let adds = bridged
         .iter()
         .zip(&raw)
@@ -970,6 +976,8 @@ pub async fn steady(secs: u64, segments: usize) -> Steady {
         p50_us: percentile(&lat, 0.5),
         p99_us: percentile(&lat, 0.99),
         p999_us: percentile(&lat, 0.999),
+        raw_busrt_p50_us: percentile(&raw_lat, 0.5),
+        raw_busrt_p99_us: percentile(&raw_lat, 0.99),
         cpu_fraction_of_core: median(bridged.clone()).unwrap_or(0.0),
         raw_busrt_cpu_fraction_of_core: median(raw.clone()).unwrap_or(0.0),
         bridge_cpu_fraction_of_core: median(adds.collect()).unwrap_or(0.0),
