@@ -420,9 +420,14 @@ impl Protocol {
             .iter()
             .rev()
             .find(|(s, _, _)| *s == seq)
-            .and_then(|(_, _, frame)| self.s.codec.decode_frame(frame).ok())
-            .and_then(|mut envs| envs.pop())
-            .map(Box::new);
+            .and_then(|(_, _, frame)| {
+                let mut last = None;
+                self.s
+                    .codec
+                    .decode_frame_each(frame, |e| last = Some(e))
+                    .ok()?;
+                last
+            });
         match env {
             Some(env) => {
                 self.out

@@ -597,7 +597,7 @@ impl Forward {
     fn publish_stats(&self) {
         let spool = self.spool.stats();
         let mut stats = self.stats.lock();
-        stats.spool_overflow = spool.overflow;
+        // `spool_overflow` is not copied here: `take` counts it with the event it drops.
         stats.spool_bytes = spool.bytes;
         stats.spool_pending = spool.pending;
     }
