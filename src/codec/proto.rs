@@ -3,11 +3,14 @@
 //! envelope header sits at field 100 of every message, written first: a reader finds the
 //! event's kind without scanning the record (protobuf readers take fields in any order).
 
-use super::time::{join, split, MS, SEC};
+use super::time::{split, MS, SEC};
 use super::{CodecError, Envelope, ENVELOPE_VERSION};
 use crate::event::*;
+use decode::decode_with;
 use prost::Message;
 use std::collections::HashMap;
+
+mod decode;
 
 /// The envelope header carried at field 100 of every busbridge protobuf message.
 #[derive(Clone, PartialEq, Message)]
@@ -783,169 +786,4 @@ fn invalid(field: &'static str, reason: impl Into<String>) -> CodecError {
 /// Decodes a busbridge protobuf message: the header first, then the record it names.
 pub(super) fn decode(bytes: &[u8]) -> Result<Envelope, CodecError> {
     decode_with(bytes, probe(bytes)?)
-}
-
-/// Decodes the record a probed header names.
-fn decode_with(bytes: &[u8], probed: HeaderKind) -> Result<Envelope, CodecError> {
-    if probed.version != ENVELOPE_VERSION {
-        return Err(CodecError::UnsupportedVersion(probed.version));
-    }
-    let header;
-    let mut extra = super::EventExtra::default();
-    let event = match probed.kind {
-        KIND_PROCESS => {
-            let mut r = ProcessRecord::decode(bytes)?;
-            header = r.header.take();
-            extra.hash_algorithm = r.hash_algorithm.take();
-            let start_time = match (r.start_time, r.start_time_nanos) {
-                (Some(s), n) => Some(join(s, n.unwrap_or(0), SEC, "process.start_time")?),
-                (None, None) => None,
-                (None, Some(_)) => {
-                    return Err(invalid(
-                        "process.start_time_nanos",
-                        "set without start_time",
-                    ))
-                }
-            };
-            let platform_metadata = r
-                .platform_metadata
-                .as_deref()
-                .map(serde_json::from_slice)
-                .transpose()?;
-            CollectionEvent::Process(ProcessEvent {
-                pid: r.pid,
-                ppid: r.ppid,
-                name: r.name,
-                executable_path: r.executable_path,
-                command_line: r.command_line,
-                start_time,
-                cpu_usage: r.cpu_usage,
-                memory_usage: r.memory_usage,
-                executable_hash: r.executable_hash,
-                user_id: r.user_id,
-                accessible: r.accessible,
-                file_exists: r.file_exists,
-                timestamp: join(
-                    r.collection_time,
-                    r.collection_time_nanos,
-                    MS,
-                    "process.collection_time",
-                )?,
-                platform_metadata,
-            })
-        }
-        KIND_NETWORK => {
-            let mut r = NetworkRecord::decode(bytes)?;
-            header = r.header.take();
-            CollectionEvent::Network(NetworkEvent {
-                connection_id: r.connection_id,
-                source_addr: r.source_address,
-                dest_addr: r.destination_address,
-                protocol: r.protocol,
-                state: r.state,
-                pid: r.pid,
-                bytes_sent: r.bytes_sent,
-                bytes_received: r.bytes_received,
-                timestamp: join(
-                    r.collection_time,
-                    r.collection_time_nanos,
-                    MS,
-                    "network.collection_time",
-                )?,
-            })
-        }
-        KIND_FILESYSTEM => {
-            let mut r = FilesystemRecord::decode(bytes)?;
-            header = r.header.take();
-            CollectionEvent::Filesystem(FilesystemEvent {
-                path: r.path,
-                operation: r.operation_type,
-                pid: r.pid,
-                size: r.file_size,
-                permissions: r.permissions,
-                file_hash: r.file_hash,
-                timestamp: join(
-                    r.collection_time,
-                    r.collection_time_nanos,
-                    MS,
-                    "filesystem.collection_time",
-                )?,
-            })
-        }
-        KIND_PERFORMANCE => {
-            let mut r = PerformanceRecord::decode(bytes)?;
-            header = r.header.take();
-            CollectionEvent::Performance(PerformanceEvent {
-                metric_name: r.metric_name,
-                value: r.value,
-                unit: r.unit,
-                pid: r.pid,
-                component: r.component,
-                timestamp: join(
-                    r.collection_time,
-                    r.collection_time_nanos,
-                    MS,
-                    "performance.collection_time",
-                )?,
-            })
-        }
-        KIND_TRIGGER => {
-            let mut r = TriggerRecord::decode(bytes)?;
-            header = r.header.take();
-            let analysis_type = match r.analysis_type {
-                0 => AnalysisType::BinaryHash,
-                1 => AnalysisType::MemoryAnalysis,
-                2 => AnalysisType::YaraScan,
-                3 => AnalysisType::NetworkAnalysis,
-                4 => AnalysisType::BehavioralAnalysis,
-                5 => AnalysisType::Custom(r.custom_analysis),
-                n => {
-                    return Err(invalid(
-                        "trigger.analysis_type",
-                        format!("unknown value {n}"),
-                    ))
-                }
-            };
-            let priority = match r.priority {
-                0..=3 => TriggerPriority::from_u8(r.priority as u8),
-                n => return Err(invalid("trigger.priority", format!("unknown value {n}"))),
-            };
-            CollectionEvent::TriggerRequest(TriggerRequest {
-                trigger_id: r.trigger_id,
-                target_collector: r.target_collector,
-                analysis_type,
-                priority,
-                target_pid: r.target_pid,
-                target_path: r.target_path,
-                correlation_id: r.correlation_id,
-                metadata: r.metadata,
-                timestamp: join(
-                    r.collection_time,
-                    r.collection_time_nanos,
-                    MS,
-                    "trigger.collection_time",
-                )?,
-            })
-        }
-        KIND_BATCH => return Err(invalid("header.kind", "a batch inside a batch")),
-        n => return Err(invalid("header.kind", format!("unknown event kind {n}"))),
-    };
-    let h = header.ok_or(NO_HEADER)?;
-    if (h.version, h.kind) != (probed.version, probed.kind) {
-        return Err(invalid("header", "a second header changes version or kind"));
-    }
-    let priority = u8::try_from(h.priority).map_err(|_| invalid("header.priority", "above 255"))?;
-    Ok(Envelope {
-        origin: h.origin,
-        seq: h.seq,
-        hops: h.hops,
-        event_id: h.event_id,
-        correlation_id: h.correlation_id,
-        publisher_id: h.publisher_id,
-        timestamp: join(h.timestamp_ms, h.timestamp_nanos, MS, "header.timestamp")?,
-        priority,
-        routing_metadata: h.routing_metadata,
-        event,
-        extra,
-    })
 }
