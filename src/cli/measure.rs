@@ -35,13 +35,13 @@ pub struct BenchOptions {
 }
 
 impl BenchOptions {
-    /// About a minute on a 2-core machine: more, shorter rounds than the full run, so a
+    /// About half a minute on a 2-core machine: more, shorter rounds than the full run, so a
     /// noisy moment moves one round's ratio, not the median.
     pub fn quick() -> Self {
         Self {
             events: 30_000,
             calls: 3_000,
-            steady_secs: 3,
+            steady_secs: 6,
             stall_secs: 2,
             only: None,
             rounds: 7,
