@@ -29,6 +29,30 @@ pub(super) fn split(
     unit_nanos: i128,
     field: &'static str,
 ) -> Result<(i64, u32), CodecError> {
+    // After the epoch (every time a collector reads), in 64-bit arithmetic: the 128-bit
+    // division below was a tenth of the encoder's time. `unit_nanos` divides a second.
+    if let Ok(d) = t.duration_since(UNIX_EPOCH) {
+        let unit = unit_nanos as u64;
+        let sub = u64::from(d.subsec_nanos());
+        let whole = d
+            .as_secs()
+            .checked_mul(1_000_000_000 / unit)
+            .and_then(|w| w.checked_add(sub / unit))
+            .and_then(|w| i64::try_from(w).ok());
+        if let Some(whole) = whole {
+            return Ok((whole, (sub % unit) as u32));
+        }
+    }
+    split_nanos(t, unit_nanos, field)
+}
+
+/// [`split`] through the time's nanoseconds as a 128-bit number: any time, before the epoch
+/// too.
+fn split_nanos(
+    t: SystemTime,
+    unit_nanos: i128,
+    field: &'static str,
+) -> Result<(i64, u32), CodecError> {
     let n = to_nanos(t);
     let whole = i64::try_from(n.div_euclid(unit_nanos))
         .map_err(|_| CodecError::TimestampOutOfRange(field))?;
@@ -64,5 +88,31 @@ mod tests {
         let (ms, rem) = split(t, MS, "t").unwrap();
         assert_eq!(ms, -5001);
         assert_eq!(join(ms, rem, MS, "t").unwrap(), t);
+    }
+
+    #[test]
+    fn the_64_bit_split_equals_the_128_bit_one() {
+        let secs = [
+            0,
+            1,
+            1_700_000_000,
+            u64::MAX / 1_000_000,
+            i64::MAX as u64,
+            u64::MAX,
+        ];
+        for s in secs {
+            for n in [0, 1, 999_999, 1_000_000, 123_456_789, 999_999_999] {
+                let Some(t) = UNIX_EPOCH.checked_add(Duration::new(s, n)) else {
+                    continue;
+                };
+                for unit in [MS, SEC] {
+                    let fast = split(t, unit, "t").ok();
+                    assert_eq!(fast, split_nanos(t, unit, "t").ok(), "{s} s {n} ns");
+                    if let Some((w, r)) = fast {
+                        assert_eq!(join(w, r, unit, "t").unwrap(), t);
+                    }
+                }
+            }
+        }
     }
 }
