@@ -12,8 +12,9 @@ pub struct Args {
     /// Smaller samples: under a minute.
     #[arg(long)]
     quick: bool,
-    /// Only the paths whose name contains this text ("steady" and "stall" name the
-    /// last two runs); ratios whose two paths both ran are still printed.
+    /// Only the paths whose name contains this text, or the one path whose whole name it
+    /// is ("steady" and "stall" name the last two runs); ratios whose two paths both ran
+    /// are still printed.
     #[arg(long)]
     only: Option<String>,
 }

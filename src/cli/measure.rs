@@ -28,7 +28,8 @@ pub struct BenchOptions {
     pub steady_secs: u64,
     /// Seconds the slow subscriber stops reading.
     pub stall_secs: u64,
-    /// Run only the paths whose name contains this (for profiling one path).
+    /// Run only the paths whose name contains this, or the one path whose whole name it is
+    /// (for profiling one path).
     pub only: Option<String>,
     /// Each path runs this many times, interleaved with the others; the median counts.
     pub rounds: usize,
@@ -1166,7 +1167,6 @@ pub async fn run(opts: &BenchOptions) -> Report {
     let load_average_start = load_average();
     let n = opts.events;
     let calls = opts.calls;
-    let wanted = |name: &str| opts.only.as_deref().is_none_or(|o| name.contains(o));
     let (rt, pr) = (QoS::Realtime, QoS::Processed);
     let (opaque, prost) = (Payload::Opaque, Payload::Prost);
     let paths: Vec<(&str, usize, Path)> = vec![
@@ -1262,6 +1262,15 @@ pub async fn run(opts: &BenchOptions) -> Report {
             Path::Tasks(64, Some(1000)),
         ),
     ];
+    // A path's whole name selects that path alone (one is often a prefix of another).
+    let exact = paths
+        .iter()
+        .any(|(name, ..)| opts.only.as_deref() == Some(name));
+    let wanted = |name: &str| {
+        opts.only
+            .as_deref()
+            .is_none_or(|o| if exact { name == o } else { name.contains(o) })
+    };
     let paths: Vec<_> = paths
         .into_iter()
         .filter(|(name, ..)| wanted(name))
