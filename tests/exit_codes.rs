@@ -77,6 +77,55 @@ fn an_unreachable_broker_exits_3_for_one_shot_commands() {
     }
 }
 
+/// `sub … | head -n 1`: once its reader has gone, `sub` stops and exits 0, plain and bridged
+/// (it used to panic on the closed pipe).
+#[test]
+fn sub_exits_0_when_its_reader_goes_away() {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+    let dir = procs::sock_dir();
+    let socket = procs::sock_path(&dir, "b.sock");
+    let uri = format!("ipc://{}", socket.display());
+    let _broker = procs::broker(&socket, &[]);
+    for bridged in [false, true] {
+        let mut args = vec!["sub", "events.#", "--connect", &uri];
+        if bridged {
+            args.push("--bridged");
+        }
+        let mut sub = Command::new(procs::BIN)
+            .args(&args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stderr = BufReader::new(sub.stderr.take().unwrap());
+        let mut line = String::new();
+        while !line.contains("subscribed") {
+            line.clear();
+            assert!(stderr.read_line(&mut line).unwrap() > 0, "sub ended early");
+        }
+        drop(sub.stdout.take()); // the reader goes away
+        let mut publish = vec!["pub", "events.process.new", "--connect", &uri];
+        publish.extend(if bridged {
+            ["--bridged", "--count", "3", "--linger", "600ms"]
+        } else {
+            ["x", "--count", "3", "--qos", "processed"]
+        });
+        assert_eq!(code(&publish), Some(0), "{publish:?}");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        let status = loop {
+            if let Some(status) = sub.try_wait().unwrap() {
+                break status;
+            }
+            assert!(std::time::Instant::now() < deadline, "sub did not exit");
+            std::thread::sleep(std::time::Duration::from_millis(10)); // polling an exit
+        };
+        let mut rest = String::new();
+        let _ = std::io::Read::read_to_string(&mut stderr, &mut rest);
+        assert_eq!(status.code(), Some(0), "bridged: {bridged}; stderr: {rest}");
+    }
+}
+
 /// `--log-format json`: one JSON object a line, with the span an event happened in and its
 /// client and endpoint fields.
 #[test]

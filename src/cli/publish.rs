@@ -5,7 +5,7 @@ use super::{connect, EXIT_USAGE};
 use busbridge::client::{Ack, ClientError, Grouped, GroupedPublisher};
 use busbridge::event::CollectionEvent;
 use busbridge::topic::{topic_for_event, Topic};
-use busbridge::{EventSubscription, QoS};
+use busbridge::QoS;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -270,12 +270,10 @@ async fn run_bridged(a: Args, payload: Option<Vec<u8>>) -> anyhow::Result<ExitCo
     };
     let until = tokio::time::Instant::now() + a.deadline;
     let bus = bridged.event_bus(Default::default());
-    // A local subscriber makes the bridge listen: its own events come back from the broker,
-    // which is the confirmation. Drained as they come.
-    let own = bus
-        .subscribe_envelopes(EventSubscription::everything("pub-returns"))
-        .await?;
-    let drain = tokio::spawn(async move { while own.recv_async().await.is_some() {} });
+    // The bridge listens, so its own events come back from the broker: that is the
+    // confirmation. With no local subscriber to deliver them to, a return is settled from its
+    // header and never decoded (a subscriber draining them doubled this command's CPU).
+    busbridge::bus::Uplink::listen(bridged.link().as_ref()).await?;
     let start = tokio::time::Instant::now();
     for i in 0..a.count {
         pace(a.rate, start, i).await;
@@ -302,7 +300,6 @@ async fn run_bridged(a: Args, payload: Option<Vec<u8>>) -> anyhow::Result<ExitCo
     let unconfirmed = link.in_flight() as u64;
     let lost = stats.snapshot().bridge_resend_unavailable;
     bridged.shutdown().await;
-    drain.abort();
     if unconfirmed + lost == 0 {
         return Ok(ExitCode::SUCCESS);
     }
