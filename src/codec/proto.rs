@@ -54,12 +54,10 @@ pub struct Header {
     pub routing_metadata: HashMap<String, String>,
 }
 
-/// The first two fields of [`Header`].
-#[derive(Clone, PartialEq, Message)]
+/// The first two fields of [`Header`], as [`probe`] reads them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct HeaderKind {
-    #[prost(uint32, tag = "1")]
     version: u32,
-    #[prost(uint32, tag = "2")]
     kind: u32,
 }
 
