@@ -156,6 +156,11 @@ pub trait Uplink: Send + Sync {
     /// Queues an encoded envelope for busrt, waiting for room.
     async fn send(&self, env: &Envelope, frame: Vec<u8>) -> Result<(), BusError>;
     /// Starts receiving the event topics (called from the first local subscriber on).
+    ///
+    /// A publisher with no subscriber that wants its events confirmed by their return from
+    /// the broker calls it itself (`busbridge pub --bridged` does, then waits for
+    /// [`Link::settled`](crate::bridge::Link::settled)): a return that owes no local delivery
+    /// is settled from its header and never decoded.
     async fn listen(&self) -> Result<(), BusError>;
     /// Own events sent and not yet returned from busrt.
     fn in_flight(&self) -> usize;
