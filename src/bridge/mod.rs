@@ -268,7 +268,7 @@ impl Link {
                     status = true;
                     continue;
                 }
-                proto.on_message(m.topic(), m.primary_sender(), m.payload(), phase, now);
+                proto.on_message(m.topic(), m.sender(), m.payload(), phase, now);
             }
         }
         if status {

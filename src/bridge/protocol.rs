@@ -451,11 +451,12 @@ impl Protocol {
         }
     }
 
-    /// A message from busrt: on `topic`, from the client named `primary_sender`.
+    /// A message from busrt: on `topic`, from the client named `sender` (one of a client's
+    /// secondary connections, `name%%…`, counts as the client itself).
     pub fn on_message(
         &mut self,
         topic: &str,
-        primary_sender: &str,
+        sender: &str,
         payload: &[u8],
         phase: Phase,
         now: Instant,
@@ -465,7 +466,7 @@ impl Protocol {
             HEARTBEAT_TOPIC => self.on_heartbeat(payload, now),
             HELLO_TOPIC => self.on_hello(payload),
             STATUS_TOPIC | STATUS_REPLY_TOPIC => {}
-            _ => self.on_frame(primary_sender, payload, phase, now),
+            _ => self.on_frame(sender, payload, phase, now),
         }
     }
 
@@ -650,16 +651,17 @@ impl Protocol {
     }
 
     /// One event frame (one envelope or a batch).
-    fn on_frame(&mut self, primary_sender: &str, payload: &[u8], phase: Phase, now: Instant) {
-        if primary_sender == self.s.name && self.returns_owe_nothing(payload, phase, now) {
+    fn on_frame(&mut self, sender: &str, payload: &[u8], phase: Phase, now: Instant) {
+        let ours = is_client(sender, &self.s.name);
+        if ours && self.returns_owe_nothing(payload, phase, now) {
             return;
         }
         let codec = self.s.codec;
-        if let Err(e) = codec.decode_frame_each(payload, |env| {
-            self.on_envelope(primary_sender, env, phase, now)
-        }) {
+        if let Err(e) =
+            codec.decode_frame_each(payload, |env| self.on_envelope(ours, env, phase, now))
+        {
             self.decode_error();
-            tracing::debug!(sender = primary_sender, "dropped frame: {e}");
+            tracing::debug!(sender, "dropped frame: {e}");
         }
     }
 
@@ -699,31 +701,33 @@ impl Protocol {
         true
     }
 
-    fn on_envelope(
-        &mut self,
-        primary_sender: &str,
-        env: Box<Envelope>,
-        phase: Phase,
-        now: Instant,
-    ) {
+    /// One decoded event; `ours` if this bridge's own client published the frame.
+    fn on_envelope(&mut self, ours: bool, env: Box<Envelope>, phase: Phase, now: Instant) {
         if env.hops > self.s.hop_limit {
             return Stats::add(&self.stats.bridge_hop_limited, 1);
         }
-        if env.origin == self.s.origin && primary_sender != self.s.name {
+        if env.origin == self.s.origin && !ours {
             // A loop: our own event relayed back by someone else.
             return Stats::add(&self.stats.bridge_echo_suppressed, 1);
         }
-        // Looked up by reference: the origin's name is copied once, when first heard of.
-        if !self.origins.contains_key(&env.origin) {
-            let after = self.durable.then_some(0);
-            self.origins
-                .insert(env.origin.clone(), Origin::new(&env.origin, after));
-        }
-        let Some(state) = self.origins.get_mut(&env.origin) else {
-            return;
+        // Looked up by reference (one hash for a known origin): the origin's name is copied
+        // once, when first heard of.
+        let seq = env.seq;
+        let took = match self.origins.get_mut(&env.origin) {
+            Some(state) => {
+                let pushed = state.stream.push(seq, Arrival::Event(env));
+                took(&self.stats, state, pushed, now)
+            }
+            None => {
+                let after = self.durable.then_some(0);
+                let mut state = Origin::new(&env.origin, after);
+                let origin = env.origin.clone();
+                let pushed = state.stream.push(seq, Arrival::Event(env));
+                let took = took(&self.stats, &mut state, pushed, now);
+                self.origins.insert(origin, state);
+                took
+            }
         };
-        let pushed = state.stream.push(env.seq, Arrival::Event(env));
-        let took = took(&self.stats, state, pushed, now);
         self.hand_on(took, phase);
     }
 
@@ -820,4 +824,26 @@ fn give_up(stats: &Stats, state: &mut Origin) -> Vec<Arrival> {
 
 fn json<T: Serialize>(v: &T) -> Vec<u8> {
     serde_json::to_vec(v).unwrap_or_default()
+}
+
+/// Whether busrt client `sender` is `name` or one of its secondary connections (`name%%…`).
+/// busrt's `primary_sender` finds the same by searching each sender for the separator.
+fn is_client(sender: &str, name: &str) -> bool {
+    sender
+        .strip_prefix(name)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with(busrt::SECONDARY_SEP))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_client;
+
+    #[test]
+    fn a_secondary_connection_is_its_client() {
+        assert!(is_client("agent", "agent"));
+        assert!(is_client("agent%%rpc", "agent"));
+        assert!(!is_client("agent2", "agent"));
+        assert!(!is_client("agen", "agent"));
+        assert!(!is_client("other%%agent", "agent"));
+    }
 }
