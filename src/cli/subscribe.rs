@@ -7,7 +7,9 @@ use busbridge::queue::TryRecvError;
 use busbridge::topic::{topic_for_event, Pattern};
 use busbridge::{EventSubscription, QoS};
 use serde_json::{json, Value};
+use std::future::Future;
 use std::io::Write;
+use std::pin::Pin;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -106,6 +108,22 @@ impl Lines {
         r
     }
 
+    /// Waits for the next item once nothing is queued: flushes first, then waits for `next` or
+    /// Ctrl-C. `None` to stop: Ctrl-C, stdout closed, or `next` found the stream ended.
+    async fn wait<T, C: Future>(
+        &mut self,
+        next: impl Future<Output = anyhow::Result<Option<T>>>,
+        ctrl_c: Pin<&mut C>,
+    ) -> anyhow::Result<Option<T>> {
+        if self.flush().is_err() {
+            return Ok(None);
+        }
+        tokio::select! {
+            item = next => item,
+            _ = ctrl_c => Ok(None),
+        }
+    }
+
     /// Flushes what is left; a reader that went away is not an error.
     fn finish(mut self) -> std::io::Result<()> {
         match self.flush() {
@@ -143,18 +161,14 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
     tokio::pin!(ctrl_c);
     let mut seen = 0u64;
     while count.is_none_or(|n| seen < n) {
-        let message = match client.try_recv() {
-            Some(m) => m,
+        let next = match client.try_recv() {
+            Some(m) => Some(m),
             None => {
-                if out.flush().is_err() {
-                    break;
-                }
-                tokio::select! {
-                    m = client.recv() => m?,
-                    _ = &mut ctrl_c => break,
-                }
+                let recv = async { Ok(Some(client.recv().await?)) };
+                out.wait(recv, ctrl_c.as_mut()).await?
             }
         };
+        let Some(message) = next else { break };
         seen += 1;
         let line = message_json(message.topic(), message.sender(), message.payload());
         let written = if json_out {
@@ -210,19 +224,15 @@ async fn run_bridged(a: Args) -> anyhow::Result<ExitCode> {
     tokio::pin!(ctrl_c);
     let mut seen = 0u64;
     while a.count.is_none_or(|n| seen < n) {
-        let env = match rx.try_recv() {
-            Ok(e) => e,
-            Err(TryRecvError::Disconnected) => break,
+        let next = match rx.try_recv() {
+            Ok(e) => Some(e),
+            Err(TryRecvError::Disconnected) => None,
             Err(TryRecvError::Empty) => {
-                if out.flush().is_err() {
-                    break;
-                }
-                tokio::select! {
-                    e = rx.recv_async() => match e { Some(e) => e, None => break },
-                    _ = &mut ctrl_c => break,
-                }
+                let recv = async { Ok(rx.recv_async().await) };
+                out.wait(recv, ctrl_c.as_mut()).await?
             }
         };
+        let Some(env) = next else { break };
         let topic = topic_for_event(&env.event);
         if !patterns.iter().any(|p| p.matches(&topic)) {
             continue;
