@@ -83,13 +83,15 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
     }
     if let Some(s) = &report.steady {
         println!(
-        "\nsteady {} events/s over a Unix socket: p50 {:.0} us, p99 {:.0} us, p999 {:.0} us (raw busrt, same stream: p50 {:.0} us, p99 {:.0} us); process CPU {:.1}% of a core (raw busrt, same stream: {:.1}%; each bridge adds {:.1}%)",
+        "\nsteady {} events/s over a Unix socket: p50 {:.0} us, p99 {:.0} us (median of segments {:.0} us), p999 {:.0} us (raw busrt, same stream: p50 {:.0} us, p99 {:.0} us, median of segments {:.0} us); process CPU {:.1}% of a core (raw busrt, same stream: {:.1}%; each bridge adds {:.1}%)",
         s.rate_per_sec,
         s.p50_us,
         s.p99_us,
+        s.segment_p99_us,
         s.p999_us,
         s.raw_busrt_p50_us,
         s.raw_busrt_p99_us,
+        s.raw_busrt_segment_p99_us,
         s.cpu_fraction_of_core * 100.0,
         s.raw_busrt_cpu_fraction_of_core * 100.0,
         s.bridge_cpu_fraction_of_core * 100.0
