@@ -434,7 +434,9 @@ pub struct BrokerConfig {
     pub timeout: Duration,
     /// Largest message, in bytes, enforced by busbridge and by busrt.
     pub max_message_size: usize,
-    /// Frames queued per client inside the broker.
+    /// Frames queued per client inside the broker. busrt disconnects a client whose queue is
+    /// full and drops what it held: size it for the largest burst a subscriber can fall
+    /// behind by.
     pub queue_size: usize,
 }
 
