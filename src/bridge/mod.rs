@@ -526,6 +526,9 @@ async fn sender(
     let mut frames_in_flight = 0;
     // The open group: events written whose acknowledgement is a later frame's.
     let (mut open, mut open_frames) = (Vec::new(), 0);
+    // The events of the frame being built; kept between frames, as `open` is, so that an
+    // unbatched stream allocates nothing here per event.
+    let mut group: Vec<Outgoing> = Vec::new();
     loop {
         let first = match carry.take() {
             Some(o) => o,
@@ -533,7 +536,7 @@ async fn sender(
                 // Nothing queued: settle what is in flight before sleeping on the queue.
                 if queue.is_empty() {
                     while let Some((seqs, _, ack)) = in_flight.pop_front() {
-                        finish(&link, &stats, seqs, ack.await);
+                        finish(&link, &stats, &seqs, ack.await);
                     }
                     frames_in_flight = 0;
                 }
@@ -543,8 +546,8 @@ async fn sender(
                 }
             }
         };
-        let mut group = vec![first];
-        let mut size = group[0].bytes.len();
+        let mut size = first.bytes.len();
+        group.push(first);
         while group.len() < opts.batch_max.max(1) {
             match queue.try_recv() {
                 Ok(o)
@@ -569,15 +572,18 @@ async fn sender(
         }
         let next = carry.as_ref().map(|o| &o.topic);
         let topic = group[0].topic.clone();
-        let seqs: Vec<u64> = group.iter().map(|o| o.seq).collect();
         let n = group.len() as u64;
-        burst_high = burst_high.max(seqs.iter().copied().max().unwrap_or(0));
+        // This frame's events join the open group now; taken out again if it is refused.
+        let from = open.len();
+        open.extend(group.iter().map(|o| o.seq));
+        burst_high = burst_high.max(open[from..].iter().copied().max().unwrap_or(0));
         let frame = if group.len() == 1 {
             group.pop().map(|o| o.bytes).unwrap_or_default()
         } else {
             Stats::add(&stats.bridge_batches, 1);
             Bytes::from(codec.batch(group.iter().map(|o| &o.bytes[..])))
         };
+        group.clear();
         let sent = match qos {
             QoS::Processed => grouped.publish(topic, frame, next).await,
             // Best effort: done once written (or dropped and counted), nothing to await.
@@ -594,12 +600,12 @@ async fn sender(
                         l.handed(burst_high);
                     }
                 }
-                open.extend(seqs);
                 open_frames += 1;
                 sent
             }
             Err(e) => {
-                finish(&link, &stats, seqs, Err(e));
+                let refused = open.split_off(from);
+                finish(&link, &stats, &refused, Err(e));
                 // The frame that was to close the open group was refused and none follows:
                 // close it now, or its events would wait for the next burst. (On failure it
                 // stays open, for the next frame to close.)
@@ -616,7 +622,8 @@ async fn sender(
             Grouped::Open => {}
             // Safe in the client's outbox, to be sent after reconnecting; or best effort.
             Grouped::Queued(_) => {
-                finish(&link, &stats, std::mem::take(&mut open), Ok(()));
+                finish(&link, &stats, &open, Ok(()));
+                open.clear();
                 open_frames = 0;
             }
             Grouped::Closed(group) => {
@@ -630,21 +637,21 @@ async fn sender(
                 break;
             };
             frames_in_flight -= frames;
-            finish(&link, &stats, seqs, ack.await);
+            finish(&link, &stats, &seqs, ack.await);
         }
     }
     for (seqs, _, ack) in in_flight {
-        finish(&link, &stats, seqs, ack.await);
+        finish(&link, &stats, &seqs, ack.await);
     }
     if !open.is_empty() {
         // Written, but the frame that was to acknowledge them was refused: unconfirmed.
-        finish(&link, &stats, open, Err(ClientError::Closed));
+        finish(&link, &stats, &open, Err(ClientError::Closed));
     }
 }
 
 /// Accounts for one frame's outcome; for a refused frame, what its events' returns owed is
 /// done locally (see [`Protocol::send_failed`]).
-fn finish(link: &Weak<Link>, stats: &Stats, seqs: Vec<u64>, result: Result<(), ClientError>) {
+fn finish(link: &Weak<Link>, stats: &Stats, seqs: &[u64], result: Result<(), ClientError>) {
     let Some(link) = link.upgrade() else { return };
     match result {
         Ok(()) => {
@@ -656,7 +663,7 @@ fn finish(link: &Weak<Link>, stats: &Stats, seqs: Vec<u64>, result: Result<(), C
             Stats::add(&stats.bridge_send_errors, seqs.len() as u64);
             tracing::warn!(events = seqs.len(), "busrt did not take events: {e}");
             let mut proto = link.proto.lock();
-            for seq in &seqs {
+            for seq in seqs {
                 proto.send_failed(*seq);
             }
             drop(proto);
