@@ -166,6 +166,15 @@ pub enum Pushed<T> {
     },
 }
 
+/// What [`InOrder::push_into`] made of an accepted item.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Accepted {
+    /// Numbers found missing by this item (ask for them again).
+    pub gap: Option<(u64, u64)>,
+    /// This item filled a gap.
+    pub filled: bool,
+}
+
 /// Delivers one origin's items once and in sequence order: items behind a gap are held until
 /// the gap is filled or [`give_up`](InOrder::give_up) is called.
 ///
@@ -202,38 +211,54 @@ impl<T> InOrder<T> {
 
     /// Takes one item with its sequence number.
     pub fn push(&mut self, seq: u64, item: T) -> Pushed<T> {
+        let mut ready = Vec::new();
+        match self.push_into(seq, item, &mut ready) {
+            None => Pushed::Duplicate,
+            Some(Accepted { gap, filled }) => Pushed::Accepted { gap, filled, ready },
+        }
+    }
+
+    /// [`push`](Self::push), appending the items now deliverable to `ready`, a list the
+    /// caller keeps between pushes (the common case then allocates nothing). `None` for a
+    /// duplicate.
+    ///
+    /// ```
+    /// use busbridge::sequence::{Accepted, InOrder};
+    /// let (mut s, mut ready) = (InOrder::new(1024), Vec::new());
+    /// assert_eq!(s.push_into(1, 'a', &mut ready), Some(Accepted { gap: None, filled: false }));
+    /// assert_eq!(s.push_into(3, 'c', &mut ready), Some(Accepted { gap: Some((2, 2)), filled: false }));
+    /// assert_eq!(s.push_into(2, 'b', &mut ready), Some(Accepted { gap: None, filled: true }));
+    /// assert_eq!(s.push_into(2, 'b', &mut ready), None);
+    /// assert_eq!(ready, ['a', 'b', 'c']);
+    /// ```
+    pub fn push_into(&mut self, seq: u64, item: T, ready: &mut Vec<T>) -> Option<Accepted> {
         let (gap, filled) = match self.tracker.observe(seq) {
             // The common case, the next number with nothing missing or held: straight through.
             Seen::New if self.held.is_empty() && self.tracker.missing.is_empty() => {
-                return Pushed::Accepted {
+                ready.push(item);
+                return Some(Accepted {
                     gap: None,
                     filled: false,
-                    ready: vec![item],
-                }
+                });
             }
-            Seen::Duplicate => return Pushed::Duplicate,
+            Seen::Duplicate => return None,
             Seen::Gap { missing } => (Some((seq - missing, seq - 1)), false),
             Seen::FilledGap => (None, true),
             Seen::New => (None, false),
         };
         self.held.insert(seq, item);
-        Pushed::Accepted {
-            gap,
-            filled,
-            ready: self.release(),
-        }
+        self.release(ready);
+        Some(Accepted { gap, filled })
     }
 
-    fn release(&mut self) -> Vec<T> {
+    fn release(&mut self, ready: &mut Vec<T>) {
         let limit = self.tracker.first_missing().unwrap_or(u64::MAX);
-        let mut ready = Vec::new();
         while let Some(entry) = self.held.first_entry() {
             if *entry.key() >= limit {
                 break;
             }
             ready.push(entry.remove());
         }
-        ready
     }
 
     /// Learns the origin's highest number (a heartbeat); returns what is now missing.
@@ -265,7 +290,9 @@ impl<T> InOrder<T> {
     /// held is released in order.
     pub fn give_up(&mut self) -> (u64, Vec<T>) {
         let lost = self.tracker.give_up();
-        (lost, self.release())
+        let mut ready = Vec::new();
+        self.release(&mut ready);
+        (lost, ready)
     }
 }
 

@@ -29,7 +29,7 @@
 use crate::bus::Route;
 use crate::codec::{Codec, Envelope};
 use crate::phase::Phase;
-use crate::sequence::{InOrder, Pushed};
+use crate::sequence::{Accepted, InOrder};
 use crate::stats::Stats;
 use crate::topic::BusrtTopic;
 use bytes::Bytes;
@@ -226,6 +226,8 @@ pub struct Protocol {
     confirmed: u64,
     // Receive side.
     origins: HashMap<String, Origin>,
+    /// Events a push made ready, kept between pushes (empty in between).
+    ready: Vec<Arrival>,
     shadow_remote: u64,
     out: VecDeque<Output>,
 }
@@ -254,6 +256,7 @@ impl Protocol {
             announced: 0,
             confirmed: 0,
             origins,
+            ready: Vec::new(),
             shadow_remote: 0,
             out: VecDeque::new(),
         }
@@ -684,6 +687,7 @@ impl Protocol {
             return false;
         }
         // The items borrow the frame, not the protocol.
+        let mut ready = std::mem::take(&mut self.ready);
         for seq in items.into_iter().map(|p| p.seq) {
             let origin = self.s.origin.as_str();
             if !self.origins.contains_key(origin) {
@@ -692,12 +696,13 @@ impl Protocol {
                     .insert(origin.to_owned(), Origin::new(origin, after));
             }
             let Some(state) = self.origins.get_mut(origin) else {
-                return true;
+                break;
             };
-            let pushed = state.stream.push(seq, Arrival::Bare(seq));
-            let took = took(&self.stats, state, pushed, now);
-            self.hand_on(took, phase);
+            let accepted = state.stream.push_into(seq, Arrival::Bare(seq), &mut ready);
+            let gap = took(&self.stats, state, accepted, &mut ready, now);
+            self.hand_on(gap, &mut ready, phase);
         }
+        self.ready = ready;
         true
     }
 
@@ -713,30 +718,33 @@ impl Protocol {
         // Looked up by reference (one hash for a known origin): the origin's name is copied
         // once, when first heard of.
         let seq = env.seq;
-        let took = match self.origins.get_mut(&env.origin) {
+        let mut ready = std::mem::take(&mut self.ready);
+        let gap = match self.origins.get_mut(&env.origin) {
             Some(state) => {
-                let pushed = state.stream.push(seq, Arrival::Event(env));
-                took(&self.stats, state, pushed, now)
+                let accepted = state.stream.push_into(seq, Arrival::Event(env), &mut ready);
+                took(&self.stats, state, accepted, &mut ready, now)
             }
             None => {
                 let after = self.durable.then_some(0);
                 let mut state = Origin::new(&env.origin, after);
                 let origin = env.origin.clone();
-                let pushed = state.stream.push(seq, Arrival::Event(env));
-                let took = took(&self.stats, &mut state, pushed, now);
+                let accepted = state.stream.push_into(seq, Arrival::Event(env), &mut ready);
+                let gap = took(&self.stats, &mut state, accepted, &mut ready, now);
                 self.origins.insert(origin, state);
-                took
+                gap
             }
         };
-        self.hand_on(took, phase);
+        self.hand_on(gap, &mut ready, phase);
+        self.ready = ready;
     }
 
-    /// Asks for what a pushed event found missing, then dispatches what is now in order.
-    fn hand_on(&mut self, took: Took, phase: Phase) {
-        if let Some((origin, from, to)) = took.gap {
+    /// Asks for what a pushed event found missing (`gap`: origin, from, to), then dispatches
+    /// what is now in order (`ready`, left empty).
+    fn hand_on(&mut self, gap: Option<(String, u64, u64)>, ready: &mut Vec<Arrival>, phase: Phase) {
+        if let Some((origin, from, to)) = gap {
             self.request_resend(origin, from, to);
         }
-        for item in took.ready {
+        for item in ready.drain(..) {
             self.dispatch(item, phase);
         }
     }
@@ -769,30 +777,23 @@ impl Protocol {
     }
 }
 
-/// What one pushed event changed in its origin's stream.
-#[derive(Default)]
-struct Took {
-    /// A gap it revealed: (origin, from, to), to ask for.
-    gap: Option<(String, u64, u64)>,
-    /// Events now in order.
-    ready: Vec<Arrival>,
-}
-
-/// Accounts for one event pushed into `state`'s stream: duplicates and filled gaps counted,
-/// a hold behind a gap timed (and given up when too much is held), a new gap reported.
-fn took(stats: &Stats, state: &mut Origin, pushed: Pushed<Arrival>, now: Instant) -> Took {
-    let (gap, mut ready) = match pushed {
-        Pushed::Duplicate => {
-            Stats::add(&stats.bridge_duplicates, 1);
-            return Took::default();
-        }
-        Pushed::Accepted { gap, filled, ready } => {
-            if filled {
-                Stats::add(&stats.bridge_gaps_filled, 1);
-            }
-            (gap, ready)
-        }
+/// Accounts for one event pushed into `state`'s stream (`None`: a duplicate): filled gaps
+/// counted, a hold behind a gap timed (and given up when too much is held, its events added to
+/// `ready`), a new gap reported and returned as (origin, from, to), to ask for.
+fn took(
+    stats: &Stats,
+    state: &mut Origin,
+    accepted: Option<Accepted>,
+    ready: &mut Vec<Arrival>,
+    now: Instant,
+) -> Option<(String, u64, u64)> {
+    let Some(Accepted { gap, filled }) = accepted else {
+        Stats::add(&stats.bridge_duplicates, 1);
+        return None;
     };
+    if filled {
+        Stats::add(&stats.bridge_gaps_filled, 1);
+    }
     if state.stream.held() > MAX_HELD {
         ready.extend(give_up(stats, state));
     }
@@ -801,13 +802,12 @@ fn took(stats: &Stats, state: &mut Origin, pushed: Pushed<Arrival>, now: Instant
         (_, Some(t)) => Some(t),
         (_, None) => Some(now),
     };
-    let gap = gap.map(|(from, to)| {
+    gap.map(|(from, to)| {
         state.note_asked(now);
         Stats::add(&stats.bridge_gaps, to - from + 1);
         tracing::warn!(origin = %state.name, from, to, "sequence gap; asking for a resend");
         (state.name.clone(), from, to)
-    });
-    Took { gap, ready }
+    })
 }
 
 /// Stops waiting for an origin's gaps: they are lost (counted), held events are released.
