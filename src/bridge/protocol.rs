@@ -686,16 +686,16 @@ impl Protocol {
         {
             return false;
         }
+        let origin = self.s.origin.as_str();
+        if !self.origins.contains_key(origin) {
+            let after = self.durable.then_some(0);
+            self.origins
+                .insert(origin.to_owned(), Origin::new(origin, after));
+        }
         // The items borrow the frame, not the protocol.
         let mut ready = std::mem::take(&mut self.ready);
         for seq in items.into_iter().map(|p| p.seq) {
-            let origin = self.s.origin.as_str();
-            if !self.origins.contains_key(origin) {
-                let after = self.durable.then_some(0);
-                self.origins
-                    .insert(origin.to_owned(), Origin::new(origin, after));
-            }
-            let Some(state) = self.origins.get_mut(origin) else {
+            let Some(state) = self.origins.get_mut(self.s.origin.as_str()) else {
                 break;
             };
             let accepted = state.stream.push_into(seq, Arrival::Bare(seq), &mut ready);
@@ -718,22 +718,21 @@ impl Protocol {
         // Looked up by reference (one hash for a known origin): the origin's name is copied
         // once, when first heard of.
         let seq = env.seq;
-        let mut ready = std::mem::take(&mut self.ready);
-        let gap = match self.origins.get_mut(&env.origin) {
-            Some(state) => {
-                let accepted = state.stream.push_into(seq, Arrival::Event(env), &mut ready);
-                took(&self.stats, state, accepted, &mut ready, now)
-            }
+        let mut fresh = None;
+        let state = match self.origins.get_mut(&env.origin) {
+            Some(state) => state,
             None => {
                 let after = self.durable.then_some(0);
-                let mut state = Origin::new(&env.origin, after);
-                let origin = env.origin.clone();
-                let accepted = state.stream.push_into(seq, Arrival::Event(env), &mut ready);
-                let gap = took(&self.stats, &mut state, accepted, &mut ready, now);
-                self.origins.insert(origin, state);
-                gap
+                let origin = Origin::new(&env.origin, after);
+                &mut fresh.insert((env.origin.clone(), origin)).1
             }
         };
+        let mut ready = std::mem::take(&mut self.ready);
+        let accepted = state.stream.push_into(seq, Arrival::Event(env), &mut ready);
+        let gap = took(&self.stats, state, accepted, &mut ready, now);
+        if let Some((name, origin)) = fresh {
+            self.origins.insert(name, origin);
+        }
         self.hand_on(gap, &mut ready, phase);
         self.ready = ready;
     }
