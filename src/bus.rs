@@ -40,6 +40,7 @@ use crate::phase::{Phase, PhaseError};
 use crate::router::{Filter, Policy, Router, RouterError};
 use crate::stats::Stats;
 use crate::subscription::{BackpressureStrategy, BusEvent, EventBusStatistics, EventSubscription};
+use bytes::Bytes;
 use parking_lot::Mutex;
 use std::collections::{HashSet, VecDeque};
 use std::sync::atomic::{AtomicU8, Ordering};
@@ -149,12 +150,12 @@ pub trait Uplink: Send + Sync {
     /// `local`: a subscriber of this bus matches the event now (its return owes it them).
     fn route(&self, phase: Phase, compare: bool, local: bool, env: &mut Envelope) -> Route;
     /// Encodes an envelope the route sends. On error nothing is owed for it any more.
-    fn encode(&self, env: &Envelope) -> Result<Vec<u8>, BusError>;
+    fn encode(&self, env: &Envelope) -> Result<Bytes, BusError>;
     /// Queues an encoded envelope for busrt if there is room now; otherwise hands the frame
     /// back for [`send`](Self::send).
-    fn try_send(&self, env: &Envelope, frame: Vec<u8>) -> Result<Result<(), Vec<u8>>, BusError>;
+    fn try_send(&self, env: &Envelope, frame: Bytes) -> Result<Result<(), Bytes>, BusError>;
     /// Queues an encoded envelope for busrt, waiting for room.
-    async fn send(&self, env: &Envelope, frame: Vec<u8>) -> Result<(), BusError>;
+    async fn send(&self, env: &Envelope, frame: Bytes) -> Result<(), BusError>;
     /// Starts receiving the event topics (called from the first local subscriber on).
     ///
     /// A publisher with no subscriber that wants its events confirmed by their return from

@@ -526,7 +526,9 @@ pub struct BusConfig {
     pub publish_window: usize,
     /// Encoded events waiting to be sent; when full, `publish` waits.
     pub outbound_queue: usize,
-    /// Recently sent events kept to answer resend requests (0: none).
+    /// Recently sent events kept to answer resend requests (0: none). Room for up to
+    /// 131,072 of them is reserved when the bridge starts (64 bytes each, address space: the
+    /// memory is used as the buffer fills), so the publishing path never copies it to grow.
     pub replay_buffer: usize,
     /// How long events behind a sequence gap wait for the resend before the gap is counted
     /// lost and they are delivered.

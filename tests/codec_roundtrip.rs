@@ -4,7 +4,7 @@
 
 mod common;
 
-use busbridge::codec::{Codec, CodecError, CodecKind, Envelope};
+use busbridge::codec::{Codec, CodecError, CodecKind, Envelope, FrameBuffer};
 use busbridge::event::CollectionEvent;
 use common::*;
 use proptest::prelude::*;
@@ -256,6 +256,53 @@ fn size_limit_applies_both_ways() {
     ));
 }
 
+/// Frames cut from one buffer are what `encode` writes, each on its own, whatever was
+/// refused between them; a refusal leaves nothing behind.
+#[test]
+fn frames_from_a_shared_buffer_equal_single_encodes() {
+    for kind in KINDS {
+        let codec = Codec::new(kind, 1 << 20);
+        let mut frames = FrameBuffer::new(256);
+        let mut cut = Vec::new();
+        for (i, event) in every_kind().into_iter().cycle().take(40).enumerate() {
+            let mut env = envelope(event);
+            env.seq = i as u64;
+            let frame = frames.encode(&codec, &env).unwrap();
+            assert_eq!(frame, codec.encode(&env).unwrap(), "{kind:?} event {i}");
+            cut.push((frame, env));
+            let too_big = Codec::new(kind, 8);
+            assert!(matches!(
+                frames.encode(&too_big, &cut[i].1),
+                Err(CodecError::TooLarge { .. })
+            ));
+        }
+        // Later frames did not overwrite earlier ones (all kept, as a replay buffer keeps).
+        for (frame, env) in &cut {
+            assert_eq!(&codec.decode(frame).unwrap(), env);
+        }
+    }
+}
+
+/// Once every frame cut from a chunk is gone, the chunk is written again: a stream whose
+/// frames are let go of allocates no new memory for them.
+#[test]
+fn a_chunk_whose_frames_are_gone_is_written_again() {
+    let codec = Codec::default();
+    let env = envelope(process(1));
+    let mut frames = FrameBuffer::new(1024);
+    let first = frames.encode(&codec, &env).unwrap();
+    let second = frames.encode(&codec, &env).unwrap();
+    let start = first.as_ptr();
+    assert_eq!(
+        second.as_ptr(),
+        start.wrapping_add(first.len()),
+        "frames follow each other in one chunk"
+    );
+    drop((first, second));
+    let reused = (0..1000).any(|_| frames.encode(&codec, &env).unwrap().as_ptr() == start);
+    assert!(reused, "the chunk was never reclaimed");
+}
+
 #[test]
 fn typed_errors_for_bad_input() {
     let codec = Codec::default();
@@ -359,6 +406,20 @@ proptest! {
             let codec = Codec::new(kind, 1 << 24);
             let bytes = codec.encode(&env).unwrap();
             prop_assert_eq!(&codec.decode(&bytes).unwrap(), &env);
+        }
+    }
+
+    /// The same through a buffer shared by frames, whatever the chunk size.
+    #[test]
+    fn frames_round_trip_through_a_shared_buffer(events in prop::collection::vec(arb_event(), 1..8), chunk in 1usize..2048) {
+        for kind in KINDS {
+            let codec = Codec::new(kind, 1 << 24);
+            let mut frames = FrameBuffer::new(chunk);
+            let envs: Vec<_> = events.iter().cloned().map(envelope).collect();
+            let cut: Vec<_> = envs.iter().map(|e| frames.encode(&codec, e).unwrap()).collect();
+            for (frame, env) in cut.iter().zip(&envs) {
+                prop_assert_eq!(&codec.decode(frame).unwrap(), env);
+            }
         }
     }
 

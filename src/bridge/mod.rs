@@ -32,7 +32,7 @@ use crate::bus::{BusError, Core, CoreOptions, Route, Uplink};
 use crate::client::{
     Ack, AsyncClient, ClientError, ClientOptions, Grouped, GroupedPublisher, Publisher, QoS,
 };
-use crate::codec::{Codec, CodecKind, Envelope};
+use crate::codec::{Codec, CodecKind, Envelope, FrameBuffer};
 use crate::config::Config;
 use crate::durable::Positions;
 use crate::parity::ParityConfig;
@@ -43,6 +43,7 @@ use bytes::Bytes;
 use parking_lot::Mutex;
 use protocol::{Delivery, Output, Protocol, Settings, Transmit};
 pub use protocol::{HEARTBEAT_TOPIC, HELLO_TOPIC, RESEND_TOPIC, STATUS_REPLY_TOPIC, STATUS_TOPIC};
+use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::sync::atomic::{
     AtomicBool, AtomicU64, AtomicUsize,
@@ -90,6 +91,16 @@ pub enum BridgeError {
 }
 
 /// One encoded event on its way to busrt.
+/// The size of the chunks each thread encodes its frames into (see [`FrameBuffer`]): small
+/// enough that what a thread keeps of its last chunk is little, large enough that a chunk
+/// holds dozens of events.
+const FRAME_CHUNK: usize = 16 * 1024;
+
+thread_local! {
+    /// Frames encoded on this thread: publishers on different threads share no lock.
+    static FRAMES: RefCell<FrameBuffer> = RefCell::new(FrameBuffer::new(FRAME_CHUNK));
+}
+
 struct Outgoing {
     seq: u64,
     topic: BusrtTopic,
@@ -205,9 +216,8 @@ impl Link {
     }
 
     /// An event about to be queued for the sender: kept for resends, counted as unsent.
-    fn outgoing(&self, env: &Envelope, bytes: Vec<u8>) -> Outgoing {
+    fn outgoing(&self, env: &Envelope, bytes: Bytes) -> Outgoing {
         let topic = busrt_topic_for_event(&env.event);
-        let bytes = Bytes::from(bytes);
         let mut proto = self.proto.lock();
         proto.confirmed(self.confirmed_high.load(Relaxed));
         proto.remember(env.seq, topic.clone(), bytes.clone());
@@ -431,14 +441,19 @@ impl Uplink for Link {
         self.proto.lock().publish(phase, compare, local, env)
     }
 
-    fn encode(&self, env: &Envelope) -> Result<Vec<u8>, BusError> {
-        self.codec.encode(env).map_err(|e| {
-            self.release(env.seq);
-            e.into()
-        })
+    fn encode(&self, env: &Envelope) -> Result<Bytes, BusError> {
+        FRAMES
+            .try_with(|frames| frames.borrow_mut().encode(&self.codec, env))
+            // This thread's buffer is gone (a thread-local destructor publishing): a frame of
+            // its own.
+            .unwrap_or_else(|_| self.codec.encode(env).map(Bytes::from))
+            .map_err(|e| {
+                self.release(env.seq);
+                e.into()
+            })
     }
 
-    fn try_send(&self, env: &Envelope, bytes: Vec<u8>) -> Result<Result<(), Vec<u8>>, BusError> {
+    fn try_send(&self, env: &Envelope, bytes: Bytes) -> Result<Result<(), Bytes>, BusError> {
         let permit = match self.outbound.try_reserve() {
             Ok(p) => p,
             Err(mpsc::error::TrySendError::Full(())) => return Ok(Err(bytes)),
@@ -451,7 +466,7 @@ impl Uplink for Link {
         Ok(Ok(()))
     }
 
-    async fn send(&self, env: &Envelope, bytes: Vec<u8>) -> Result<(), BusError> {
+    async fn send(&self, env: &Envelope, bytes: Bytes) -> Result<(), BusError> {
         let Ok(permit) = self.outbound.reserve().await else {
             self.release(env.seq);
             return Err(BusError::ShutDown);

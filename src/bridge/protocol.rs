@@ -109,6 +109,9 @@ pub struct Settings {
     pub resume: Option<Vec<(String, u64)>>,
 }
 
+/// Entries of the replay buffer reserved up front, at most (64 bytes each).
+const REPLAY_RESERVE: usize = 1 << 17;
+
 /// What the driver must do.
 #[derive(Debug)]
 // Outputs live briefly in one queue; boxing the envelope would cost an allocation per event.
@@ -237,6 +240,10 @@ impl Protocol {
     pub fn new(settings: Settings, stats: Arc<Stats>) -> Self {
         // Nothing to resume from: join live, like any bus.
         let resume = settings.resume.clone().unwrap_or_default();
+        // Room for the whole replay buffer (address space: pages are touched as it fills): a
+        // growing buffer copies every kept entry into fresh memory each time it doubles, on
+        // the publishing path.
+        let replay = VecDeque::with_capacity(settings.replay.min(REPLAY_RESERVE));
         let durable = !resume.is_empty();
         let origins = resume
             .iter()
@@ -250,7 +257,7 @@ impl Protocol {
             owed: BTreeMap::new(),
             owed_deliveries: 0,
             listening: false,
-            replay: VecDeque::new(),
+            replay,
             handed: 0,
             handed_at: None,
             announced: 0,

@@ -34,6 +34,7 @@ pub mod proto;
 mod time;
 
 use crate::event::CollectionEvent;
+use bytes::{Bytes, BytesMut};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::time::SystemTime;
@@ -100,7 +101,12 @@ impl Envelope {
             origin: String::new(),
             seq: 0,
             hops: 0,
-            event_id: uuid::Uuid::new_v4().to_string(),
+            // Written into a stack buffer, then copied once (`to_string` goes through the
+            // formatter).
+            event_id: uuid::Uuid::new_v4()
+                .hyphenated()
+                .encode_lower(&mut uuid::Uuid::encode_buffer())
+                .to_owned(),
             correlation_id: correlation_id.into(),
             publisher_id: publisher_id.into(),
             timestamp: SystemTime::now(),
@@ -198,6 +204,19 @@ impl Codec {
         Ok(bytes)
     }
 
+    /// Encodes an envelope at the end of `out`, as [`encode`](Self::encode) would; on error
+    /// `out` is as it was. Frames split off one buffer share its allocation: the bridge
+    /// encodes every event this way (see [`FrameBuffer`]).
+    pub fn encode_to(&self, envelope: &Envelope, out: &mut BytesMut) -> Result<(), CodecError> {
+        let start = out.len();
+        match self.kind {
+            CodecKind::Protobuf => proto::encode_to(envelope, out)?,
+            CodecKind::Json => out.extend_from_slice(&json::encode(envelope)?),
+        }
+        self.check_size(out.len() - start)
+            .inspect_err(|_| out.truncate(start))
+    }
+
     /// Decodes an envelope in either encoding; the size is checked before any parsing.
     pub fn decode(&self, bytes: &[u8]) -> Result<Envelope, CodecError> {
         self.check_size(bytes.len())?;
@@ -273,6 +292,43 @@ impl Codec {
         } else {
             Ok(())
         }
+    }
+}
+
+/// Frames encoded one after another into shared chunks of memory, each frame a [`Bytes`]
+/// handle into its chunk: one allocation per chunk instead of one per frame, and a frame's
+/// clone (kept for resends) allocates nothing. A chunk is written again once every frame cut
+/// from it is gone; while some are kept (a replay buffer), the next frames go to a new one.
+///
+/// ```
+/// use busbridge::codec::{Codec, Envelope, FrameBuffer};
+/// # let event = busbridge::event::CollectionEvent::Performance(busbridge::event::PerformanceEvent {
+/// #     metric_name: "cpu".into(), value: 1.0, unit: "%".into(), pid: None,
+/// #     component: "procmond".into(), timestamp: std::time::SystemTime::now() });
+/// let codec = Codec::default();
+/// let mut frames = FrameBuffer::new(16 * 1024);
+/// let envelope = Envelope::new(event, "corr", "procmond");
+/// let frame = frames.encode(&codec, &envelope)?;
+/// assert_eq!(frame, codec.encode(&envelope)?);
+/// # Ok::<(), busbridge::codec::CodecError>(())
+/// ```
+#[derive(Debug)]
+pub struct FrameBuffer {
+    buf: BytesMut,
+}
+
+impl FrameBuffer {
+    /// Frames go into chunks of `chunk` bytes (a larger frame takes a chunk of its size).
+    pub fn new(chunk: usize) -> Self {
+        Self {
+            buf: BytesMut::with_capacity(chunk),
+        }
+    }
+
+    /// Encodes `envelope` with `codec` as the next frame.
+    pub fn encode(&mut self, codec: &Codec, envelope: &Envelope) -> Result<Bytes, CodecError> {
+        codec.encode_to(envelope, &mut self.buf)?;
+        Ok(self.buf.split().freeze())
     }
 }
 

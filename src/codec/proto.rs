@@ -6,6 +6,7 @@
 use super::time::{split, MS, SEC};
 use super::{CodecError, Envelope, ENVELOPE_VERSION};
 use crate::event::*;
+use bytes::{BufMut, BytesMut};
 use decode::decode_with;
 use prost::encoding::{encoded_len_varint, key_len};
 use prost::Message;
@@ -507,33 +508,34 @@ impl Out for Count {
 /// A varint written in place: prost's `encode_varint` (a call per value, a capacity check
 /// per byte) was over a third of the encoder's time, and most values here take one byte.
 #[inline(always)]
-fn put_varint(out: &mut Vec<u8>, mut v: u64) {
+fn put_varint(out: &mut impl BufMut, mut v: u64) {
     while v >= 0x80 {
-        out.push(v as u8 | 0x80);
+        out.put_u8(v as u8 | 0x80);
         v >>= 7;
     }
-    out.push(v as u8);
+    out.put_u8(v as u8);
 }
 
 /// A field's key: its tag and wire type (0 varint, 1 64-bit, 2 length-delimited).
 #[inline(always)]
-fn put_key(out: &mut Vec<u8>, tag: u32, wire: u32) {
+fn put_key(out: &mut impl BufMut, tag: u32, wire: u32) {
     put_varint(out, u64::from(tag << 3 | wire));
 }
 
-impl Out for Vec<u8> {
+/// Written: into a frame of its own (`Vec<u8>`) or at the end of a shared buffer (`BytesMut`).
+impl<B: BufMut> Out for B {
     fn varint(&mut self, tag: u32, v: u64) {
         put_key(self, tag, 0);
         put_varint(self, v);
     }
     fn fixed64(&mut self, tag: u32, v: u64) {
         put_key(self, tag, 1);
-        self.extend_from_slice(&v.to_le_bytes());
+        self.put_slice(&v.to_le_bytes());
     }
     fn bytes(&mut self, tag: u32, v: &[u8]) {
         put_key(self, tag, 2);
         put_varint(self, v.len() as u64);
-        self.extend_from_slice(v);
+        self.put_slice(v);
     }
     fn message(&mut self, tag: u32, m: &impl Fields) {
         put_key(self, tag, 2);
@@ -748,6 +750,23 @@ impl Fields for RecordOf<'_> {
 /// Encodes an envelope as its event's protobuf record, straight from the event: no record
 /// struct is built and no string copied but into the output.
 pub(super) fn encode(env: &Envelope) -> Result<Vec<u8>, CodecError> {
+    let record = record(env)?;
+    let mut out = Vec::with_capacity(record.len());
+    record.fields(&mut out);
+    Ok(out)
+}
+
+/// [`encode`] at the end of `out`.
+pub(super) fn encode_to(env: &Envelope, out: &mut BytesMut) -> Result<(), CodecError> {
+    let record = record(env)?;
+    out.reserve(record.len());
+    record.fields(out);
+    Ok(())
+}
+
+/// What [`encode`] writes: the event's fields that need converting, converted (a refusal
+/// comes before anything is written).
+fn record(env: &Envelope) -> Result<RecordOf<'_>, CodecError> {
     let (kind, at, field) = match &env.event {
         CollectionEvent::Process(e) => (KIND_PROCESS, e.timestamp, "process.timestamp"),
         CollectionEvent::Network(e) => (KIND_NETWORK, e.timestamp, "network.timestamp"),
@@ -768,7 +787,7 @@ pub(super) fn encode(env: &Envelope) -> Result<Vec<u8>, CodecError> {
         ),
         _ => (None, None),
     };
-    let record = RecordOf {
+    Ok(RecordOf {
         header: HeaderOf {
             env,
             kind,
@@ -777,10 +796,7 @@ pub(super) fn encode(env: &Envelope) -> Result<Vec<u8>, CodecError> {
         time,
         start,
         platform,
-    };
-    let mut out = Vec::with_capacity(record.len());
-    record.fields(&mut out);
-    Ok(out)
+    })
 }
 
 fn invalid(field: &'static str, reason: impl Into<String>) -> CodecError {

@@ -471,8 +471,10 @@ impl Driver {
 
     fn message(&mut self, m: &Message) {
         let now = std::time::Instant::now();
+        // busrt finds it by a search through the sender's name: once per message.
+        let sender = m.primary_sender();
         if m.topic().starts_with(proto::HEALTH_ROOT) {
-            match self.registry.receive(m.primary_sender(), m.payload(), now) {
+            match self.registry.receive(sender, m.payload(), now) {
                 Ok(Some(change)) => self.changed(&change, now),
                 Ok(None) => {}
                 Err(e) => tracing::warn!("presence refused: {e}"),
@@ -481,14 +483,13 @@ impl Driver {
         }
         match serde_json::from_slice::<ToRequester>(m.payload()) {
             Ok(reply) => {
-                if let Some(change) = self.registry.touch(m.primary_sender(), now) {
+                if let Some(change) = self.registry.touch(sender, now) {
                     self.changed(&change, now);
                 }
                 if matches!(reply, ToRequester::Done { .. }) {
-                    self.registry.finished(m.primary_sender());
+                    self.registry.finished(sender);
                 }
-                self.dispatcher
-                    .receive(m.primary_sender(), reply, &self.registry, now)
+                self.dispatcher.receive(sender, reply, &self.registry, now)
             }
             Err(e) => {
                 self.malformed += 1;
