@@ -90,7 +90,6 @@ pub enum BridgeError {
     Metrics(String),
 }
 
-/// One encoded event on its way to busrt.
 /// The size of the chunks each thread encodes its frames into (see [`FrameBuffer`]): small
 /// enough that what a thread keeps of its last chunk is little, large enough that a chunk
 /// holds dozens of events.
@@ -101,6 +100,7 @@ thread_local! {
     static FRAMES: RefCell<FrameBuffer> = RefCell::new(FrameBuffer::new(FRAME_CHUNK));
 }
 
+/// One encoded event on its way to busrt.
 struct Outgoing {
     seq: u64,
     topic: BusrtTopic,

@@ -318,7 +318,8 @@ pub struct FrameBuffer {
 }
 
 impl FrameBuffer {
-    /// Frames go into chunks of `chunk` bytes (a larger frame takes a chunk of its size).
+    /// Frames go into chunks of `chunk` bytes (a larger frame takes a chunk at least its
+    /// size).
     pub fn new(chunk: usize) -> Self {
         Self {
             buf: BytesMut::with_capacity(chunk),
