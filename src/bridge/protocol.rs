@@ -203,6 +203,12 @@ impl Origin {
         }
     }
 
+    /// An origin first heard of now: a durable subscriber expects it from its first event,
+    /// others join its stream live.
+    fn heard_of(name: &str, durable: bool) -> Self {
+        Self::new(name, durable.then_some(0))
+    }
+
     fn note_asked(&mut self, now: Instant) {
         let first = self.asked.map_or(now, |(first, _)| first);
         self.asked = Some((first, now));
@@ -695,9 +701,8 @@ impl Protocol {
         }
         let origin = self.s.origin.as_str();
         if !self.origins.contains_key(origin) {
-            let after = self.durable.then_some(0);
-            self.origins
-                .insert(origin.to_owned(), Origin::new(origin, after));
+            let state = Origin::heard_of(origin, self.durable);
+            self.origins.insert(origin.to_owned(), state);
         }
         // The items borrow the frame, not the protocol.
         let mut ready = std::mem::take(&mut self.ready);
@@ -729,8 +734,7 @@ impl Protocol {
         let state = match self.origins.get_mut(&env.origin) {
             Some(state) => state,
             None => {
-                let after = self.durable.then_some(0);
-                let origin = Origin::new(&env.origin, after);
+                let origin = Origin::heard_of(&env.origin, self.durable);
                 &mut fresh.insert((env.origin.clone(), origin)).1
             }
         };
