@@ -55,7 +55,7 @@ fn paths(c: &mut Criterion) {
 /// What one event costs the codec alone: the floor under every bridged path, since raw busrt
 /// moves bytes it never encodes or decodes.
 fn codec(c: &mut Criterion) {
-    use busbridge::codec::{Codec, CodecKind, Envelope};
+    use busbridge::codec::{Codec, CodecKind, Envelope, FrameBuffer};
     let codec = Codec::new(CodecKind::Protobuf, 1 << 20);
     let mut env = Envelope::new(bench::bench_event(1), "", "bench-pub");
     env.origin = format!("bench-pub#{}", "0".repeat(32));
@@ -66,6 +66,12 @@ fn codec(c: &mut Criterion) {
     let mut g = c.benchmark_group("codec_per_event");
     g.throughput(Throughput::Elements(1));
     g.bench_function("encode", |b| b.iter(|| codec.encode(&env)));
+    // The bridge's own path: frames cut from a per-thread chunk (each dropped here, as the
+    // replay buffer eventually drops it, so the chunk is written again).
+    let mut frames = FrameBuffer::new(16 * 1024);
+    g.bench_function("encode_to_chunk", |b| {
+        b.iter(|| frames.encode(&codec, &env))
+    });
     g.bench_function("decode", |b| b.iter(|| codec.decode(&bytes)));
     g.throughput(Throughput::Elements(500));
     g.bench_function("decode_batch_of_500", |b| {

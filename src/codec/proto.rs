@@ -6,7 +6,7 @@
 use super::time::{split, MS, SEC};
 use super::{CodecError, Envelope, ENVELOPE_VERSION};
 use crate::event::*;
-use bytes::{BufMut, BytesMut};
+use bytes::BytesMut;
 use decode::decode_with;
 use prost::encoding::{encoded_len_varint, key_len};
 use prost::Message;
@@ -473,8 +473,8 @@ trait Out {
     fn fixed64(&mut self, tag: u32, v: u64);
     /// A length-delimited field (`string`, `bytes`).
     fn bytes(&mut self, tag: u32, v: &[u8]);
-    /// A nested message.
-    fn message(&mut self, tag: u32, m: &impl Fields);
+    /// A nested message of `len` bytes (counted once, by the caller).
+    fn message(&mut self, tag: u32, len: usize, m: &impl Fields);
 }
 
 /// A message's fields, in tag order, skipping proto3 defaults as prost's derive does, so the
@@ -499,47 +499,70 @@ impl Out for Count {
     fn bytes(&mut self, tag: u32, v: &[u8]) {
         self.0 += key_len(tag) + encoded_len_varint(v.len() as u64) + v.len();
     }
-    fn message(&mut self, tag: u32, m: &impl Fields) {
-        let n = m.len();
-        self.0 += key_len(tag) + encoded_len_varint(n as u64) + n;
+    fn message(&mut self, tag: u32, len: usize, _: &impl Fields) {
+        self.0 += key_len(tag) + encoded_len_varint(len as u64) + len;
     }
 }
 
-/// A varint written in place: prost's `encode_varint` (a call per value, a capacity check
-/// per byte) was over a third of the encoder's time, and most values here take one byte.
-#[inline(always)]
-fn put_varint(out: &mut impl BufMut, mut v: u64) {
-    while v >= 0x80 {
-        out.put_u8(v as u8 | 0x80);
-        v >>= 7;
+/// The write pass: into a slice the count pass sized, so no byte checks for capacity (a
+/// `BufMut` reserves on every byte). A write past the end is skipped and still counted:
+/// `pos` then differs from the slice's length and [`write`] refuses the frame.
+struct Slice<'a> {
+    buf: &'a mut [u8],
+    pos: usize,
+}
+
+impl Slice<'_> {
+    #[inline(always)]
+    fn put_u8(&mut self, b: u8) {
+        if let Some(slot) = self.buf.get_mut(self.pos) {
+            *slot = b;
+        }
+        self.pos += 1;
     }
-    out.put_u8(v as u8);
+
+    #[inline(always)]
+    fn put_slice(&mut self, v: &[u8]) {
+        if let Some(dst) = self.buf.get_mut(self.pos..self.pos + v.len()) {
+            dst.copy_from_slice(v);
+        }
+        self.pos += v.len();
+    }
+
+    /// A varint written in place (most values here take one byte).
+    #[inline(always)]
+    fn put_varint(&mut self, mut v: u64) {
+        while v >= 0x80 {
+            self.put_u8(v as u8 | 0x80);
+            v >>= 7;
+        }
+        self.put_u8(v as u8);
+    }
+
+    /// A field's key: its tag and wire type (0 varint, 1 64-bit, 2 length-delimited).
+    #[inline(always)]
+    fn put_key(&mut self, tag: u32, wire: u32) {
+        self.put_varint(u64::from(tag << 3 | wire));
+    }
 }
 
-/// A field's key: its tag and wire type (0 varint, 1 64-bit, 2 length-delimited).
-#[inline(always)]
-fn put_key(out: &mut impl BufMut, tag: u32, wire: u32) {
-    put_varint(out, u64::from(tag << 3 | wire));
-}
-
-/// Written: into a frame of its own (`Vec<u8>`) or at the end of a shared buffer (`BytesMut`).
-impl<B: BufMut> Out for B {
+impl Out for Slice<'_> {
     fn varint(&mut self, tag: u32, v: u64) {
-        put_key(self, tag, 0);
-        put_varint(self, v);
+        self.put_key(tag, 0);
+        self.put_varint(v);
     }
     fn fixed64(&mut self, tag: u32, v: u64) {
-        put_key(self, tag, 1);
+        self.put_key(tag, 1);
         self.put_slice(&v.to_le_bytes());
     }
     fn bytes(&mut self, tag: u32, v: &[u8]) {
-        put_key(self, tag, 2);
-        put_varint(self, v.len() as u64);
+        self.put_key(tag, 2);
+        self.put_varint(v.len() as u64);
         self.put_slice(v);
     }
-    fn message(&mut self, tag: u32, m: &impl Fields) {
-        put_key(self, tag, 2);
-        put_varint(self, m.len() as u64);
+    fn message(&mut self, tag: u32, len: usize, m: &impl Fields) {
+        self.put_key(tag, 2);
+        self.put_varint(len as u64);
         m.fields(self);
     }
 }
@@ -620,7 +643,8 @@ mod put {
             }
         }
         for (k, v) in v {
-            o.message(tag, &Entry(k, v));
+            let entry = Entry(k, v);
+            o.message(tag, entry.len(), &entry);
         }
     }
 }
@@ -654,6 +678,8 @@ impl Fields for HeaderOf<'_> {
 /// [`FilesystemRecord`], [`PerformanceRecord`] or [`TriggerRecord`], the header first.
 struct RecordOf<'a> {
     header: HeaderOf<'a>,
+    /// The header's encoded length, counted once.
+    header_len: usize,
     /// The event's collection time, split.
     time: (i64, u32),
     /// Process: start time split; platform metadata as JSON.
@@ -666,7 +692,7 @@ impl Fields for RecordOf<'_> {
         let env = self.header.env;
         let (time, nanos) = self.time;
         // The header first: a receiver reads its kind without scanning the record.
-        o.message(100, &self.header);
+        o.message(100, self.header_len, &self.header);
         match &env.event {
             CollectionEvent::Process(e) => {
                 put::u32(o, 1, e.pid);
@@ -751,17 +777,29 @@ impl Fields for RecordOf<'_> {
 /// struct is built and no string copied but into the output.
 pub(super) fn encode(env: &Envelope) -> Result<Vec<u8>, CodecError> {
     let record = record(env)?;
-    let mut out = Vec::with_capacity(record.len());
-    record.fields(&mut out);
+    let mut out = vec![0; record.len()];
+    write(&record, &mut out)?;
     Ok(out)
 }
 
-/// [`encode`] at the end of `out`.
+/// [`encode`] at the end of `out`; on error `out` is as it was.
 pub(super) fn encode_to(env: &Envelope, out: &mut BytesMut) -> Result<(), CodecError> {
     let record = record(env)?;
-    out.reserve(record.len());
-    record.fields(out);
-    Ok(())
+    let start = out.len();
+    out.resize(start + record.len(), 0);
+    write(&record, &mut out[start..]).inspect_err(|_| out.truncate(start))
+}
+
+/// Writes `record` into `buf`, which its count sized.
+fn write(record: &RecordOf<'_>, buf: &mut [u8]) -> Result<(), CodecError> {
+    let mut o = Slice { buf, pos: 0 };
+    record.fields(&mut o);
+    if o.pos == o.buf.len() {
+        Ok(())
+    } else {
+        // The count and the write pass run the same `fields`: only a bug gets here.
+        Err(invalid("envelope", "encoded length differs from its count"))
+    }
 }
 
 /// What [`encode`] writes: the event's fields that need converting, converted (a refusal
@@ -787,12 +825,14 @@ fn record(env: &Envelope) -> Result<RecordOf<'_>, CodecError> {
         ),
         _ => (None, None),
     };
+    let header = HeaderOf {
+        env,
+        kind,
+        time: split(env.timestamp, MS, "timestamp")?,
+    };
     Ok(RecordOf {
-        header: HeaderOf {
-            env,
-            kind,
-            time: split(env.timestamp, MS, "timestamp")?,
-        },
+        header_len: header.len(),
+        header,
         time,
         start,
         platform,
