@@ -850,3 +850,42 @@ fn invalid(field: &'static str, reason: impl Into<String>) -> CodecError {
 pub(super) fn decode(bytes: &[u8]) -> Result<Envelope, CodecError> {
     decode_with(bytes, probe(bytes)?)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The write pass refuses a slice its count did not size (what a count and a write that
+    /// disagree would give): nothing short or padded goes out as a frame.
+    #[test]
+    fn a_slice_of_another_length_is_refused() {
+        let mut env = Envelope::new(
+            CollectionEvent::Performance(PerformanceEvent {
+                metric_name: "cpu".into(),
+                value: 1.5,
+                unit: "%".into(),
+                pid: Some(7),
+                component: "procmond".into(),
+                timestamp: std::time::SystemTime::now(),
+            }),
+            "corr",
+            "procmond",
+        );
+        env.routing_metadata.insert("k".into(), "v".into());
+        let record = record(&env).expect("record");
+        let len = record.len();
+        for wrong in [len - 1, len + 1] {
+            let err = write(&record, &mut vec![0; wrong]).expect_err("wrong length");
+            assert!(matches!(
+                err,
+                CodecError::InvalidField {
+                    field: "envelope",
+                    ..
+                }
+            ));
+        }
+        let mut out = vec![0; len];
+        write(&record, &mut out).expect("sized");
+        assert_eq!(out, encode(&env).expect("encode"));
+    }
+}
