@@ -17,16 +17,30 @@ pub struct Args {
     /// are still printed.
     #[arg(long)]
     only: Option<String>,
+    /// Events per run of each event path (default: 300,000; 100,000 with `--quick`).
+    #[arg(long)]
+    events: Option<usize>,
+    /// Interleaved rounds; each path reports its median round (default: 5; 7 with `--quick`).
+    #[arg(long)]
+    rounds: Option<usize>,
 }
 
 pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
-    let Args { json, quick, only } = a;
+    let Args {
+        json,
+        quick,
+        only,
+        events,
+        rounds,
+    } = a;
     let mut opts = if quick {
         BenchOptions::quick()
     } else {
         BenchOptions::full()
     };
     opts.only = only;
+    opts.events = events.unwrap_or(opts.events).max(1);
+    opts.rounds = rounds.unwrap_or(opts.rounds).max(1);
     let report = bench::run(&opts).await;
     if json {
         println!("{}", serde_json::to_string(&report)?);

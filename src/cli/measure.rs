@@ -36,13 +36,15 @@ pub struct BenchOptions {
 }
 
 impl BenchOptions {
-    /// About half a minute on a 2-core machine: more, shorter rounds than the full run, so a
-    /// noisy moment moves one round's ratio, not the median.
+    /// Under a minute on a 2-core machine: more, shorter rounds than the full run, so a
+    /// noisy moment moves one round's ratio, not the median. Runs of 30,000 events (a few
+    /// tens of milliseconds on the fast paths) and a 6 s steady run left two quick runs on a
+    /// quiet machine up to 41% apart on some ratios.
     pub fn quick() -> Self {
         Self {
-            events: 30_000,
+            events: 100_000,
             calls: 3_000,
-            steady_secs: 6,
+            steady_secs: 10,
             stall_secs: 2,
             only: None,
             rounds: 7,
