@@ -7,6 +7,8 @@ use std::process::ExitCode;
 /// RPC) and print the ratios against the targets.
 #[derive(clap::Args)]
 pub struct Args {
+    /// One JSON object on stdout (every path, every target as a named ratio); progress stays
+    /// on stderr.
     #[arg(long)]
     json: bool,
     /// Smaller samples: under a minute.

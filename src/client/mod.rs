@@ -394,13 +394,25 @@ pub(crate) async fn open_busrt(
             let path = path.to_string_lossy();
             let config = busrt::ipc::Config::new(&path, name)
                 .timeout(opts.timeout)
-                .queue_size(opts.queue_size.max(1024));
+                .queue_size(opts.queue_size.max(1024))
+                .buf_ttl(std::time::Duration::from_micros(
+                    std::env::var("XTTL")
+                        .ok()
+                        .and_then(|v| v.parse().ok())
+                        .unwrap_or(10),
+                ));
             BusrtConn::Ipc(busrt::ipc::Client::connect(&config).await.map_err(failed)?)
         }
         Endpoint::Tcp(addr) => {
             let config = busrt::ipc::Config::new(addr, name)
                 .timeout(opts.timeout)
-                .queue_size(opts.queue_size.max(1024));
+                .queue_size(opts.queue_size.max(1024))
+                .buf_ttl(std::time::Duration::from_micros(
+                    std::env::var("XTTL")
+                        .ok()
+                        .and_then(|v| v.parse().ok())
+                        .unwrap_or(10),
+                ));
             BusrtConn::Ipc(busrt::ipc::Client::connect(&config).await.map_err(failed)?)
         }
         Endpoint::Tls(addr) => {
@@ -424,7 +436,13 @@ pub(crate) async fn open_busrt(
             // busrt only uses a given stream for paths that look like Unix sockets.
             let config = busrt::ipc::Config::new(&format!("{addr}.sock"), name)
                 .timeout(opts.timeout)
-                .queue_size(opts.queue_size.max(1024));
+                .queue_size(opts.queue_size.max(1024))
+                .buf_ttl(std::time::Duration::from_micros(
+                    std::env::var("XTTL")
+                        .ok()
+                        .and_then(|v| v.parse().ok())
+                        .unwrap_or(10),
+                ));
             BusrtConn::Ipc(
                 busrt::ipc::Client::connect_stream(far, &config)
                     .await

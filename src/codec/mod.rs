@@ -210,11 +210,11 @@ impl Codec {
     pub fn encode_to(&self, envelope: &Envelope, out: &mut BytesMut) -> Result<(), CodecError> {
         let start = out.len();
         match self.kind {
-            CodecKind::Protobuf => proto::encode_to(envelope, out)?,
-            CodecKind::Json => out.extend_from_slice(&json::encode(envelope)?),
+            CodecKind::Protobuf => proto::encode_to(envelope, out),
+            CodecKind::Json => json::encode(envelope).map(|j| out.extend_from_slice(&j)),
         }
-        self.check_size(out.len() - start)
-            .inspect_err(|_| out.truncate(start))
+        .and_then(|()| self.check_size(out.len() - start))
+        .inspect_err(|_| out.truncate(start))
     }
 
     /// Decodes an envelope in either encoding; the size is checked before any parsing.
@@ -336,5 +336,47 @@ impl FrameBuffer {
 impl Default for Codec {
     fn default() -> Self {
         Self::new(CodecKind::default(), DEFAULT_MAX_MESSAGE_SIZE)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::{CollectionEvent, PerformanceEvent};
+
+    fn envelope(metric: &str) -> Envelope {
+        let event = CollectionEvent::Performance(PerformanceEvent {
+            metric_name: metric.into(),
+            value: 1.0,
+            unit: "%".into(),
+            pid: None,
+            component: "procmond".into(),
+            timestamp: std::time::SystemTime::now(),
+        });
+        Envelope::new(event, "corr", "procmond")
+    }
+
+    /// A refused frame leaves the buffer as it was: the frames already cut from it, and the
+    /// next one, are whole.
+    #[test]
+    fn a_refused_frame_leaves_nothing_behind() {
+        for kind in [CodecKind::Protobuf, CodecKind::Json] {
+            let small = envelope("cpu");
+            let codec = Codec::new(
+                kind,
+                Codec::new(kind, usize::MAX).encode(&small).unwrap().len(),
+            );
+            let mut out = BytesMut::from(&b"earlier"[..]);
+            let err = codec
+                .encode_to(&envelope(&"x".repeat(1000)), &mut out)
+                .expect_err("too large");
+            assert!(
+                matches!(err, CodecError::TooLarge { .. }),
+                "{kind:?}: {err}"
+            );
+            assert_eq!(&out[..], b"earlier", "{kind:?}");
+            codec.encode_to(&small, &mut out).expect("fits");
+            assert_eq!(&out[7..], &codec.encode(&small).unwrap()[..], "{kind:?}");
+        }
     }
 }

@@ -782,12 +782,13 @@ pub(super) fn encode(env: &Envelope) -> Result<Vec<u8>, CodecError> {
     Ok(out)
 }
 
-/// [`encode`] at the end of `out`; on error `out` is as it was.
+/// [`encode`] at the end of `out`. On error `out` may end in a partial frame:
+/// [`Codec::encode_to`](super::Codec::encode_to) cuts it off, as it does a frame too large.
 pub(super) fn encode_to(env: &Envelope, out: &mut BytesMut) -> Result<(), CodecError> {
     let record = record(env)?;
     let start = out.len();
     out.resize(start + record.len(), 0);
-    write(&record, &mut out[start..]).inspect_err(|_| out.truncate(start))
+    write(&record, &mut out[start..])
 }
 
 /// Writes `record` into `buf`, which its count sized.
