@@ -525,7 +525,7 @@ impl Uplink for Link {
 /// quarter of the window (64) long.
 async fn sender(
     link: Weak<Link>,
-    mut queue: mpsc::Receiver<Outgoing>,
+    queue: mpsc::Receiver<Outgoing>,
     publisher: Publisher,
     qos: QoS,
     codec: Codec,
@@ -544,6 +544,7 @@ async fn sender(
     // The events of the frame being built; kept between frames, as `open` is, so that an
     // unbatched stream allocates nothing here per event.
     let mut group: Vec<Outgoing> = Vec::new();
+    let mut queue = Taken::new(queue);
     loop {
         let first = match carry.take() {
             Some(o) => o,
@@ -555,7 +556,7 @@ async fn sender(
                     }
                     frames_in_flight = 0;
                 }
-                match queue.recv().await {
+                match queue.next().await {
                     Some(o) => o,
                     None => break,
                 }
@@ -564,26 +565,26 @@ async fn sender(
         let mut size = first.bytes.len();
         group.push(first);
         while group.len() < opts.batch_max.max(1) {
-            match queue.try_recv() {
-                Ok(o)
+            match queue.try_next() {
+                Some(o)
                     if o.topic == group[0].topic
                         && size + o.bytes.len() + 16 <= codec.max_size() =>
                 {
                     size += o.bytes.len() + 16;
                     group.push(o);
                 }
-                Ok(o) => {
+                Some(o) => {
                     carry = Some(o);
                     break;
                 }
-                Err(_) => break,
+                None => break,
             }
         }
         // One frame ahead: its topic says whether this frame closes its acknowledgement group,
         // and whether it is the last of a burst (flushed; else left to busrt's buffer so that a
         // burst costs one write).
         if carry.is_none() {
-            carry = queue.try_recv().ok();
+            carry = queue.try_next();
         }
         let next = carry.as_ref().map(|o| &o.topic);
         let topic = group[0].topic.clone();
@@ -661,6 +662,51 @@ async fn sender(
     if !open.is_empty() {
         // Written, but the frame that was to acknowledge them was refused: unconfirmed.
         finish(&link, &stats, &open, Err(ClientError::Closed));
+    }
+}
+
+/// The sender's queue, taken up to [`Taken::AT_ONCE`] events at a time: the channel's
+/// permits go back once per take instead of once per event (each return takes the channel's
+/// semaphore lock, which the publishers reserving room contend for).
+struct Taken {
+    queue: mpsc::Receiver<Outgoing>,
+    /// Taken and not yet handed out, last first.
+    ready: Vec<Outgoing>,
+}
+
+impl Taken {
+    const AT_ONCE: usize = 64;
+
+    fn new(queue: mpsc::Receiver<Outgoing>) -> Self {
+        Self {
+            queue,
+            ready: Vec::with_capacity(Self::AT_ONCE),
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.ready.is_empty() && self.queue.is_empty()
+    }
+
+    /// The next event if one is queued now.
+    fn try_next(&mut self) -> Option<Outgoing> {
+        if self.ready.is_empty() {
+            // Ready at once when anything is queued; not waiting is the point.
+            futures_util::FutureExt::now_or_never(
+                self.queue.recv_many(&mut self.ready, Self::AT_ONCE),
+            )?;
+            self.ready.reverse();
+        }
+        self.ready.pop()
+    }
+
+    /// The next event; `None` once the queue is closed and empty.
+    async fn next(&mut self) -> Option<Outgoing> {
+        if self.ready.is_empty() {
+            self.queue.recv_many(&mut self.ready, Self::AT_ONCE).await;
+            self.ready.reverse();
+        }
+        self.ready.pop()
     }
 }
 
