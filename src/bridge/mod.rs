@@ -533,7 +533,8 @@ async fn sender(
     stats: Arc<Stats>,
 ) {
     let window = opts.window.max(1);
-    let mut grouped = GroupedPublisher::new(publisher.clone(), (window / 4).clamp(1, 64));
+    let group_len = (window / 4).clamp(1, 64);
+    let mut grouped = GroupedPublisher::new(publisher.clone(), group_len);
     let mut carry: Option<Outgoing> = None;
     let mut burst_high = 0u64;
     // Acknowledgements in flight: the events each confirms, its frames, the acknowledgement.
@@ -603,10 +604,15 @@ async fn sender(
         let sent = match qos {
             QoS::Processed => grouped.publish(topic, frame, next).await,
             // Best effort: done once written (or dropped and counted), nothing to await.
+            // Accounted for at the end of a burst (or of a group's length), not per frame: the
+            // counters that moves are shared with the publishers.
             QoS::Realtime => publisher
                 .publish_unacked(&topic, &frame, next.is_some())
                 .await
-                .map(|()| Grouped::Queued(1)),
+                .map(|()| match next {
+                    Some(_) if open.len() < group_len => Grouped::Open,
+                    _ => Grouped::Queued(open.len()),
+                }),
         };
         let sent = match sent {
             Ok(sent) => {
@@ -628,9 +634,13 @@ async fn sender(
                 if carry.is_some() || open.is_empty() {
                     continue;
                 }
-                match grouped.close().await {
-                    Ok(Some(closed)) => closed,
-                    Ok(None) | Err(_) => continue,
+                match qos {
+                    // What was written before it is done.
+                    QoS::Realtime => Grouped::Queued(open.len()),
+                    QoS::Processed => match grouped.close().await {
+                        Ok(Some(closed)) => closed,
+                        Ok(None) | Err(_) => continue,
+                    },
                 }
             }
         };
@@ -1340,5 +1350,56 @@ mod tests {
         assert_eq!(frames, 4, "1000 events in frames of at most 300");
         assert_eq!(stats.snapshot().bridge_batches, 4);
         assert_eq!(stats.snapshot().bridge_sent, 1000);
+    }
+
+    /// A best-effort bridge accounts for what it wrote a burst (or a group's length) at a
+    /// time: every event is counted as sent and `flushed` returns once the burst is out, also
+    /// for a burst longer than a group and one that ends mid-group.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn best_effort_bursts_are_accounted_whole() {
+        let mut broker = Broker::new();
+        broker.set_name(uuid::Uuid::new_v4().to_string());
+        broker.spawn().await.unwrap();
+        let bridge = |name: &str| {
+            BridgeBuilder::new()
+                .phase(Phase::BusrtOnly)
+                .connect(format!("inproc://{}", broker.name()))
+                .name(name)
+                .qos(QoS::Realtime)
+                .build()
+        };
+        let (publisher, subscriber) = (bridge("p").await.unwrap(), bridge("s").await.unwrap());
+        let rx = subscriber
+            .event_bus(Default::default())
+            .subscribe(crate::EventSubscription::everything("s"))
+            .await
+            .unwrap();
+        let bus = publisher.event_bus(Default::default());
+        let limit = std::time::Duration::from_secs(10);
+        let mut sent = 0;
+        // 64 events a group: bursts of 150 (two whole groups and part of a third) and of 1.
+        for burst in [150, 1, 150] {
+            for i in 0..burst {
+                bus.publish(
+                    crate::scenario::sample_event("burst", sent + i),
+                    String::new(),
+                )
+                .await
+                .unwrap();
+            }
+            sent += burst;
+            tokio::time::timeout(limit, publisher.link().flushed())
+                .await
+                .expect("every written event accounted for");
+            assert_eq!(publisher.core().stats().snapshot().bridge_sent, sent as u64);
+        }
+        for _ in 0..sent {
+            tokio::time::timeout(limit, rx.recv_async())
+                .await
+                .unwrap()
+                .unwrap();
+        }
+        publisher.shutdown().await;
+        subscriber.shutdown().await;
     }
 }
