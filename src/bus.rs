@@ -509,7 +509,8 @@ impl Core {
             }
         }
         let compare = phase.has_control() && self.observers.comparing();
-        let route = up.route(phase, compare, self.router.any_matching(&env), &mut env);
+        let local = self.router.any_matching(&env);
+        let route = up.route(phase, compare, local, &mut env);
         // Encoded before any delivery: an event that cannot travel is refused whole.
         let frame = if route.send {
             Some(up.encode(&env)?)
@@ -517,7 +518,13 @@ impl Core {
             None
         };
         let delivered = if route.deliver_now {
-            self.deliver_direct(&env, compare).await
+            // No subscriber here wants it (a publishing-only bus, say) and no observer needs
+            // to hear so: the router is not walked for nothing.
+            if local || self.observers.watching_direct(compare) {
+                self.deliver_direct(&env, compare).await
+            } else {
+                0
+            }
         } else {
             if route.compare {
                 self.observers
