@@ -445,12 +445,6 @@ impl Broker {
         }
         let mut server_config = ServerConfig::new()
             .timeout(self.timeout)
-            .buf_ttl(std::time::Duration::from_micros(
-                std::env::var("XBTTL")
-                    .ok()
-                    .and_then(|v| v.parse().ok())
-                    .unwrap_or(10),
-            ))
             // busrt allocates a frame's declared length before reading it: cap it (plus room
             // for the topic and frame header).
             .payload_size_limit(u32::try_from(self.max_message_size + 4096).unwrap_or(u32::MAX));

@@ -357,6 +357,14 @@ async fn open(endpoint: &Endpoint, name: &str, opts: &ClientOptions) -> Result<C
     })
 }
 
+/// busrt's client settings for a socket connection (Unix, TCP, or TLS relayed through a Unix
+/// stream): its timeout and its event queue.
+fn ipc_config(path: &str, name: &str, opts: &ClientOptions) -> busrt::ipc::Config {
+    busrt::ipc::Config::new(path, name)
+        .timeout(opts.timeout)
+        .queue_size(opts.queue_size.max(1024))
+}
+
 /// Opens a raw busrt connection for an endpoint.
 #[tracing::instrument(name = "connect", level = "info", skip_all, fields(client = %name, endpoint = %endpoint), err(Display, level = "debug"))]
 pub(crate) async fn open_busrt(
@@ -392,27 +400,11 @@ pub(crate) async fn open_busrt(
         },
         Endpoint::Ipc(path) => {
             let path = path.to_string_lossy();
-            let config = busrt::ipc::Config::new(&path, name)
-                .timeout(opts.timeout)
-                .queue_size(opts.queue_size.max(1024))
-                .buf_ttl(std::time::Duration::from_micros(
-                    std::env::var("XTTL")
-                        .ok()
-                        .and_then(|v| v.parse().ok())
-                        .unwrap_or(10),
-                ));
+            let config = ipc_config(&path, name, opts);
             BusrtConn::Ipc(busrt::ipc::Client::connect(&config).await.map_err(failed)?)
         }
         Endpoint::Tcp(addr) => {
-            let config = busrt::ipc::Config::new(addr, name)
-                .timeout(opts.timeout)
-                .queue_size(opts.queue_size.max(1024))
-                .buf_ttl(std::time::Duration::from_micros(
-                    std::env::var("XTTL")
-                        .ok()
-                        .and_then(|v| v.parse().ok())
-                        .unwrap_or(10),
-                ));
+            let config = ipc_config(addr, name, opts);
             BusrtConn::Ipc(busrt::ipc::Client::connect(&config).await.map_err(failed)?)
         }
         Endpoint::Tls(addr) => {
@@ -434,15 +426,7 @@ pub(crate) async fn open_busrt(
                 let _ = tokio::io::copy_bidirectional(&mut stream, &mut near).await;
             });
             // busrt only uses a given stream for paths that look like Unix sockets.
-            let config = busrt::ipc::Config::new(&format!("{addr}.sock"), name)
-                .timeout(opts.timeout)
-                .queue_size(opts.queue_size.max(1024))
-                .buf_ttl(std::time::Duration::from_micros(
-                    std::env::var("XTTL")
-                        .ok()
-                        .and_then(|v| v.parse().ok())
-                        .unwrap_or(10),
-                ));
+            let config = ipc_config(&format!("{addr}.sock"), name, opts);
             BusrtConn::Ipc(
                 busrt::ipc::Client::connect_stream(far, &config)
                     .await
