@@ -605,7 +605,7 @@ async fn sender(
             QoS::Processed => grouped.publish(topic, frame, next).await,
             // Best effort: done once written (or dropped and counted), nothing to await.
             // Accounted for at the end of a burst (or of a group's length), not per frame: the
-            // counters that moves are shared with the publishers.
+            // counters this moves are shared with the publishers.
             QoS::Realtime => publisher
                 .publish_unacked(&topic, &frame, next.is_some())
                 .await
