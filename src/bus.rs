@@ -518,13 +518,7 @@ impl Core {
             None
         };
         let delivered = if route.deliver_now {
-            // No subscriber here wants it (a publishing-only bus, say) and no observer needs
-            // to hear so: the router is not walked for nothing.
-            if local || self.observers.watching_direct(compare) {
-                self.deliver_direct(&env, compare).await
-            } else {
-                0
-            }
+            self.deliver_direct(&env, compare, local).await
         } else {
             if route.compare {
                 self.observers
@@ -544,15 +538,22 @@ impl Core {
     /// last subscriber takes it instead of a copy (unless observers need it too).
     async fn deliver_last(&self, env: Box<Envelope>) -> usize {
         if self.observers.watching_direct(false) {
-            return self.deliver_direct(&env, false).await;
+            return self.deliver_direct(&env, false, true).await;
         }
         self.router.route_owned(env).await
     }
 
-    /// The legacy router delivers now; observers are told who received it.
-    async fn deliver_direct(&self, env: &Envelope, compare: bool) -> usize {
+    /// The legacy router delivers now; observers are told who received it. `local`: a
+    /// subscriber here matched the envelope a moment ago.
+    async fn deliver_direct(&self, env: &Envelope, compare: bool, local: bool) -> usize {
         if !self.observers.watching_direct(compare) {
-            return self.router.route(env).await;
+            // Nobody here wants it (a publishing-only bus, say) and no observer needs to hear
+            // so: the router is not walked for nothing.
+            return if local {
+                self.router.route(env).await
+            } else {
+                0
+            };
         }
         // Boxed: the rare path would otherwise size every publish's future.
         Box::pin(self.deliver_observed(env, compare)).await
