@@ -209,6 +209,7 @@ pub struct Broker {
     name: String,
     timeout: Duration,
     queue_size: usize,
+    flush_delay: Duration,
     max_message_size: usize,
     allowed_uids: Vec<u32>,
     socket_mode: Option<String>,
@@ -301,6 +302,7 @@ impl Broker {
             name: endpoint::DEFAULT_INPROC.to_owned(),
             timeout: config.broker.timeout,
             queue_size: config.broker.queue_size,
+            flush_delay: config.broker.flush_delay,
             max_message_size: config.broker.max_message_size,
             allowed_uids: config.transport.allowed_uids.clone(),
             socket_mode: config.transport.socket_mode.clone(),
@@ -378,6 +380,12 @@ impl Broker {
         self.queue_size = frames;
     }
 
+    /// How long busrt holds a frame written while more follow before flushing it
+    /// (`broker.flush_delay`; busrt's `buf_ttl`).
+    pub fn set_flush_delay(&mut self, delay: Duration) {
+        self.flush_delay = delay;
+    }
+
     /// busrt's server timeout: handshake, reads, writes; idle clients are dropped after 1.25x.
     pub fn set_timeout(&mut self, timeout: Duration) {
         self.timeout = timeout;
@@ -445,6 +453,7 @@ impl Broker {
         }
         let mut server_config = ServerConfig::new()
             .timeout(self.timeout)
+            .buf_ttl(self.flush_delay)
             // busrt allocates a frame's declared length before reading it: cap it (plus room
             // for the topic and frame header).
             .payload_size_limit(u32::try_from(self.max_message_size + 4096).unwrap_or(u32::MAX));

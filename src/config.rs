@@ -438,6 +438,12 @@ pub struct BrokerConfig {
     /// full and drops what it held: size it for the largest burst a subscriber can fall
     /// behind by.
     pub queue_size: usize,
+    /// How long busrt holds a frame written while more follow before flushing it to a client
+    /// (busrt's `buf_ttl`). `0s`, the default, flushes as soon as busrt's flusher task runs,
+    /// which still gathers a burst into one write; busrt's own default (10 µs) goes through a
+    /// timer thread for every burst. Must stay below `timeout`.
+    #[serde(with = "humantime_serde")]
+    pub flush_delay: Duration,
 }
 
 /// A busbridge client.
@@ -472,6 +478,10 @@ pub struct ClientConfig {
     pub rpc_timeout: Duration,
     /// This client's certificate, key and the CA of the broker's, for `tls://`.
     pub tls: Option<TlsConfig>,
+    /// How long busrt holds a frame written while more follow before flushing it to the
+    /// broker (busrt's `buf_ttl`); as `broker.flush_delay`. Must stay below `timeout`.
+    #[serde(with = "humantime_serde")]
+    pub flush_delay: Duration,
 }
 
 /// What happens to an acknowledged publish when the outbox is full.
@@ -576,6 +586,7 @@ impl Default for BrokerConfig {
             timeout: Duration::from_secs(30),
             max_message_size: crate::codec::DEFAULT_MAX_MESSAGE_SIZE,
             queue_size: 65_536,
+            flush_delay: Duration::ZERO,
         }
     }
 }
@@ -594,6 +605,7 @@ impl Default for ClientConfig {
             queue_size: 65_536,
             rpc_timeout: Duration::from_secs(5),
             tls: None,
+            flush_delay: Duration::ZERO,
         }
     }
 }
@@ -693,6 +705,22 @@ impl Config {
             self.transport.max_connections as usize,
         )?;
         nonzero("broker.queue_size", self.broker.queue_size)?;
+        for (key, delay, timeout) in [
+            (
+                "broker.flush_delay",
+                self.broker.flush_delay,
+                self.broker.timeout,
+            ),
+            (
+                "client.flush_delay",
+                self.client.flush_delay,
+                self.client.timeout,
+            ),
+        ] {
+            if delay >= timeout {
+                return Err(invalid(key, "must be below the timeout of the same side"));
+            }
+        }
         nonzero("client.queue_size", self.client.queue_size)?;
         nonzero(
             "bus.channel_capacity",
@@ -801,5 +829,21 @@ mod tests {
         assert!(e.to_string().contains("bus.gap_wait"), "{e}");
         let c = Config::from_toml_str("[bus]\ngap_wait = \"10s\"").unwrap();
         assert_eq!(c.bus.gap_wait, std::time::Duration::from_secs(10));
+    }
+
+    #[test]
+    fn flush_delays_are_read_and_bounded_by_their_timeouts() {
+        let c = Config::from_toml_str(
+            "[broker]\nflush_delay = \"10us\"\n[client]\nflush_delay = \"1ms\"",
+        )
+        .unwrap();
+        assert_eq!(c.broker.flush_delay, Duration::from_micros(10));
+        assert_eq!(c.client.flush_delay, Duration::from_millis(1));
+        assert_eq!(Config::default().broker.flush_delay, Duration::ZERO);
+        let e = Config::from_toml_str("[broker]\ntimeout = \"10s\"\nflush_delay = \"10s\"")
+            .unwrap_err();
+        assert!(e.to_string().contains("broker.flush_delay"), "{e}");
+        let e = Config::from_toml_str("[client]\nflush_delay = \"1h\"").unwrap_err();
+        assert!(e.to_string().contains("client.flush_delay"), "{e}");
     }
 }

@@ -188,6 +188,9 @@ pub struct ClientOptions {
     pub max_message_size: usize,
     /// Certificate, key and CA for `tls://` endpoints.
     pub tls: Option<crate::tls::TlsConfig>,
+    /// How long busrt holds a frame written while more follow (busrt's `buf_ttl`; see
+    /// `client.flush_delay`).
+    pub flush_delay: Duration,
 }
 
 impl Default for ClientOptions {
@@ -213,6 +216,7 @@ impl ClientOptions {
             queue_size: c.queue_size,
             max_message_size,
             tls: c.tls.clone(),
+            flush_delay: c.flush_delay,
         }
     }
 
@@ -363,6 +367,7 @@ fn ipc_config(path: &str, name: &str, opts: &ClientOptions) -> busrt::ipc::Confi
     busrt::ipc::Config::new(path, name)
         .timeout(opts.timeout)
         .queue_size(opts.queue_size.max(1024))
+        .buf_ttl(opts.flush_delay)
 }
 
 /// Opens a raw busrt connection for an endpoint.
