@@ -15,8 +15,9 @@ pub struct Args {
     #[arg(long)]
     quick: bool,
     /// Only the paths whose name contains this text, or the one path whose whole name it
-    /// is ("steady" and "stall" name the last two runs); ratios whose two paths both ran
-    /// are still printed.
+    /// is ("steady" and "stall" name the last two runs); `|` separates alternatives
+    /// ("reference crossbeam router|busbridge phase 0" runs one ratio's two paths). Ratios
+    /// whose two paths both ran are still printed.
     #[arg(long)]
     only: Option<String>,
     /// Events per run of each event path (default: 300,000; 100,000 with `--quick`).

@@ -29,7 +29,7 @@ pub struct BenchOptions {
     /// Seconds the slow subscriber stops reading.
     pub stall_secs: u64,
     /// Run only the paths whose name contains this, or the one path whose whole name it is
-    /// (for profiling one path).
+    /// (for profiling one path); `|` separates alternatives.
     pub only: Option<String>,
     /// Each path runs this many times, interleaved with the others; the median counts.
     pub rounds: usize,
@@ -1054,6 +1054,20 @@ pub async fn stall(secs: u64) -> Stall {
     }
 }
 
+/// Whether the path called `name` runs under `--only`: alternatives separated by `|`, each
+/// the whole name of one path (that path alone: one name is often a prefix of another) or
+/// text that names contain.
+fn selected(only: Option<&str>, names: &[&str], name: &str) -> bool {
+    let Some(only) = only else { return true };
+    only.split('|').map(str::trim).any(|o| {
+        if names.contains(&o) {
+            name == o
+        } else {
+            name.contains(o)
+        }
+    })
+}
+
 /// One path of the run.
 #[cfg(feature = "legacy")]
 enum Path {
@@ -1291,15 +1305,8 @@ pub async fn run(opts: &BenchOptions) -> Report {
             Path::Tasks(64, Some(1000)),
         ),
     ];
-    // A path's whole name selects that path alone (one is often a prefix of another).
-    let exact = paths
-        .iter()
-        .any(|(name, ..)| opts.only.as_deref() == Some(name));
-    let wanted = |name: &str| {
-        opts.only
-            .as_deref()
-            .is_none_or(|o| if exact { name == o } else { name.contains(o) })
-    };
+    let names: Vec<&str> = paths.iter().map(|(name, ..)| *name).collect();
+    let wanted = |name: &str| selected(opts.only.as_deref(), &names, name);
     let paths: Vec<_> = paths
         .into_iter()
         .filter(|(name, ..)| wanted(name))
@@ -1404,5 +1411,37 @@ pub async fn run(opts: &BenchOptions) -> Report {
         ratios,
         steady,
         stall,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    // Paths in full: this file is also compiled into the criterion bench, without tests.
+    #[test]
+    fn only_takes_whole_names_text_and_alternatives() {
+        use super::selected;
+        let names = [
+            "busbridge phase 2 unix, realtime",
+            "busbridge phase 2 unix, realtime, batched",
+            "reference crossbeam router",
+            "busbridge phase 0",
+        ];
+        let run = |only: Option<&str>| -> Vec<&str> {
+            names
+                .iter()
+                .copied()
+                .filter(|n| selected(only, &names, n))
+                .collect()
+        };
+        assert_eq!(run(None).len(), 4);
+        assert_eq!(run(Some("busbridge phase 2 unix, realtime")), [names[0]]);
+        assert_eq!(run(Some("realtime")), [names[0], names[1]]);
+        assert_eq!(
+            run(Some("reference crossbeam router|busbridge phase 0")),
+            [names[2], names[3]]
+        );
+        assert_eq!(run(Some("phase 0 | batched")), [names[1], names[3]]);
+        assert!(run(Some("nothing")).is_empty());
+        assert!(selected(Some("steady|phase 0"), &names, "steady"));
     }
 }
