@@ -381,7 +381,8 @@ impl Broker {
     }
 
     /// How long busrt holds a frame written while more follow before flushing it
-    /// (`broker.flush_delay`; busrt's `buf_ttl`).
+    /// (`broker.flush_delay`, default zero: flushed as soon as busrt's flusher task runs;
+    /// busrt's `buf_ttl`).
     pub fn set_flush_delay(&mut self, delay: Duration) {
         self.flush_delay = delay;
     }
