@@ -121,6 +121,14 @@
 //!   ready (up to `bus.batch_max`, one topic per frame), so an idle bus sends each event at once
 //!   and no event ever waits for a timer (the 100 ms flush bound is met trivially). It is off
 //!   by default because a batch frame is not a legacy record that old consumers can decode.
+//! - **busrt's write buffers are flushed with no delay** (`broker.flush_delay`,
+//!   `client.flush_delay`, default zero). A frame sent while more follow still waits in
+//!   busrt's buffer until its flusher task runs, which is after the burst, so a burst is one
+//!   write; busrt's default 10 µs delay sent every burst through a timer thread instead.
+//! - **Publish from a task on the runtime**, not from the thread that calls `block_on`: each
+//!   publish hands the event to the bridge's sender task, and from outside the worker pool
+//!   that is a wake-up across threads. A steady stream cost about twice the CPU that way
+//!   (README, Performance), raw busrt's too.
 //! - **Keepalive is an acknowledged round trip.** busrt's `ping` is one-way and succeeds into
 //!   a dead network; an acknowledged no-op is what notices a silent partition.
 //! - **Gaps are filled by receiver-driven resend** from a bounded replay buffer at the origin,
