@@ -927,10 +927,9 @@ pub async fn task_round_trips(count: usize, in_flight: usize, pace: Option<usize
 }
 
 /// A steady 10,000 events/s over a Unix socket (no batching), published from a runtime
-/// task: latency and CPU. The bridged
-/// stream and raw busrt carrying the same stream alternate in `segments` parts of the run
-/// (a shared machine's drift then hits both alike); CPU figures are medians of the parts,
-/// latencies are over every bridged event.
+/// task: latency and CPU. The bridged stream and raw busrt carrying the same stream
+/// alternate in `segments` parts of the run (a shared machine's drift then hits both alike);
+/// CPU figures are medians of the parts, latencies are over every bridged event.
 pub async fn steady(secs: u64, segments: usize) -> Steady {
     let (_dir, mut broker, uri) = unix_broker("steady", 10).await;
     let build = |n: &str| {
