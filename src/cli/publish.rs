@@ -42,6 +42,13 @@ pub struct Args {
     linger: Duration,
 }
 
+impl Args {
+    /// True if `--rate` paces the messages.
+    pub fn paced(&self) -> bool {
+        self.rate.is_some_and(|r| r > 0)
+    }
+}
+
 /// Sleeps until message `i` is due at `rate` a second from `start`.
 async fn pace(rate: Option<u64>, start: tokio::time::Instant, i: u64) {
     if let Some(r) = rate.filter(|r| *r > 0) {
