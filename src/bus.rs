@@ -538,7 +538,9 @@ impl Core {
     /// last subscriber takes it instead of a copy (unless observers need it too).
     async fn deliver_last(&self, env: Box<Envelope>) -> usize {
         if self.observers.watching_direct(false) {
-            return self.deliver_direct(&env, false, true).await;
+            // Observers were just asked: straight to the observed delivery, not through
+            // `deliver_direct`, which would ask them again.
+            return Box::pin(self.deliver_observed(&env, false)).await;
         }
         self.router.route_owned(env).await
     }

@@ -45,13 +45,18 @@ pub struct Args {
 impl Args {
     /// True if `--rate` paces the messages.
     pub fn paced(&self) -> bool {
-        self.rate.is_some_and(|r| r > 0)
+        paced(self.rate).is_some()
     }
+}
+
+/// The rate that paces messages: `--rate 0` means unpaced, as no `--rate` does.
+fn paced(rate: Option<u64>) -> Option<u64> {
+    rate.filter(|r| *r > 0)
 }
 
 /// Sleeps until message `i` is due at `rate` a second from `start`.
 async fn pace(rate: Option<u64>, start: tokio::time::Instant, i: u64) {
-    if let Some(r) = rate.filter(|r| *r > 0) {
+    if let Some(r) = paced(rate) {
         let due = Duration::from_nanos(i.saturating_mul(1_000_000_000) / r);
         tokio::time::sleep_until(start + due).await;
     }
