@@ -26,6 +26,11 @@ pub struct Args {
     /// Interleaved rounds; each path reports its median round (default: 5; 7 with `--quick`).
     #[arg(long)]
     rounds: Option<usize>,
+    /// Return the memory each run freed to the system before the next, so that every run
+    /// starts from fresh pages as a process starting up. By default freed memory stays with
+    /// the process, as in a long-running agent whose queues have grown once.
+    #[arg(long)]
+    cold: bool,
 }
 
 pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
@@ -35,6 +40,7 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
         only,
         events,
         rounds,
+        cold,
     } = a;
     let mut opts = if quick {
         BenchOptions::quick()
@@ -44,6 +50,9 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
     opts.only = only;
     opts.events = events.unwrap_or(opts.events).max(1);
     opts.rounds = rounds.unwrap_or(opts.rounds).max(1);
+    if cold {
+        opts.memory = bench::Memory::Returned;
+    }
     let report = bench::run(&opts).await;
     if json {
         println!("{}", serde_json::to_string(&report)?);
@@ -51,10 +60,14 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
     }
     let load = |l: [f64; 3]| format!("{:.2} {:.2} {:.2}", l[0], l[1], l[2]);
     println!(
-        "busbridge bench ({}), {} events per run, median of {} rounds\nload average at start {}, at end {}\n",
+        "busbridge bench ({}), {} events per run, median of {} rounds, freed memory {}\nload average at start {}, at end {}\n",
         report.machine,
         opts.events,
         report.rounds,
+        match report.memory {
+            bench::Memory::Kept => "kept between runs",
+            bench::Memory::Returned => "returned before each run (--cold)",
+        },
         load(report.load_average_start),
         load(report.load_average_end)
     );

@@ -33,6 +33,8 @@ pub struct BenchOptions {
     pub only: Option<String>,
     /// Each path runs this many times, interleaved with the others; the median counts.
     pub rounds: usize,
+    /// Whether freed memory stays with the process between runs.
+    pub memory: Memory,
 }
 
 impl BenchOptions {
@@ -48,6 +50,7 @@ impl BenchOptions {
             stall_secs: 2,
             only: None,
             rounds: 7,
+            memory: Memory::Kept,
         }
     }
     /// The full run: bigger samples, the 10 s stall the targets name.
@@ -59,6 +62,7 @@ impl BenchOptions {
             stall_secs: 10,
             only: None,
             rounds: 5,
+            memory: Memory::Kept,
         }
     }
 }
@@ -163,6 +167,8 @@ pub struct Report {
     /// Rounds each path ran (its median round is reported; ratios are medians of each
     /// round's ratio, so a slow moment counts against both sides alike).
     pub rounds: usize,
+    /// Whether freed memory stayed with the process between runs (`--cold` returns it).
+    pub memory: Memory,
     pub measurements: Vec<Measurement>,
     pub ratios: Vec<Ratio>,
     /// `None` when filtered out with `only`.
@@ -243,21 +249,46 @@ fn window_close() {
     mark(1);
 }
 
-/// Returns the memory the previous run freed to the system now, not later: the allocator
-/// gives back freed pages after a delay (mimalloc: 1 s), and that work (hundreds of MiB
-/// after a full run's queues) fell into whichever run came next, a short one most.
-fn settle() {
-    // SAFETY: mi_collect has no preconditions; it only walks the allocator's own heaps.
-    unsafe { libmimalloc_sys::mi_collect(true) };
+/// What the allocator does with memory a run freed.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Memory {
+    /// Kept for the next run, as a long-running process keeps what its queues once took:
+    /// a run pays for fresh pages only where it grows beyond every run before it.
+    Kept,
+    /// Returned to the system before each run (`--cold`): every run starts from fresh pages,
+    /// as a process starting up (the bench's only mode before this was chosen).
+    Returned,
+}
+
+impl Memory {
+    /// Sets the allocator up for the whole bench.
+    fn apply(self) {
+        if self == Memory::Kept {
+            // mimalloc's `purge_delay` (option 15 in its enum; the crate exports no name for
+            // it): -1 never gives freed pages back, so no later run faults them in again.
+            // SAFETY: setting an option has no preconditions; it is read when pages are freed.
+            unsafe { libmimalloc_sys::mi_option_set(15, -1) };
+        }
+    }
+
+    /// Before each run: collects what the previous run freed. Returned memory goes back to
+    /// the system now, not a second later (mimalloc's delay), where that work (hundreds of
+    /// MiB after a full run's queues) fell into whichever run came next, a short one most.
+    fn settle(self) {
+        // SAFETY: mi_collect has no preconditions; it only walks the allocator's own heaps.
+        // With purging off (`Kept`) it frees nothing to the system.
+        unsafe { libmimalloc_sys::mi_collect(true) };
+    }
 }
 
 /// Runs `f` and turns its latencies into a measurement.
-async fn measure<F, Fut>(name: &str, events: usize, f: F) -> Measurement
+async fn measure<F, Fut>(name: &str, events: usize, memory: Memory, f: F) -> Measurement
 where
     F: FnOnce() -> Fut,
     Fut: std::future::Future<Output = Vec<f64>>,
 {
-    settle();
+    memory.settle();
     window_reset();
     let whole = (Instant::now(), rusage().0);
     let mut lat = f().await;
@@ -1218,6 +1249,7 @@ const TARGETS: &[(&str, &str, &str, Compare, Bound, f64)] = &[
 #[cfg(feature = "legacy")]
 pub async fn run(opts: &BenchOptions) -> Report {
     let load_average_start = load_average();
+    opts.memory.apply();
     let n = opts.events;
     let calls = opts.calls;
     let (rt, pr) = (QoS::Realtime, QoS::Processed);
@@ -1327,7 +1359,7 @@ pub async fn run(opts: &BenchOptions) -> Report {
     let mut rounds: Vec<Vec<Measurement>> = vec![Vec::new(); paths.len()];
     for round in 1..=total {
         for ((name, count, path), seen) in paths.iter().zip(&mut rounds) {
-            let m = measure(name, *count, || path.run(*count)).await;
+            let m = measure(name, *count, opts.memory, || path.run(*count)).await;
             eprintln!(
                 "round {round}/{total}  {name}: {:.0}/s, {:.2} us CPU each",
                 m.events_per_sec, m.cpu_secs_per_million
@@ -1417,6 +1449,7 @@ pub async fn run(opts: &BenchOptions) -> Report {
         load_average_start,
         load_average_end: load_average(),
         rounds: total,
+        memory: opts.memory,
         measurements: m,
         ratios,
         steady,
