@@ -12,6 +12,10 @@ use crate::parity::Parity;
 use crate::router::Filter;
 use crate::trace::Recorder;
 use parking_lot::RwLock;
+use std::sync::atomic::{
+    AtomicBool,
+    Ordering::{Acquire, Release},
+};
 use std::sync::Arc;
 
 /// Something told about routing. Every method defaults to doing nothing.
@@ -53,6 +57,9 @@ impl Observer for Recorder {
 pub struct Observers {
     parity: Arc<Parity>,
     recorder: RwLock<Option<Arc<Recorder>>>,
+    /// Whether `recorder` is set: asked for every event, so read without the lock (whose
+    /// reader count is a line every publishing and receiving thread would write).
+    recording: AtomicBool,
 }
 
 impl Observers {
@@ -61,6 +68,7 @@ impl Observers {
         Self {
             parity,
             recorder: RwLock::new(None),
+            recording: AtomicBool::new(false),
         }
     }
 
@@ -71,12 +79,23 @@ impl Observers {
 
     /// Attaches (or with `None` detaches) a recorder.
     pub fn record_to(&self, recorder: Option<Arc<Recorder>>) {
-        *self.recorder.write() = recorder;
+        let mut slot = self.recorder.write();
+        self.recording.store(recorder.is_some(), Release);
+        *slot = recorder;
     }
 
     /// Whether a recorder is attached.
     pub fn is_recording(&self) -> bool {
-        self.recorder.read().is_some()
+        self.recording.load(Acquire)
+    }
+
+    /// The recorder, if one is attached.
+    fn recorder(&self) -> Option<Arc<Recorder>> {
+        if self.is_recording() {
+            self.recorder.read().clone()
+        } else {
+            None
+        }
     }
 
     /// A/A mode: the candidate is the control path run again.
@@ -97,14 +116,14 @@ impl Observers {
 
     /// A subscriber was added.
     pub fn subscribed(&self, id: &str, filter: &Filter) {
-        if let Some(r) = self.recorder.read().as_ref() {
+        if let Some(r) = self.recorder() {
             r.subscribed(id, filter);
         }
     }
 
     /// An event was accepted.
     pub fn published(&self, env: &Envelope) {
-        if let Some(r) = self.recorder.read().as_ref() {
+        if let Some(r) = self.recorder() {
             r.published(env);
         }
     }
@@ -130,7 +149,7 @@ impl Observers {
                 self.parity.candidate(&id, env);
             }
         }
-        if let Some(r) = self.recorder.read().as_ref() {
+        if let Some(r) = self.recorder() {
             for id in ids {
                 r.control(id, env);
             }
@@ -140,7 +159,7 @@ impl Observers {
     /// busrt serves; the legacy router would have delivered `env` to `ids` (the shadow
     /// control path).
     pub fn shadow_control(&self, ids: &[String], env: &Envelope) {
-        let recorder = self.recorder.read();
+        let recorder = self.recorder();
         for id in ids {
             self.parity.control(id, env);
             if let Some(r) = recorder.as_ref() {

@@ -1058,7 +1058,12 @@ impl Shared {
         write: Write<'_>,
         hold: impl FnOnce(u64) -> bool,
     ) -> Result<(busrt::OpConfirm, u64), ()> {
-        let mut guard = self.conn.lock().await;
+        // Uncontended (the sender's writes, one after another) it is taken without building
+        // the lock's future; waiters keep their turn (a released permit goes to them first).
+        let mut guard = match self.conn.try_lock() {
+            Ok(guard) => guard,
+            Err(_) => self.conn.lock().await,
+        };
         let generation = self.generation.load(Relaxed);
         let conn = match guard.as_mut() {
             Some(conn) if !hold(generation) => conn,
