@@ -232,13 +232,26 @@ impl HighPerformanceEventBusImpl {
     }
 }
 
-#[async_trait]
-impl HighPerformanceEventBus for HighPerformanceEventBusImpl {
-    async fn publish(&self, event: CollectionEvent, correlation_id: String) -> anyhow::Result<()> {
+impl HighPerformanceEventBusImpl {
+    /// [`HighPerformanceEventBus::publish`], for callers that hold the bus itself: the same
+    /// call (method syntax picks this one), without the boxed future the trait's
+    /// `async_trait` signature allocates for every event.
+    pub async fn publish(
+        &self,
+        event: CollectionEvent,
+        correlation_id: String,
+    ) -> anyhow::Result<()> {
         self.core
             .publish(self.core.envelope(event, correlation_id))
             .await?;
         Ok(())
+    }
+}
+
+#[async_trait]
+impl HighPerformanceEventBus for HighPerformanceEventBusImpl {
+    async fn publish(&self, event: CollectionEvent, correlation_id: String) -> anyhow::Result<()> {
+        HighPerformanceEventBusImpl::publish(self, event, correlation_id).await
     }
 
     async fn subscribe(

@@ -479,9 +479,15 @@ impl HighPerformanceEventBusImpl {
     }
 }
 
-#[async_trait]
-impl HighPerformanceEventBus for HighPerformanceEventBusImpl {
-    async fn publish(&self, event: CollectionEvent, correlation_id: String) -> anyhow::Result<()> {
+impl HighPerformanceEventBusImpl {
+    /// [`HighPerformanceEventBus::publish`], for callers that hold the bus itself: the same
+    /// call (method syntax picks this one), without the boxed future the trait's
+    /// `async_trait` signature allocates for every event.
+    pub async fn publish(
+        &self,
+        event: CollectionEvent,
+        correlation_id: String,
+    ) -> anyhow::Result<()> {
         let (event, extra) = event.into_core();
         let mut env = self.core.envelope(event, correlation_id);
         env.extra = extra;
@@ -497,6 +503,13 @@ impl HighPerformanceEventBus for HighPerformanceEventBusImpl {
                 self.config.max_blocking_retries
             ),
         }
+    }
+}
+
+#[async_trait]
+impl HighPerformanceEventBus for HighPerformanceEventBusImpl {
+    async fn publish(&self, event: CollectionEvent, correlation_id: String) -> anyhow::Result<()> {
+        HighPerformanceEventBusImpl::publish(self, event, correlation_id).await
     }
 
     async fn subscribe(
