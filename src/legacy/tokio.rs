@@ -407,9 +407,11 @@ pub(crate) fn filter_of(sub: &EventSubscription) -> anyhow::Result<Filter> {
     })
 }
 
-#[async_trait]
-impl EventBus for LocalEventBus {
-    async fn publish(
+impl LocalEventBus {
+    /// [`EventBus::publish`], for callers that hold the bus itself: the same call (method
+    /// syntax picks this one), without the boxed future the trait's `async_trait` signature
+    /// allocates for every event.
+    pub async fn publish(
         &mut self,
         event: CollectionEvent,
         correlation_id: String,
@@ -420,6 +422,17 @@ impl EventBus for LocalEventBus {
         }
         self.core.publish(env).await?;
         Ok(())
+    }
+}
+
+#[async_trait]
+impl EventBus for LocalEventBus {
+    async fn publish(
+        &mut self,
+        event: CollectionEvent,
+        correlation_id: String,
+    ) -> anyhow::Result<()> {
+        LocalEventBus::publish(self, event, correlation_id).await
     }
 
     async fn subscribe(

@@ -192,6 +192,19 @@ fn filter_of(sub: EventSubscription) -> anyhow::Result<(String, Filter)> {
     Ok((base.subscriber_id, filter))
 }
 
+impl LocalEventBus {
+    /// [`EventBus::publish`], for callers that hold the bus itself: the same call (method
+    /// syntax picks this one), without the boxed future the trait's `async_trait` signature
+    /// allocates for every event.
+    pub async fn publish(
+        &mut self,
+        event: CollectionEvent,
+        correlation_id: String,
+    ) -> anyhow::Result<()> {
+        self.0.publish(event, correlation_id).await
+    }
+}
+
 #[async_trait]
 impl EventBus for LocalEventBus {
     async fn publish(
@@ -199,7 +212,7 @@ impl EventBus for LocalEventBus {
         event: CollectionEvent,
         correlation_id: String,
     ) -> anyhow::Result<()> {
-        v2025_09::EventBus::publish(&mut self.0, event, correlation_id).await
+        LocalEventBus::publish(self, event, correlation_id).await
     }
 
     async fn subscribe(
