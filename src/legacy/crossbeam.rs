@@ -233,9 +233,7 @@ impl HighPerformanceEventBusImpl {
 }
 
 impl HighPerformanceEventBusImpl {
-    /// [`HighPerformanceEventBus::publish`], for callers that hold the bus itself: the same
-    /// call (method syntax picks this one), without the boxed future the trait's
-    /// `async_trait` signature allocates for every event.
+    /// [`HighPerformanceEventBus::publish`] without the trait's boxed future (see [`crate::legacy`]).
     pub async fn publish(
         &self,
         event: CollectionEvent,

@@ -13,6 +13,11 @@
 //!
 //! Each re-exports the domain types under their old names, so only `use` lines change.
 //! `anyhow::Result` stays in these traits because the legacy signatures used it.
+//!
+//! Each bus also has `publish` as an inherent method, which method syntax on the bus itself
+//! picks: the same call as the trait's, without the boxed future that the trait's
+//! `async_trait` signature allocates for every event. The trait's `publish` (for `dyn` and
+//! generic callers) calls it.
 
 pub mod crossbeam;
 pub mod crossbeam_2026_04;

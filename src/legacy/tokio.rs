@@ -408,9 +408,7 @@ pub(crate) fn filter_of(sub: &EventSubscription) -> anyhow::Result<Filter> {
 }
 
 impl LocalEventBus {
-    /// [`EventBus::publish`], for callers that hold the bus itself: the same call (method
-    /// syntax picks this one), without the boxed future the trait's `async_trait` signature
-    /// allocates for every event.
+    /// [`EventBus::publish`] without the trait's boxed future (see [`crate::legacy`]).
     pub async fn publish(
         &mut self,
         event: CollectionEvent,
