@@ -257,7 +257,7 @@ pub enum Memory {
     /// a run pays for fresh pages only where it grows beyond every run before it.
     Kept,
     /// Returned to the system before each run (`--cold`): every run starts from fresh pages,
-    /// as a process starting up (the bench's only mode before this was chosen).
+    /// as a process starting up (the bench's only mode before this release).
     Returned,
 }
 
