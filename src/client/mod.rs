@@ -477,7 +477,7 @@ impl AsyncClient {
         };
         let events = conn.take_event_channel().ok_or(ClientError::Closed)?;
         let (shared, inbox) = Shared::new(endpoint, name, opts, Some(conn));
-        let supervisor = tokio::spawn(supervise(shared.clone(), events));
+        let supervisor = tokio::spawn(supervise(shared.clone(), events, "after connecting"));
         Ok(Self {
             shared,
             inbox,
@@ -501,10 +501,7 @@ impl AsyncClient {
                 return;
             };
             let _ = first.state.send_replace(ConnectionState::Connected);
-            if let Err(e) = first.flush_outbox().await {
-                tracing::warn!("outbox flush after connecting: {e}");
-            }
-            supervise(first, events).await;
+            supervise(first, events, "after connecting").await;
         });
         Ok(Self {
             shared,
@@ -1349,10 +1346,18 @@ async fn within<F: std::future::Future>(limit: Duration, fut: F) -> Option<F::Ou
     }
 }
 
-/// Keeps the connection alive and brings it back when it is lost.
-async fn supervise(shared: Arc<Shared>, mut events: busrt::EventChannel) {
+/// Keeps the connection alive and brings it back when it is lost. Each connection's outbox
+/// is flushed first (`when` says which connection, for the log).
+async fn supervise(shared: Arc<Shared>, mut events: busrt::EventChannel, mut when: &str) {
     loop {
+        // Draining before flushing: until the drain runs, busrt's reader has nowhere to put
+        // what arrives, stops reading once its channel is full (and with it the flush's own
+        // acknowledgements), and the broker drops the client as slow once its queue for it
+        // fills too.
         let mut drain = tokio::spawn(shared.clone().drain(events));
+        if let Err(e) = shared.flush_outbox().await {
+            tracing::warn!("outbox flush {when}: {e}");
+        }
         let mut tick = tokio::time::interval(shared.opts.keepalive);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tick.tick().await;
@@ -1409,9 +1414,7 @@ async fn supervise(shared: Arc<Shared>, mut events: busrt::EventChannel) {
             None => return,
         }
         let _ = shared.state.send_replace(ConnectionState::Connected);
-        if let Err(e) = shared.flush_outbox().await {
-            tracing::warn!("outbox flush after reconnect: {e}");
-        }
+        when = "after reconnect";
     }
 }
 
