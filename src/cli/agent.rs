@@ -94,14 +94,14 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
             .name(format!("{name}.rpc"));
         tokio::spawn(control(rpc_uri, opts, collector, a.health_every))
     });
+    // Before `ready`: a signal sent as soon as it is read must be heard.
+    let mut stop = super::Interrupts::new()?;
     line(json!({"ready": name, "phase": bridged.phase() as u8}))?;
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut received = 0u64;
     while a.count.is_none_or(|n| received < n) {
         let env = tokio::select! {
             e = rx.recv_async() => match e { Some(e) => e, None => break },
-            _ = tokio::signal::ctrl_c() => break,
-            _ = term.recv() => break,
+            _ = stop.recv() => break,
         };
         received += 1;
         line(json!({

@@ -67,6 +67,8 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
         }
         _ => None,
     };
+    // Before `ready`: a signal sent as soon as it is read must be heard.
+    let mut stop = super::Interrupts::new()?;
     {
         // One line per listener, then "ready": scripts and tests wait for it.
         let mut out = std::io::stdout().lock();
@@ -85,11 +87,7 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
         writeln!(out, "ready")?;
         out.flush()?;
     }
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
+    stop.recv().await;
     tracing::info!("signal received; draining");
     broker.shutdown().await;
     println!("stopped");

@@ -129,13 +129,13 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
         None => None,
     };
     let scan = tokio::spawn(collector.clone().run());
+    // Before `ready`: a signal sent as soon as it is read must be heard.
+    let mut stop = super::Interrupts::new()?;
     println!("ready");
     std::io::stdout().flush()?;
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
         _ = collector.stopped() => {}
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
+        _ = stop.recv() => {}
     }
     // Registries take a collector that says goodbye out at once.
     if let Some(tasks) = tasks {

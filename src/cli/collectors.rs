@@ -30,6 +30,7 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::from(super::EXIT_CONNECT));
         }
     };
+    let mut stop = super::Interrupts::new()?;
     tokio::time::sleep(a.wait).await;
     let mut last = Vec::new();
     loop {
@@ -43,7 +44,7 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
         }
         tokio::select! {
             _ = tasks.wait_for(|c| c != last.as_slice(), Duration::from_secs(3600)) => {}
-            _ = tokio::signal::ctrl_c() => return Ok(ExitCode::SUCCESS),
+            _ = stop.recv() => return Ok(ExitCode::SUCCESS),
         }
     }
 }

@@ -129,15 +129,15 @@ async fn sub(a: SubArgs) -> anyhow::Result<ExitCode> {
             Ok(s) => s,
             Err(e) => return Ok(failed(&e)),
         };
+    // Before `ready`: a signal sent as soon as it is read must be heard.
+    let mut stop = super::Interrupts::new()?;
     println!("ready");
     std::io::stdout().flush()?;
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut seen = 0u64;
     while a.count.is_none_or(|n| seen < n) {
         let next = tokio::select! {
             next = events.next() => next,
-            _ = tokio::signal::ctrl_c() => break,
-            _ = term.recv() => break,
+            _ = stop.recv() => break,
         };
         let event = match next {
             Some(Ok(e)) => e,

@@ -58,9 +58,10 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
         .event_bus(Default::default())
         .subscribe_envelopes(EventSubscription::everything("journal"))
         .await?;
+    // Before `ready`: a signal sent as soon as it is read must be heard.
+    let mut stop = super::Interrupts::new()?;
     println!("ready {}", journal.len());
     std::io::stdout().flush()?;
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     loop {
         if a.count.is_some_and(|n| journal.len() >= n) {
             break;
@@ -73,8 +74,7 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
                     journal.flush()?;
                 }
             }
-            _ = tokio::signal::ctrl_c() => break,
-            _ = term.recv() => break,
+            _ = stop.recv() => break,
         }
     }
     journal.flush()?;

@@ -39,6 +39,34 @@ use std::process::ExitCode;
 /// Without `--connect`: the default socket of `busbridge broker`.
 pub const DEFAULT_CONNECT: &str = "ipc://daemoneye.sock";
 
+/// SIGINT and SIGTERM, heard from the moment this is made, so make it before saying
+/// `ready`. One sent while the command is busy is kept for its next wait: a
+/// `tokio::signal::ctrl_c()` future made anew at each wait only hears what arrives while it
+/// is polled (tokio's handler, installed at the first one, swallows the rest), and before the
+/// first one the default action kills the process.
+pub struct Interrupts {
+    int: tokio::signal::unix::Signal,
+    term: tokio::signal::unix::Signal,
+}
+
+impl Interrupts {
+    pub fn new() -> std::io::Result<Self> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Self {
+            int: signal(SignalKind::interrupt())?,
+            term: signal(SignalKind::terminate())?,
+        })
+    }
+
+    /// Either signal, now or since the last call.
+    pub async fn recv(&mut self) {
+        tokio::select! {
+            _ = self.int.recv() => {}
+            _ = self.term.recv() => {}
+        }
+    }
+}
+
 /// Exit code for an invalid configuration or invalid arguments.
 pub const EXIT_USAGE: u8 = 2;
 /// Exit code when the broker cannot be reached.

@@ -64,6 +64,7 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
         Err(code) => return Ok(code),
     };
     if let Some(every) = a.watch {
+        let mut stop = super::Interrupts::new()?;
         // Until interrupted: one round, its table, the rest of the interval.
         loop {
             let started = tokio::time::Instant::now();
@@ -75,7 +76,7 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
             show(&answers, &brokers, a.json)?;
             tokio::select! {
                 _ = tokio::time::sleep_until(started + every) => {}
-                _ = tokio::signal::ctrl_c() => break,
+                _ = stop.recv() => break,
             }
         }
         let _ = tokio::time::timeout(Duration::from_secs(2), client.disconnect()).await;

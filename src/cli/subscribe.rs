@@ -9,7 +9,6 @@ use busbridge::{EventSubscription, QoS};
 use serde_json::{json, Value};
 use std::future::Future;
 use std::io::Write;
-use std::pin::Pin;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -109,18 +108,19 @@ impl Lines {
     }
 
     /// Waits for the next item once nothing is queued: flushes first, then waits for `next` or
-    /// Ctrl-C. `None` to stop: Ctrl-C, stdout closed, or `next` found the stream ended.
-    async fn wait<T, C: Future>(
+    /// SIGINT or SIGTERM. `None` to stop: a signal, stdout closed, or `next` found the stream
+    /// ended.
+    async fn wait<T>(
         &mut self,
         next: impl Future<Output = anyhow::Result<Option<T>>>,
-        ctrl_c: Pin<&mut C>,
+        stop: &mut super::Interrupts,
     ) -> anyhow::Result<Option<T>> {
         if self.flush().is_err() {
             return Ok(None);
         }
         tokio::select! {
             item = next => item,
-            _ = ctrl_c => Ok(None),
+            _ = stop.recv() => Ok(None),
         }
     }
 
@@ -154,18 +154,17 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::from(EXIT_USAGE));
         }
     }
+    let mut stop = super::Interrupts::new()?;
     // Readiness for scripts: the subscription is in place from here on.
     eprintln!("subscribed");
     let mut out = Lines::new();
-    let ctrl_c = tokio::signal::ctrl_c();
-    tokio::pin!(ctrl_c);
     let mut seen = 0u64;
     while count.is_none_or(|n| seen < n) {
         let next = match client.try_recv() {
             Some(m) => Some(m),
             None => {
                 let recv = async { Ok(Some(client.recv().await?)) };
-                out.wait(recv, ctrl_c.as_mut()).await?
+                out.wait(recv, &mut stop).await?
             }
         };
         let Some(message) = next else { break };
@@ -218,10 +217,9 @@ async fn run_bridged(a: Args) -> anyhow::Result<ExitCode> {
         .event_bus(Default::default())
         .subscribe_envelopes(EventSubscription::everything("sub"))
         .await?;
+    let mut stop = super::Interrupts::new()?;
     eprintln!("subscribed");
     let mut out = Lines::new();
-    let ctrl_c = tokio::signal::ctrl_c();
-    tokio::pin!(ctrl_c);
     let mut seen = 0u64;
     while a.count.is_none_or(|n| seen < n) {
         let next = match rx.try_recv() {
@@ -229,7 +227,7 @@ async fn run_bridged(a: Args) -> anyhow::Result<ExitCode> {
             Err(TryRecvError::Disconnected) => None,
             Err(TryRecvError::Empty) => {
                 let recv = async { Ok(rx.recv_async().await) };
-                out.wait(recv, ctrl_c.as_mut()).await?
+                out.wait(recv, &mut stop).await?
             }
         };
         let Some(env) = next else { break };

@@ -71,17 +71,17 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
         }
         None => None,
     };
+    // Before `ready`: a signal sent as soon as it is read must be heard.
+    let mut stop = super::Interrupts::new()?;
     announce(&uplink_config);
     if let Some(m) = &metrics {
         println!("metrics on http://{}/metrics", m.addr());
     }
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut every = tokio::time::interval(a.stats_every.unwrap_or(Duration::from_secs(3600)));
     every.tick().await;
     loop {
         tokio::select! {
-            _ = tokio::signal::ctrl_c() => break,
-            _ = term.recv() => break,
+            _ = stop.recv() => break,
             _ = every.tick(), if a.stats_every.is_some() => print_stats(&uplink.stats()),
         }
     }
