@@ -271,24 +271,24 @@ impl Memory {
             unsafe { libmimalloc_sys::mi_option_set(15, -1) };
         }
     }
+}
 
-    /// Before each run: collects what the previous run freed. Returned memory goes back to
-    /// the system now, not a second later (mimalloc's delay), where that work (hundreds of
-    /// MiB after a full run's queues) fell into whichever run came next, a short one most.
-    fn settle(self) {
-        // SAFETY: mi_collect has no preconditions; it only walks the allocator's own heaps.
-        // With purging off (`Kept`) it frees nothing to the system.
-        unsafe { libmimalloc_sys::mi_collect(true) };
-    }
+/// Before each run: collects what the previous run freed. With `Memory::Returned` it goes
+/// back to the system now, not a second later (mimalloc's delay), where that work (hundreds
+/// of MiB after a full run's queues) fell into whichever run came next, a short one most;
+/// with purging off (`Memory::Kept`) nothing is given back.
+fn settle() {
+    // SAFETY: mi_collect has no preconditions; it only walks the allocator's own heaps.
+    unsafe { libmimalloc_sys::mi_collect(true) };
 }
 
 /// Runs `f` and turns its latencies into a measurement.
-async fn measure<F, Fut>(name: &str, events: usize, memory: Memory, f: F) -> Measurement
+async fn measure<F, Fut>(name: &str, events: usize, f: F) -> Measurement
 where
     F: FnOnce() -> Fut,
     Fut: std::future::Future<Output = Vec<f64>>,
 {
-    memory.settle();
+    settle();
     window_reset();
     let whole = (Instant::now(), rusage().0);
     let mut lat = f().await;
@@ -1359,7 +1359,7 @@ pub async fn run(opts: &BenchOptions) -> Report {
     let mut rounds: Vec<Vec<Measurement>> = vec![Vec::new(); paths.len()];
     for round in 1..=total {
         for ((name, count, path), seen) in paths.iter().zip(&mut rounds) {
-            let m = measure(name, *count, opts.memory, || path.run(*count)).await;
+            let m = measure(name, *count, || path.run(*count)).await;
             eprintln!(
                 "round {round}/{total}  {name}: {:.0}/s, {:.2} us CPU each",
                 m.events_per_sec, m.cpu_secs_per_million

@@ -477,7 +477,7 @@ impl AsyncClient {
         };
         let events = conn.take_event_channel().ok_or(ClientError::Closed)?;
         let (shared, inbox) = Shared::new(endpoint, name, opts, Some(conn));
-        let supervisor = tokio::spawn(supervise(shared.clone(), events, "after connecting"));
+        let supervisor = tokio::spawn(supervise(shared.clone(), events));
         Ok(Self {
             shared,
             inbox,
@@ -501,7 +501,7 @@ impl AsyncClient {
                 return;
             };
             let _ = first.state.send_replace(ConnectionState::Connected);
-            supervise(first, events, "after connecting").await;
+            supervise(first, events).await;
         });
         Ok(Self {
             shared,
@@ -1347,8 +1347,9 @@ async fn within<F: std::future::Future>(limit: Duration, fut: F) -> Option<F::Ou
 }
 
 /// Keeps the connection alive and brings it back when it is lost. Each connection's outbox
-/// is flushed first (`when` says which connection, for the log).
-async fn supervise(shared: Arc<Shared>, mut events: busrt::EventChannel, mut when: &str) {
+/// is flushed first.
+async fn supervise(shared: Arc<Shared>, mut events: busrt::EventChannel) {
+    let mut when = "after connecting";
     loop {
         // Draining before flushing: until the drain runs, busrt's reader has nowhere to put
         // what arrives, stops reading once its channel is full (and with it the flush's own
